@@ -1,0 +1,18 @@
+//! WIT host impl of `gatehost:plugin/log`.
+
+use crate::engine::bindings::plugin::log::{Host, Level as WitLevel};
+use crate::engine::wasm::HostState;
+
+impl Host for HostState {
+    fn log(&mut self, level: WitLevel, message: String) -> wasmtime::Result<()> {
+        let level = match level {
+            WitLevel::Trace => super::Level::Trace,
+            WitLevel::Debug => super::Level::Debug,
+            WitLevel::Info => super::Level::Info,
+            WitLevel::Warn => super::Level::Warn,
+            WitLevel::Error => super::Level::Error,
+        };
+        super::log(&self.caps, level, &message);
+        Ok(())
+    }
+}

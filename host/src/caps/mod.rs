@@ -1,0 +1,68 @@
+//! Host capabilities offered to plugins. Each capability is one folder: the real implementation
+//! (`mod.rs`, plain Rust), its WIT host impl (`wasm.rs`) and its Rhai registration (`rhai.rs`).
+//! Both bindings are thin wrappers over the same functions, so the engines behave alike.
+
+pub mod certs;
+pub mod crypto;
+pub mod http;
+pub mod json;
+pub mod kv;
+pub mod log;
+pub mod mqtt;
+
+use crate::plugins::manifest::Permissions;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What one plugin instance may use: its identity, its declared permissions and its kv namespace.
+/// Shared by the WASM store data and the Rhai registrations of that plugin.
+#[derive(Debug, Clone)]
+pub struct CapContext {
+    /// Plugin name, attached to every log line and error.
+    pub plugin: Arc<str>,
+    pub permissions: Permissions,
+    pub kv: Arc<kv::KvNamespace>,
+    pub state_dir: PathBuf,
+}
+
+impl CapContext {
+    pub fn new(
+        plugin: &str,
+        permissions: Permissions,
+        state_dir: PathBuf,
+        kv_stores: &kv::KvRegistry,
+    ) -> Self {
+        let namespace = permissions
+            .kv_namespace
+            .clone()
+            .unwrap_or_else(|| plugin.to_string());
+        CapContext {
+            plugin: Arc::from(plugin),
+            kv: kv_stores.namespace(&namespace),
+            permissions,
+            state_dir,
+        }
+    }
+
+    /// A context for offline use (tests, `gatehost rule test`): no persistence.
+    pub fn ephemeral(plugin: &str, permissions: Permissions) -> Self {
+        CapContext::new(
+            plugin,
+            permissions,
+            PathBuf::new(),
+            &kv::KvRegistry::in_memory(),
+        )
+    }
+}
+
+/// Register every capability with a Rhai engine, bound to `ctx`. Adding a capability adds one
+/// line here (and one in `engine::bindings` for WASM, which `bindgen!` links as a whole).
+pub fn register_rhai(engine: &mut rhai::Engine, ctx: &CapContext) {
+    log::rhai::register(engine, ctx);
+    kv::rhai::register(engine, ctx);
+    json::rhai::register(engine, ctx);
+    crypto::rhai::register(engine, ctx);
+    certs::rhai::register(engine, ctx);
+    mqtt::rhai::register(engine, ctx);
+    http::rhai::register(engine, ctx);
+}

@@ -1,0 +1,61 @@
+//! `gatehost check`: validate the config and every plugin; exit 1 when anything is wrong.
+
+use super::{print_json, ConfigArg};
+use crate::plugins::registry::Registry;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Report {
+    ok: bool,
+    plugins: Vec<String>,
+    devices: usize,
+    rules: usize,
+    problems: Vec<String>,
+}
+
+pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let registry = Registry::load(config.plugin_env(true));
+    let mut problems: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
+    problems.extend(config.validate(&registry));
+    let report = Report {
+        ok: problems.is_empty(),
+        plugins: registry
+            .plugins()
+            .map(|p| p.info.manifest.name.clone())
+            .collect(),
+        devices: config.devices.len(),
+        rules: config.rules.len(),
+        problems,
+    };
+    if args.json {
+        print_json(&report);
+    } else if report.ok {
+        println!(
+            "ok: {} plugins ({}), {} devices, {} rules",
+            report.plugins.len(),
+            report.plugins.join(", "),
+            report.devices,
+            report.rules
+        );
+    } else {
+        for p in &report.problems {
+            eprintln!("error: {p}");
+        }
+        eprintln!("gatehost: check found {} problem(s)", report.problems.len());
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,149 @@
+//! The `gatehost` command line: clap definitions and dispatch. One file per command group; errors
+//! become one line on stderr and a non-zero exit code.
+
+mod check;
+mod plugin;
+mod rule;
+mod run;
+mod sign;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "gatehost",
+    version,
+    about = "IoT gateway runtime: onboard devices to clouds and translate their topics with WASM or Rhai plugins",
+    after_help = "Example:\n  gatehost rule test iothub-telemetry --topic plant1/press7/temperature --payload '{\"value\":21.5}'"
+)]
+pub struct Cli {
+    /// Log line format on stderr (level filter: RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The config file option shared by most commands.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Config file [default: gatehost.toml; built-in defaults when it does not exist]
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn load(&self) -> Result<crate::config::Config, crate::config::ConfigError> {
+        match &self.config {
+            Some(path) => crate::config::Config::load(path, true),
+            None => crate::config::Config::load(
+                std::path::Path::new(crate::config::DEFAULT_CONFIG),
+                false,
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: onboard devices, run the bridge, hot reload.
+    #[command(after_help = "Example:\n  gatehost run --config examples/quickstart.toml")]
+    Run(run::RunArgs),
+    /// Run one device's onboarding flow and print its connection as JSON.
+    #[command(after_help = "Example:\n  gatehost onboard press7 --config gatehost.toml")]
+    Onboard(NotYet),
+    /// Validate the config, the plugins and their permissions; exit non-zero on any error.
+    #[command(after_help = "Example:\n  gatehost check --config gatehost.toml")]
+    Check(check::CheckArgs),
+    /// Work with topic-translation rules.
+    #[command(subcommand)]
+    Rule(rule::RuleCommand),
+    /// List, create, package and install plugins.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
+    /// Keys, CSRs and certificates (mirrors the providers' OpenSSL steps).
+    #[command(after_help = "Example:\n  gatehost certs key --alg rsa2048 --out press7.key")]
+    Certs(NotYet),
+    /// Azure SAS tokens, derived device keys and JWTs.
+    #[command(subcommand)]
+    Sign(sign::SignCommand),
+    /// Start the local provider emulators (DPS, IoT Hub, MindConnect, AWS IoT).
+    #[command(after_help = "Example:\n  gatehost sandbox --config sandbox.toml")]
+    Sandbox(NotYet),
+}
+
+/// Arguments of a command this build does not implement yet (accepted, then refused clearly).
+#[derive(Debug, clap::Args)]
+pub struct NotYet {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+/// Exit code of a command that is not implemented in this build.
+pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
+
+pub fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("gatehost: `gatehost {command}` is not implemented in this build yet");
+    Ok(ExitCode::from(EXIT_NOT_IMPLEMENTED))
+}
+
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Run a parsed command line; print any error as one line on stderr.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Onboard(_) => not_yet("onboard"),
+        Command::Check(args) => check::run(args),
+        Command::Rule(cmd) => rule::run(cmd),
+        Command::Plugin(cmd) => plugin::run(cmd),
+        Command::Certs(_) => not_yet("certs"),
+        Command::Sign(cmd) => sign::run(cmd),
+        Command::Sandbox(_) => not_yet("sandbox"),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("gatehost: {}", error_sentence(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes as one line: "outer: cause: root cause".
+fn error_sentence(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    parts.join(": ").replace('\n', " ")
+}
+
+/// Print one value as JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("CLI output serializes")
+    );
+}

@@ -1,0 +1,32 @@
+//! `gatehost run`: the main job. This build validates the config and loads every plugin; the
+//! bridge (local broker, rule chain, upstream sessions) is not part of it yet.
+
+use super::{ConfigArg, EXIT_NOT_IMPLEMENTED};
+use crate::plugins::registry::Registry;
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let registry = Registry::load(config.plugin_env(true));
+    let mut problems: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
+    problems.extend(config.validate(&registry));
+    for p in &problems {
+        tracing::error!("{p}");
+    }
+    let names: Vec<String> = registry
+        .plugins()
+        .map(|p| p.info.manifest.name.clone())
+        .collect();
+    tracing::info!(plugins = %names.join(", "), devices = config.devices.len(), rules = config.rules.len(), "config loaded");
+    eprintln!(
+        "gatehost: the bridge (local broker, rule chain, upstream sessions) is not implemented in \
+         this build yet; use `gatehost rule test` to run rules offline"
+    );
+    Ok(ExitCode::from(EXIT_NOT_IMPLEMENTED))
+}

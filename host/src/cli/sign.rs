@@ -1,0 +1,75 @@
+//! `gatehost sign ...`: Azure SAS tokens and DPS derived device keys; each prints only the result.
+
+use super::not_yet;
+use super::NotYet;
+use crate::caps::crypto;
+use anyhow::bail;
+use clap::Subcommand;
+use std::process::ExitCode;
+
+#[derive(Debug, Subcommand)]
+pub enum SignCommand {
+    /// Mint an Azure SAS token and print it.
+    #[command(after_help = "Examples:\n  \
+        gatehost sign sas --resource 0ne00055505/registrations/press7 --key \"$KEY\" --policy registration --ttl 3600\n  \
+        gatehost sign sas --resource myhub.azure-devices.net/devices/press7 --key \"$KEY\" --expiry 1767225600")]
+    Sas(SasArgs),
+    /// Derive a DPS group-enrollment device key and print it.
+    #[command(
+        after_help = "Example:\n  gatehost sign derive-key --group-key \"$GROUP_KEY\" --registration-id press7"
+    )]
+    DeriveKey(DeriveKeyArgs),
+    /// Sign a JWT with a private key (RS256/ES256).
+    Jwt(NotYet),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SasArgs {
+    /// `<idScope>/registrations/<registrationId>` (DPS) or `<hub-host>/devices/<deviceId>`.
+    #[arg(long)]
+    pub resource: String,
+    /// The base64 symmetric key.
+    #[arg(long, env = "GATEHOST_SAS_KEY", hide_env_values = true)]
+    pub key: String,
+    /// Policy name (`registration` for DPS; omit for a device token).
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Expiry as unix seconds.
+    #[arg(long, conflicts_with = "ttl", required_unless_present = "ttl")]
+    pub expiry: Option<u64>,
+    /// Expiry as seconds from now.
+    #[arg(long)]
+    pub ttl: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeriveKeyArgs {
+    /// The base64 group enrollment key.
+    #[arg(long, env = "GATEHOST_GROUP_KEY", hide_env_values = true)]
+    pub group_key: String,
+    #[arg(long)]
+    pub registration_id: String,
+}
+
+pub fn run(cmd: SignCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SignCommand::Sas(a) => {
+            let expiry = match (a.expiry, a.ttl) {
+                (Some(e), None) => e,
+                (None, Some(ttl)) => crypto::now_unix() + ttl,
+                _ => bail!("give exactly one of --expiry and --ttl"),
+            };
+            let token = crypto::sas_token(&a.resource, &a.key, a.policy.as_deref(), expiry)
+                .map_err(|e| anyhow::anyhow!("--key/--resource: {e}"))?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SignCommand::DeriveKey(a) => {
+            let key = crypto::derive_device_key(&a.group_key, &a.registration_id)
+                .map_err(|e| anyhow::anyhow!("--group-key/--registration-id: {e}"))?;
+            println!("{key}");
+            Ok(ExitCode::SUCCESS)
+        }
+        SignCommand::Jwt(_) => not_yet("sign jwt"),
+    }
+}

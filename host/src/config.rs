@@ -1,0 +1,341 @@
+//! The gateway config (`gatehost.toml`). Unknown fields are errors; relative paths are resolved
+//! against the folder that holds the config file.
+//!
+//! ```toml
+//! state_dir = "state"                              # default "state"
+//! plugin_dirs = ["scripts/rules", "scripts/flows", "plugins/dist"]   # the default
+//!
+//! [limits.rule]                                    # optional, applies to every rule
+//! timeout_ms = 1000
+//! [limits.flow]
+//! timeout_ms = 120000
+//!
+//! [local]                                          # where brownfield devices publish
+//! broker = "embedded"                              # or "mqtt://10.0.0.5:1883"
+//! listen = "127.0.0.1:1883"
+//!
+//! [[devices]]
+//! name = "press7"
+//! flow = "azure-dps"
+//! [devices.params]
+//! id_scope = "0ne00055505"
+//! registration_id = "press7"
+//!
+//! [[rules]]
+//! name = "plant-to-iothub"
+//! rule = "iothub-telemetry"
+//! from = ["plant1/#"]
+//! ```
+
+use crate::engine::limits::LimitOverrides;
+use crate::model::Pair;
+use crate::plugins::manifest::{one_line, PluginKind};
+use crate::plugins::registry::{PluginEnv, Registry};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_CONFIG: &str = "gatehost.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    #[serde(default = "default_plugin_dirs")]
+    pub plugin_dirs: Vec<PathBuf>,
+    #[serde(default)]
+    pub limits: ConfigLimits,
+    #[serde(default)]
+    pub local: LocalConfig,
+    #[serde(default)]
+    pub devices: Vec<DeviceConfig>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The folder relative paths are resolved against (the config file's folder).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLimits {
+    #[serde(default)]
+    pub rule: LimitOverrides,
+    #[serde(default)]
+    pub flow: LimitOverrides,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// `embedded`, or the URL of an external broker (`mqtt://host:port`).
+    #[serde(default = "default_broker")]
+    pub broker: String,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            broker: default_broker(),
+            listen: default_listen(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub name: String,
+    pub flow: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub name: String,
+    /// The rule plugin that translates the messages.
+    pub rule: String,
+    /// MQTT topic filters of the local messages this rule receives.
+    pub from: Vec<String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    "state".into()
+}
+
+fn default_plugin_dirs() -> Vec<PathBuf> {
+    vec![
+        "scripts/rules".into(),
+        "scripts/flows".into(),
+        "plugins/dist".into(),
+    ]
+}
+
+fn default_broker() -> String {
+    "embedded".into()
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:1883".into()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Load `path`. When the user did not name a config (`explicit == false`) and the default
+    /// file does not exist, the defaults apply, rooted at the current directory.
+    pub fn load(path: &Path, explicit: bool) -> Result<Config, ConfigError> {
+        if !path.exists() {
+            if explicit {
+                return Err(ConfigError::Missing(path.to_path_buf()));
+            }
+            return Ok(Config::defaults_in(Path::new(".")));
+        }
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: one_line(&e.to_string()),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        config.base_dir = base.to_path_buf();
+        Ok(config)
+    }
+
+    pub fn defaults_in(base: &Path) -> Config {
+        let mut config: Config = toml::from_str("").expect("the empty config is valid");
+        config.base_dir = base.to_path_buf();
+        config
+    }
+
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.resolve(&self.state_dir)
+    }
+
+    /// The plugin directories (resolved), plus `<state>/plugins` where installed bundles go.
+    pub fn plugin_env(&self, persistent: bool) -> PluginEnv {
+        let mut dirs: Vec<PathBuf> = self.plugin_dirs.iter().map(|d| self.resolve(d)).collect();
+        dirs.push(self.state_dir().join("plugins"));
+        PluginEnv {
+            dirs,
+            state_dir: self.state_dir(),
+            persistent,
+            rule_limits: self.limits.rule.clone(),
+            flow_limits: self.limits.flow.clone(),
+        }
+    }
+
+    /// Check what the config refers to against the loaded plugins. Returns every problem found.
+    pub fn validate(&self, registry: &Registry) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.local.broker != "embedded"
+            && !self.local.broker.starts_with("mqtt://")
+            && !self.local.broker.starts_with("mqtts://")
+        {
+            problems.push(format!(
+                "local.broker '{}' must be \"embedded\" or an mqtt:// or mqtts:// URL",
+                self.local.broker
+            ));
+        }
+        if self.local.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "local.listen '{}' must be an address like 127.0.0.1:1883",
+                self.local.listen
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for device in &self.devices {
+            if !names.insert(("device", device.name.as_str())) {
+                problems.push(format!("device '{}' is defined twice", device.name));
+            }
+            if let Err(e) = device.param_pairs() {
+                problems.push(e);
+            }
+            match registry.get(&device.flow) {
+                Ok(p) if p.info.manifest.kind != PluginKind::Flow => problems.push(format!(
+                    "device '{}': plugin '{}' is a {}, not a flow",
+                    device.name, device.flow, p.info.manifest.kind
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("device '{}': {e}", device.name)),
+            }
+        }
+        for rule in &self.rules {
+            if !names.insert(("rule", rule.name.as_str())) {
+                problems.push(format!("rule '{}' is defined twice", rule.name));
+            }
+            if rule.from.is_empty() {
+                problems.push(format!(
+                    "rule '{}': `from` lists no topic filter",
+                    rule.name
+                ));
+            }
+            for filter in &rule.from {
+                if let Err(e) = crate::model::validate_topic_filter(filter) {
+                    problems.push(format!("rule '{}': from filter '{filter}' {e}", rule.name));
+                }
+            }
+            match registry.get(&rule.rule) {
+                Ok(p) if p.info.manifest.kind != PluginKind::Rule => problems.push(format!(
+                    "rule '{}': plugin '{}' is a {}, not a rule",
+                    rule.name, rule.rule, p.info.manifest.kind
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("rule '{}': {e}", rule.name)),
+            }
+        }
+        problems
+    }
+}
+
+impl DeviceConfig {
+    /// Flow parameters as strings: strings as written, numbers and booleans in their TOML form.
+    pub fn param_pairs(&self) -> Result<Vec<Pair>, String> {
+        self.params
+            .iter()
+            .map(|(k, v)| {
+                let value = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    other => {
+                        return Err(format!(
+                            "device '{}': param '{k}' is a {}; params must be strings, numbers or booleans",
+                            self.name,
+                            other.type_str()
+                        ))
+                    }
+                };
+                Ok((k.clone(), value))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_empty_config_has_defaults() {
+        let c = Config::parse("", Path::new("/etc/gatehost/gatehost.toml")).unwrap();
+        assert_eq!(c.state_dir(), PathBuf::from("/etc/gatehost/state"));
+        assert_eq!(c.local.broker, "embedded");
+        assert_eq!(c.plugin_dirs.len(), 3);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_location() {
+        let e = Config::parse("state_dri = \"x\"\n", Path::new("g.toml")).unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.starts_with("g.toml: "), "{msg}");
+        assert!(msg.contains("unknown field `state_dri`"), "{msg}");
+        assert!(msg.contains("line 1"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn params_become_strings() {
+        let c = Config::parse(
+            "[[devices]]\nname = \"d\"\nflow = \"f\"\n[devices.params]\na = \"x\"\nb = 3\nc = true\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        let pairs = c.devices[0].param_pairs().unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("a".into(), "x".into()),
+                ("b".into(), "3".into()),
+                ("c".into(), "true".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn table_params_are_refused() {
+        let c = Config::parse(
+            "[[devices]]\nname = \"d\"\nflow = \"f\"\n[devices.params.x]\ny = 1\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        let e = c.devices[0].param_pairs().unwrap_err();
+        assert_eq!(
+            e,
+            "device 'd': param 'x' is a table; params must be strings, numbers or booleans"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! gatehost: an IoT gateway runtime. Onboarding flows and topic-translation rules are plugins
+//! (WASM components or Rhai scripts) that share one host API of capabilities.
+//!
+//! Layout: [`model`] (messages, connections, the plugin error), [`config`] (gatehost.toml),
+//! [`caps`] (host capabilities, each bound to both engines), [`engine`] (the WASM and Rhai
+//! engines), [`plugins`] (manifests, discovery, registry), [`cli`] (the `gatehost` commands).
+
+pub mod caps;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod model;
+pub mod plugins;

@@ -1,0 +1,265 @@
+//! The registry of loaded plugins: discovers and loads every plugin in the configured
+//! directories, keeps the ones that load, and records for each one that does not why not.
+
+use super::discovery::{discover, discover_one, Discovered, DiscoveryError, EngineKind};
+use super::manifest::PluginKind;
+use crate::caps::{kv::KvRegistry, CapContext};
+use crate::engine::limits::{LimitOverrides, Limits};
+use crate::engine::rhai::{RhaiFlow, RhaiRule};
+use crate::engine::wasm::WasmRuntime;
+use crate::engine::{FlowPlugin, LoadError, RulePlugin};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+/// Where plugins come from and what they may use.
+#[derive(Debug, Clone)]
+pub struct PluginEnv {
+    pub dirs: Vec<PathBuf>,
+    pub state_dir: PathBuf,
+    /// Keep compiled WASM in `<state>/cache/wasm` and kv data in `<state>/kv`.
+    pub persistent: bool,
+    pub rule_limits: LimitOverrides,
+    pub flow_limits: LimitOverrides,
+}
+
+#[derive(Clone)]
+pub enum PluginHandle {
+    Rule(Arc<dyn RulePlugin>),
+    Flow(Arc<dyn FlowPlugin>),
+}
+
+#[derive(Clone)]
+pub struct LoadedPlugin {
+    pub info: Discovered,
+    pub handle: PluginHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    #[error("plugin '{name}': {source}")]
+    Load { name: String, source: LoadError },
+    #[error("no plugin named '{name}'{hint}")]
+    Unknown { name: String, hint: String },
+    #[error("plugin '{name}' is a {actual}, not a {expected}")]
+    WrongKind {
+        name: String,
+        actual: PluginKind,
+        expected: PluginKind,
+    },
+    #[error("plugin '{name}' failed to load: {reason}")]
+    Broken { name: String, reason: String },
+}
+
+/// Loads plugins; shares one WASM runtime and one kv registry between them.
+pub struct Loader {
+    env: PluginEnv,
+    kv: KvRegistry,
+    wasm: OnceLock<Result<Arc<WasmRuntime>, String>>,
+}
+
+impl Loader {
+    pub fn new(env: PluginEnv) -> Self {
+        let kv = if env.persistent {
+            KvRegistry::persistent(&env.state_dir)
+        } else {
+            KvRegistry::in_memory()
+        };
+        Loader {
+            env,
+            kv,
+            wasm: OnceLock::new(),
+        }
+    }
+
+    fn wasm(&self) -> Result<Arc<WasmRuntime>, LoadError> {
+        let cache = self
+            .env
+            .persistent
+            .then(|| self.env.state_dir.join("cache").join("wasm"));
+        self.wasm
+            .get_or_init(|| WasmRuntime::new(cache).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(LoadError::Engine)
+    }
+
+    /// Load one discovered plugin with its limits and capabilities.
+    pub fn load(&self, info: &Discovered) -> Result<PluginHandle, LoadError> {
+        let m = &info.manifest;
+        let (base, config) = match m.kind {
+            PluginKind::Rule => (Limits::rule(), &self.env.rule_limits),
+            PluginKind::Flow => (Limits::flow(), &self.env.flow_limits),
+        };
+        let limits = base.with_overrides(config).with_overrides(&m.limits);
+        let caps = CapContext::new(
+            &m.name,
+            m.permissions.clone(),
+            self.env.state_dir.clone(),
+            &self.kv,
+        );
+        let path = &info.entry;
+        Ok(match (info.engine, m.kind) {
+            (EngineKind::Rhai, PluginKind::Rule) => {
+                PluginHandle::Rule(Arc::new(RhaiRule::load(path, &caps, limits)?))
+            }
+            (EngineKind::Rhai, PluginKind::Flow) => {
+                PluginHandle::Flow(Arc::new(RhaiFlow::load(path, &caps, limits)?))
+            }
+            (EngineKind::Wasm, PluginKind::Rule) => {
+                PluginHandle::Rule(Arc::new(self.wasm()?.load_rule(path, caps, limits)?))
+            }
+            (EngineKind::Wasm, PluginKind::Flow) => {
+                PluginHandle::Flow(Arc::new(self.wasm()?.load_flow(path, caps, limits)?))
+            }
+        })
+    }
+}
+
+/// Every plugin found in the plugin directories: loaded, or with the reason it is not.
+pub struct Registry {
+    loaded: BTreeMap<String, LoadedPlugin>,
+    failed: BTreeMap<String, String>,
+    errors: Vec<RegistryError>,
+}
+
+impl Registry {
+    /// Discover and load everything in `env.dirs`.
+    pub fn load(env: PluginEnv) -> Registry {
+        let loader = Loader::new(env.clone());
+        let (found, discovery_errors) = discover(&env.dirs);
+        let mut registry = Registry {
+            loaded: BTreeMap::new(),
+            failed: BTreeMap::new(),
+            errors: discovery_errors.into_iter().map(Into::into).collect(),
+        };
+        for info in found {
+            registry.add(&loader, info);
+        }
+        registry
+    }
+
+    /// Load the single plugin described by a manifest, `.rhai` or `.wasm` path.
+    pub fn load_path(env: PluginEnv, path: &Path) -> Result<LoadedPlugin, RegistryError> {
+        let manifest_path = if path.extension().is_some_and(|e| e == "toml") {
+            path.to_path_buf()
+        } else {
+            path.with_extension("toml")
+        };
+        if !manifest_path.exists() {
+            return Err(DiscoveryError::NoManifest {
+                path: path.to_path_buf(),
+                expected: manifest_path,
+            }
+            .into());
+        }
+        let info = discover_one(&manifest_path).map_err(DiscoveryError::from)?;
+        let handle = Loader::new(env)
+            .load(&info)
+            .map_err(|source| RegistryError::Load {
+                name: info.manifest.name.clone(),
+                source,
+            })?;
+        Ok(LoadedPlugin { info, handle })
+    }
+
+    /// Discover the plugin directories but load only the plugin called `name` (what
+    /// `gatehost rule test` needs: other plugins' problems do not get in the way).
+    pub fn load_named(env: PluginEnv, name: &str) -> Result<LoadedPlugin, RegistryError> {
+        let (found, errors) = discover(&env.dirs);
+        let Some(info) = found.into_iter().find(|p| p.manifest.name == name) else {
+            // A broken manifest of that name says more than "unknown".
+            if let Some(e) = errors.into_iter().find(|e| e.to_string().contains(name)) {
+                return Err(e.into());
+            }
+            let registry = Registry {
+                loaded: BTreeMap::new(),
+                failed: BTreeMap::new(),
+                errors: Vec::new(),
+            };
+            return registry
+                .get(name)
+                .map(|_| unreachable!("registry is empty"));
+        };
+        let handle = Loader::new(env)
+            .load(&info)
+            .map_err(|source| RegistryError::Load {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(LoadedPlugin { info, handle })
+    }
+
+    fn add(&mut self, loader: &Loader, info: Discovered) {
+        let name = info.manifest.name.clone();
+        match loader.load(&info) {
+            Ok(handle) => {
+                tracing::debug!(plugin = %name, engine = %info.engine, "plugin loaded");
+                self.loaded.insert(name, LoadedPlugin { info, handle });
+            }
+            Err(source) => {
+                let err = RegistryError::Load {
+                    name: name.clone(),
+                    source,
+                };
+                tracing::error!("{err}");
+                self.failed.insert(name, err.to_string());
+                self.errors.push(err);
+            }
+        }
+    }
+
+    pub fn plugins(&self) -> impl Iterator<Item = &LoadedPlugin> {
+        self.loaded.values()
+    }
+
+    /// What could not be discovered or loaded.
+    pub fn errors(&self) -> &[RegistryError] {
+        &self.errors
+    }
+
+    pub fn get(&self, name: &str) -> Result<&LoadedPlugin, RegistryError> {
+        if let Some(p) = self.loaded.get(name) {
+            return Ok(p);
+        }
+        if let Some(reason) = self.failed.get(name) {
+            return Err(RegistryError::Broken {
+                name: name.to_string(),
+                reason: reason.clone(),
+            });
+        }
+        let names: Vec<&str> = self.loaded.keys().map(String::as_str).collect();
+        let hint = if names.is_empty() {
+            " (no plugins were found in the plugin directories)".to_string()
+        } else {
+            format!(" (available: {})", names.join(", "))
+        };
+        Err(RegistryError::Unknown {
+            name: name.to_string(),
+            hint,
+        })
+    }
+
+    pub fn rule(&self, name: &str) -> Result<Arc<dyn RulePlugin>, RegistryError> {
+        match &self.get(name)?.handle {
+            PluginHandle::Rule(rule) => Ok(rule.clone()),
+            PluginHandle::Flow(_) => Err(RegistryError::WrongKind {
+                name: name.to_string(),
+                actual: PluginKind::Flow,
+                expected: PluginKind::Rule,
+            }),
+        }
+    }
+
+    pub fn flow(&self, name: &str) -> Result<Arc<dyn FlowPlugin>, RegistryError> {
+        match &self.get(name)?.handle {
+            PluginHandle::Flow(flow) => Ok(flow.clone()),
+            PluginHandle::Rule(_) => Err(RegistryError::WrongKind {
+                name: name.to_string(),
+                actual: PluginKind::Rule,
+                expected: PluginKind::Flow,
+            }),
+        }
+    }
+}
