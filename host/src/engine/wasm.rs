@@ -159,11 +159,16 @@ impl WasmRuntime {
         check_component_header(path, &bytes)?;
 
         let cached = self.cache_path(&bytes);
-        if let Some(cached) = cached.as_deref().filter(|p| p.exists()) {
+        // The artifact is read into memory rather than mapped: a file rewritten in place under
+        // a live mapping would crash the process (SIGBUS).
+        if let Some((cached, artifact)) = cached
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok().map(|bytes| (p, bytes)))
+        {
             // SAFETY: the cache directory lives in gatehost's state directory and holds only
             // files this function wrote with `Component::serialize`; wasmtime also checks the
-            // engine compatibility header and refuses mismatched artifacts.
-            match unsafe { Component::deserialize_file(&self.engine, cached) } {
+            // engine compatibility header and refuses mismatched or foreign artifacts.
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
                 Ok(component) => return Ok(component),
                 Err(e) => tracing::debug!(cache = %cached.display(), "recompiling: {e}"),
             }

@@ -139,9 +139,9 @@ pub fn discover_one(manifest_path: &Path) -> Result<Discovered, ManifestError> {
             }
         }
     };
-    let engine = if has_ext(&entry, "rhai") {
+    let engine = if ext_is(&entry, "rhai") {
         EngineKind::Rhai
-    } else if has_ext(&entry, "wasm") {
+    } else if ext_is(&entry, "wasm") {
         EngineKind::Wasm
     } else {
         return Err(err(format!(
@@ -165,7 +165,11 @@ fn default_entries(manifest_path: &Path) -> Vec<PathBuf> {
 }
 
 fn has_ext(path: &Path, ext: &str) -> bool {
-    path.is_file() && path.extension().is_some_and(|e| e == ext)
+    path.is_file() && ext_is(path, ext)
+}
+
+fn ext_is(path: &Path, ext: &str) -> bool {
+    path.extension().is_some_and(|e| e == ext)
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {

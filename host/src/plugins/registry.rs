@@ -168,19 +168,16 @@ impl Registry {
     /// `gatehost rule test` needs: other plugins' problems do not get in the way).
     pub fn load_named(env: PluginEnv, name: &str) -> Result<LoadedPlugin, RegistryError> {
         let (found, errors) = discover(&env.dirs);
+        let names: Vec<String> = found.iter().map(|p| p.manifest.name.clone()).collect();
         let Some(info) = found.into_iter().find(|p| p.manifest.name == name) else {
             // A broken manifest of that name says more than "unknown".
             if let Some(e) = errors.into_iter().find(|e| e.to_string().contains(name)) {
                 return Err(e.into());
             }
-            let registry = Registry {
-                loaded: BTreeMap::new(),
-                failed: BTreeMap::new(),
-                errors: Vec::new(),
-            };
-            return registry
-                .get(name)
-                .map(|_| unreachable!("registry is empty"));
+            return Err(RegistryError::Unknown {
+                name: name.to_string(),
+                hint: available_hint(names.iter().map(String::as_str)),
+            });
         };
         let handle = Loader::new(env)
             .load(&info)
@@ -229,15 +226,9 @@ impl Registry {
                 reason: reason.clone(),
             });
         }
-        let names: Vec<&str> = self.loaded.keys().map(String::as_str).collect();
-        let hint = if names.is_empty() {
-            " (no plugins were found in the plugin directories)".to_string()
-        } else {
-            format!(" (available: {})", names.join(", "))
-        };
         Err(RegistryError::Unknown {
             name: name.to_string(),
-            hint,
+            hint: available_hint(self.loaded.keys().map(String::as_str)),
         })
     }
 
@@ -261,5 +252,14 @@ impl Registry {
                 expected: PluginKind::Flow,
             }),
         }
+    }
+}
+
+fn available_hint<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    if names.is_empty() {
+        " (no plugins were found in the plugin directories)".to_string()
+    } else {
+        format!(" (available: {})", names.join(", "))
     }
 }

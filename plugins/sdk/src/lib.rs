@@ -16,6 +16,7 @@
 //! Host functions live under `gatehost_sdk::host` (`log`, `kv`, `json`, `crypto`, `certs`, `mqtt`, `http`).
 
 /// Bindings of the `rule` world (and of every host interface, which both worlds share).
+#[allow(clippy::too_many_arguments)] // generated code: one argument per WIT parameter
 pub mod rule {
     wit_bindgen::generate!({
         path: "../../wit",
@@ -28,6 +29,7 @@ pub mod rule {
 }
 
 /// Bindings of the `flow` world; its imports are the same modules as the rule world's.
+#[allow(clippy::too_many_arguments)] // generated code: one argument per WIT parameter
 pub mod flow {
     wit_bindgen::generate!({
         path: "../../wit",

@@ -1,0 +1,129 @@
+//! One rule call on a 256-byte JSON payload: a native Rust closure doing the same work vs the
+//! example rule in Rhai vs the same rule as a WASM component (instance reused).
+//!
+//!   cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
+//!   cargo bench -p gatehost --bench rule_call
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use gatehost::caps::{crypto, json};
+use gatehost::engine::RulePlugin;
+use gatehost::model::{Destination, Message, Outbound};
+use gatehost::plugins::registry::{PluginEnv, PluginHandle, Registry};
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The example rule written directly in Rust: the baseline a plugin is compared with.
+fn native_translate(msg: &Message) -> Result<Vec<Outbound>, String> {
+    let mut levels = msg.topic.splitn(3, '/');
+    let (Some(site), Some(device), Some(measurement)) =
+        (levels.next(), levels.next(), levels.next())
+    else {
+        return Err(format!(
+            "topic '{}' does not have the form <site>/<device>/<measurement>",
+            msg.topic
+        ));
+    };
+    let fields = format!(
+        "\"site\":{},\"device\":{},\"measurement\":{}",
+        json::quote(site),
+        json::quote(device),
+        json::quote(measurement)
+    );
+    let events = format!("devices/{device}/messages/events/");
+    let (topic, payload) = match json::kind(&msg.payload) {
+        json::JsonKind::Invalid => (
+            format!(
+                "{events}site={}&measurement={}",
+                crypto::percent_encode(site),
+                crypto::percent_encode(measurement)
+            ),
+            msg.payload.clone(),
+        ),
+        kind => {
+            let text = std::str::from_utf8(&msg.payload)
+                .expect("valid JSON is UTF-8")
+                .trim();
+            let body = if kind == json::JsonKind::Object {
+                let inner = text[1..text.len() - 1].trim();
+                if inner.is_empty() {
+                    format!("{{{fields}}}")
+                } else {
+                    format!("{{{fields},{inner}}}")
+                }
+            } else {
+                format!("{{{fields},\"value\":{text}}}")
+            };
+            (
+                format!("{events}$.ct=application%2Fjson&$.ce=utf-8"),
+                body.into_bytes(),
+            )
+        }
+    };
+    Ok(vec![Outbound {
+        destination: Destination::Upstream(device.to_string()),
+        message: Message {
+            topic,
+            payload,
+            qos: msg.qos.min(1),
+            retain: false,
+            properties: msg.properties.clone(),
+        },
+    }])
+}
+
+fn payload_256() -> Vec<u8> {
+    let mut p = String::from(
+        r#"{"value":21.5,"unit":"degC","ts":"2026-11-23T14:00:00.000Z","status":"ok","line":4,"samples":[21.4,21.5,21.5,21.6,21.5],"note":""#,
+    );
+    while p.len() < 256 - 2 {
+        p.push('x');
+    }
+    p.push_str("\"}");
+    assert_eq!(p.len(), 256);
+    p.into_bytes()
+}
+
+fn load(manifest: &Path) -> Arc<dyn RulePlugin> {
+    let env = PluginEnv {
+        dirs: vec![],
+        state_dir: "state".into(),
+        persistent: false,
+        rule_limits: Default::default(),
+        flow_limits: Default::default(),
+    };
+    match Registry::load_path(env, manifest)
+        .unwrap_or_else(|e| panic!("{e} (build plugins/ first: see the top of this file)"))
+        .handle
+    {
+        PluginHandle::Rule(r) => r,
+        PluginHandle::Flow(_) => unreachable!(),
+    }
+}
+
+fn rule_call(c: &mut Criterion) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let rhai = load(&root.join("scripts/rules/iothub-telemetry.toml"));
+    let wasm = load(&root.join("plugins/dist/iothub-telemetry-wasm.toml"));
+    let msg = Message::new("plant1/press7/temperature", payload_256(), 1);
+
+    // Same input, same output: the three contestants do the same work.
+    let expected = native_translate(&msg).unwrap();
+    assert_eq!(rhai.translate(&msg).unwrap(), expected);
+    assert_eq!(wasm.translate(&msg).unwrap(), expected);
+
+    let mut group = c.benchmark_group("rule_call_256B_json");
+    group.bench_function("native", |b| {
+        b.iter(|| native_translate(black_box(&msg)).unwrap())
+    });
+    group.bench_function("rhai", |b| {
+        b.iter(|| rhai.translate(black_box(&msg)).unwrap())
+    });
+    group.bench_function("wasm", |b| {
+        b.iter(|| wasm.translate(black_box(&msg)).unwrap())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, rule_call);
+criterion_main!(benches);

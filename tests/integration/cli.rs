@@ -1,0 +1,256 @@
+//! The `gatehost` command line, run as a user would.
+
+use crate::support::{gatehost, run, wasm_dir};
+
+const EXPECTED: &str = r#"{"destination":{"upstream":"press7"},"topic":"devices/press7/messages/events/$.ct=application%2Fjson&$.ce=utf-8","payload":"{\"site\":\"plant1\",\"device\":\"press7\",\"measurement\":\"temperature\",\"value\":21.5}","qos":1,"retain":false}"#;
+
+#[test]
+fn rule_test_runs_the_example_rule_in_both_engines() {
+    wasm_dir();
+    for rule in [
+        "iothub-telemetry",
+        "iothub-telemetry-wasm",
+        "scripts/rules/iothub-telemetry.rhai",
+    ] {
+        let out = run(gatehost().args([
+            "rule",
+            "test",
+            rule,
+            "--topic",
+            "plant1/press7/temperature",
+            "--payload",
+            r#"{"value":21.5}"#,
+            "--qos",
+            "1",
+        ]));
+        assert_eq!(out.code, 0, "{rule}: {}", out.stderr);
+        assert_eq!(out.stdout.trim_end(), EXPECTED, "{rule}");
+    }
+}
+
+#[test]
+fn rule_test_reads_binary_payload_files_and_properties() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("reading.bin");
+    std::fs::write(&file, [0u8, 255, 7]).unwrap();
+    let out = run(gatehost()
+        .args([
+            "rule",
+            "test",
+            "iothub-telemetry",
+            "--topic",
+            "a/b/c",
+            "--property",
+            "line=4",
+        ])
+        .arg("--payload-file")
+        .arg(&file));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["payload"]["base64"], "AP8H");
+    assert_eq!(v["properties"][0], serde_json::json!(["line", "4"]));
+}
+
+#[test]
+fn rule_test_errors_are_one_sentence_and_exit_one() {
+    let out = run(gatehost().args([
+        "rule",
+        "test",
+        "no-such-rule",
+        "--topic",
+        "a/b/c",
+        "--payload",
+        "x",
+    ]));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .starts_with("gatehost: no plugin named 'no-such-rule' (available: "),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{}", out.stderr);
+
+    let out = run(gatehost().args([
+        "rule",
+        "test",
+        "iothub-telemetry",
+        "--topic",
+        "plant1",
+        "--payload",
+        "x",
+    ]));
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "gatehost: rule 'iothub-telemetry' failed on topic 'plant1': topic 'plant1' does not have the form <site>/<device>/<measurement> (invalid-input)"
+    );
+
+    let out = run(gatehost().args([
+        "rule",
+        "test",
+        "iothub-telemetry",
+        "--topic",
+        "a/b/c",
+        "--property",
+        "novalue",
+    ]));
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "gatehost: --property 'novalue' must be KEY=VALUE"
+    );
+
+    let out = run(gatehost().args([
+        "rule",
+        "test",
+        "iothub-telemetry",
+        "--topic",
+        "a/b/c",
+        "--config",
+        "missing.toml",
+    ]));
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "gatehost: config file missing.toml does not exist"
+    );
+}
+
+#[test]
+fn check_accepts_the_quickstart_config() {
+    wasm_dir();
+    let out = run(gatehost().args(["check", "--config", "examples/quickstart.toml"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("ok: "), "{}", out.stdout);
+    let out = run(gatehost().args(["check", "--config", "examples/quickstart.toml", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert_eq!(v["ok"], true);
+}
+
+#[test]
+fn plugin_list_shows_both_engines() {
+    wasm_dir();
+    let out = run(gatehost().args(["plugin", "list", "--json"]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let engine = |name: &str| {
+        rows.iter()
+            .find(|r| r["name"] == name)
+            .map(|r| r["engine"].clone())
+    };
+    assert_eq!(engine("iothub-telemetry"), Some("rhai".into()));
+    assert_eq!(engine("iothub-telemetry-wasm"), Some("wasm".into()));
+}
+
+#[test]
+fn sign_commands_print_only_the_result() {
+    let key = "dGhpcyBpcyBhIHRlc3Qga2V5IG9mIDMyIGJ5dGVzIQ==";
+    let out = run(gatehost().args([
+        "sign",
+        "sas",
+        "--resource",
+        "0ne00055505/registrations/press7",
+        "--key",
+        key,
+        "--policy",
+        "registration",
+        "--expiry",
+        "1700000000",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "SharedAccessSignature sr=0ne00055505%2Fregistrations%2Fpress7&sig=KT4PFXmE3ySltDBlUqpgLQ9j9hoFVVFn792hvcpCdUI%3D&se=1700000000&skn=registration\n"
+    );
+    let out = run(gatehost().args([
+        "sign",
+        "sas",
+        "--resource",
+        "r",
+        "--key",
+        "###",
+        "--ttl",
+        "60",
+    ]));
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "gatehost: --key/--resource: SAS key is not valid base64"
+    );
+}
+
+#[test]
+fn derived_keys_match_the_openssl_pipeline_from_the_provider_docs() {
+    let group_key = "dGhpcyBpcyBhIHRlc3Qga2V5IG9mIDMyIGJ5dGVzIQ==";
+    let hex_key = hex::encode(base64_decode(group_key));
+    let script = format!(
+        "printf '%s' press7 | openssl sha256 -mac HMAC -macopt hexkey:{hex_key} -binary | base64"
+    );
+    let openssl = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        openssl.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    let out = run(gatehost().args([
+        "sign",
+        "derive-key",
+        "--group-key",
+        group_key,
+        "--registration-id",
+        "press7",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        String::from_utf8_lossy(&openssl.stdout).trim()
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    gatehost::caps::crypto::base64_decode(s).unwrap()
+}
+
+#[test]
+fn unimplemented_commands_say_so_and_exit_two() {
+    for args in [
+        vec!["onboard", "press7"],
+        vec!["sandbox"],
+        vec!["plugin", "pack", "dir"],
+        vec!["certs", "show", "x.pem"],
+    ] {
+        let out = run(gatehost().args(&args));
+        assert_eq!(out.code, 2, "{args:?}");
+        assert!(
+            out.stderr.contains("is not implemented in this build yet"),
+            "{}",
+            out.stderr
+        );
+    }
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for args in [
+        vec!["run"],
+        vec!["check"],
+        vec!["rule", "test"],
+        vec!["plugin", "list"],
+        vec!["sign", "sas"],
+        vec!["onboard"],
+    ] {
+        let mut full = args.clone();
+        full.push("--help");
+        let out = run(gatehost().args(&full));
+        assert_eq!(out.code, 0, "{args:?}");
+        assert!(out.stdout.contains("Example"), "{args:?}: {}", out.stdout);
+    }
+}

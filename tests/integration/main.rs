@@ -1,0 +1,12 @@
+//! gatehost's integration tests: one test binary, shared support code, real plugins built with
+//! the real toolchains (cargo for wasm32-wasip2, the Rhai scripts in `scripts/`).
+
+mod support;
+
+mod bad_plugins;
+mod cli;
+mod engine_limits;
+mod flows;
+mod parity;
+mod sandboxing;
+mod wasm_cache;
