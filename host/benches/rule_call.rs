@@ -3,9 +3,10 @@
 //!
 //!   cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml
 //!   cargo bench -p gatehost --bench rule_call
+//!
+//! The native contestant compiles the plugin's own `logic.rs`, so all three do the same work.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use gatehost::caps::{crypto, json};
 use gatehost::engine::RulePlugin;
 use gatehost::model::{Destination, Message, Outbound};
 use gatehost::plugins::registry::{PluginEnv, PluginHandle, Registry};
@@ -13,58 +14,18 @@ use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The example rule written directly in Rust: the baseline a plugin is compared with.
+/// The example rule's own logic, compiled natively: exactly the code inside the component.
+#[path = "../../plugins/iothub-telemetry/src/logic.rs"]
+mod logic;
+
+/// The native baseline: the same logic and the same message model, no engine in between.
 fn native_translate(msg: &Message) -> Result<Vec<Outbound>, String> {
-    let mut levels = msg.topic.splitn(3, '/');
-    let (Some(site), Some(device), Some(measurement)) =
-        (levels.next(), levels.next(), levels.next())
-    else {
-        return Err(format!(
-            "topic '{}' does not have the form <site>/<device>/<measurement>",
-            msg.topic
-        ));
-    };
-    let fields = format!(
-        "\"site\":{},\"device\":{},\"measurement\":{}",
-        json::quote(site),
-        json::quote(device),
-        json::quote(measurement)
-    );
-    let events = format!("devices/{device}/messages/events/");
-    let (topic, payload) = match json::kind(&msg.payload) {
-        json::JsonKind::Invalid => (
-            format!(
-                "{events}site={}&measurement={}",
-                crypto::percent_encode(site),
-                crypto::percent_encode(measurement)
-            ),
-            msg.payload.clone(),
-        ),
-        kind => {
-            let text = std::str::from_utf8(&msg.payload)
-                .expect("valid JSON is UTF-8")
-                .trim();
-            let body = if kind == json::JsonKind::Object {
-                let inner = text[1..text.len() - 1].trim();
-                if inner.is_empty() {
-                    format!("{{{fields}}}")
-                } else {
-                    format!("{{{fields},{inner}}}")
-                }
-            } else {
-                format!("{{{fields},\"value\":{text}}}")
-            };
-            (
-                format!("{events}$.ct=application%2Fjson&$.ce=utf-8"),
-                body.into_bytes(),
-            )
-        }
-    };
+    let t = logic::translate(&msg.topic, &msg.payload)?;
     Ok(vec![Outbound {
-        destination: Destination::Upstream(device.to_string()),
+        destination: Destination::Upstream(t.device.to_string()),
         message: Message {
-            topic,
-            payload,
+            topic: t.topic,
+            payload: t.payload.unwrap_or_else(|| msg.payload.clone()),
             qos: msg.qos.min(1),
             retain: false,
             properties: msg.properties.clone(),
