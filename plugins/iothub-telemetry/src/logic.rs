@@ -73,7 +73,10 @@ pub fn translate<'a>(topic: &'a str, payload: &[u8]) -> Result<Telemetry<'a>, St
 fn trim_json_ws(bytes: &[u8]) -> &[u8] {
     let is_ws = |b: &u8| b" \t\r\n".contains(b);
     let start = bytes.iter().position(|b| !is_ws(b)).unwrap_or(bytes.len());
-    let end = bytes.iter().rposition(|b| !is_ws(b)).map_or(start, |i| i + 1);
+    let end = bytes
+        .iter()
+        .rposition(|b| !is_ws(b))
+        .map_or(start, |i| i + 1);
     &bytes[start..end]
 }
 
