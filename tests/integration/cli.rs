@@ -225,7 +225,7 @@ fn unimplemented_commands_say_so_and_exit_two() {
         vec!["onboard", "press7"],
         vec!["sandbox"],
         vec!["plugin", "pack", "dir"],
-        vec!["certs", "show", "x.pem"],
+        vec!["plugin", "keygen", "--out", "x"],
     ] {
         let out = run(gatehost().args(&args));
         assert_eq!(out.code, 2, "{args:?}");

@@ -4,9 +4,12 @@
 mod support;
 
 mod bad_plugins;
+mod certs_openssl;
 mod cli;
 mod engine_limits;
 mod flows;
 mod parity;
+mod plugin_certs;
 mod sandboxing;
+mod signatures;
 mod wasm_cache;

@@ -10,6 +10,7 @@ pub mod kv;
 pub mod log;
 pub mod mqtt;
 
+use crate::model::{ErrorKind, PluginError};
 use crate::plugins::manifest::Permissions;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct CapContext {
     pub plugin: Arc<str>,
     pub permissions: Permissions,
     pub kv: Arc<kv::KvNamespace>,
+    /// Namespace of the plugin's state (kv entries, generated keys): its kv namespace.
+    pub namespace: String,
     pub state_dir: PathBuf,
 }
 
@@ -39,6 +42,7 @@ impl CapContext {
         CapContext {
             plugin: Arc::from(plugin),
             kv: kv_stores.namespace(&namespace),
+            namespace,
             permissions,
             state_dir,
         }
@@ -52,6 +56,50 @@ impl CapContext {
             PathBuf::new(),
             &kv::KvRegistry::in_memory(),
         )
+    }
+}
+
+impl CapContext {
+    /// Check that the plugin may read `path`: it must lie under one of the plugin's declared
+    /// `file_roots` (relative paths and roots are taken from the working directory). Returns the
+    /// canonical path.
+    pub fn readable_file(&self, path: &str) -> Result<PathBuf, PluginError> {
+        let canonical = std::path::Path::new(path).canonicalize().map_err(|e| {
+            let kind = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorKind::NotFound
+            } else {
+                ErrorKind::Io
+            };
+            PluginError::new(kind, format!("cannot read {path}: {e}"))
+        })?;
+        let allowed = self.permissions.file_roots.iter().any(|root| {
+            std::path::Path::new(root)
+                .canonicalize()
+                .is_ok_and(|root| canonical.starts_with(root))
+        });
+        if allowed {
+            return Ok(canonical);
+        }
+        let declared = if self.permissions.file_roots.is_empty() {
+            "none are declared".to_string()
+        } else {
+            format!("declared: {}", self.permissions.file_roots.join(", "))
+        };
+        Err(PluginError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "plugin '{}' may not read {path}: it is outside the plugin's file roots ({declared}); \
+                 add its folder to permissions.file_roots in the manifest",
+                self.plugin
+            ),
+        ))
+    }
+
+    /// Read a text file the plugin may read.
+    pub fn read_text(&self, path: &str) -> Result<String, PluginError> {
+        let canonical = self.readable_file(path)?;
+        std::fs::read_to_string(&canonical)
+            .map_err(|e| PluginError::new(ErrorKind::Io, format!("cannot read {path}: {e}")))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `gatehost` command line: clap definitions and dispatch. One file per command group; errors
 //! become one line on stderr and a non-zero exit code.
 
+mod certs;
 mod check;
 mod plugin;
 mod rule;
@@ -70,8 +71,8 @@ pub enum Command {
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Keys, CSRs and certificates (mirrors the providers' OpenSSL steps).
-    #[command(after_help = "Example:\n  gatehost certs key --alg rsa2048 --out press7.key")]
-    Certs(NotYet),
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
     /// Azure SAS tokens, derived device keys and JWTs.
     #[command(subcommand)]
     Sign(sign::SignCommand),
@@ -115,7 +116,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Check(args) => check::run(args),
         Command::Rule(cmd) => rule::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),
-        Command::Certs(_) => not_yet("certs"),
+        Command::Certs(cmd) => certs::run(cmd),
         Command::Sign(cmd) => sign::run(cmd),
         Command::Sandbox(_) => not_yet("sandbox"),
     };

@@ -1,7 +1,5 @@
 //! `gatehost sign ...`: Azure SAS tokens and DPS derived device keys; each prints only the result.
 
-use super::not_yet;
-use super::NotYet;
 use crate::caps::crypto;
 use anyhow::bail;
 use clap::Subcommand;
@@ -19,8 +17,31 @@ pub enum SignCommand {
         after_help = "Example:\n  gatehost sign derive-key --group-key \"$GROUP_KEY\" --registration-id press7"
     )]
     DeriveKey(DeriveKeyArgs),
-    /// Sign a JWT with a private key (RS256/ES256).
-    Jwt(NotYet),
+    /// Sign a JWT with a private key (RS256 for RSA keys, ES256 for P-256) and print it.
+    #[command(after_help = "Example (MindConnect private cloud):\n  \
+        gatehost sign jwt --key agent.key --chain agent_chain.pem --claims \"$(cat claims.json)\"")]
+    Jwt(JwtArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct JwtArgs {
+    /// Private key (PEM).
+    #[arg(long)]
+    pub key: std::path::PathBuf,
+    #[arg(long, env = "GATEHOST_KEY_PASSPHRASE", hide_env_values = true)]
+    pub passphrase: Option<String>,
+    /// Chain file whose certificates go into the `x5c` header (leaf first).
+    #[arg(long)]
+    pub chain: Option<std::path::PathBuf>,
+    /// Claims as a JSON object.
+    #[arg(long)]
+    pub claims: String,
+    /// Extra header fields as a JSON object.
+    #[arg(long, default_value = "{}")]
+    pub header: String,
+    /// Refuse claims whose exp - iat exceeds this many seconds (MindConnect allows 3600).
+    #[arg(long, default_value_t = crypto::MAX_JWT_LIFETIME_SECS)]
+    pub max_lifetime: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -70,6 +91,23 @@ pub fn run(cmd: SignCommand) -> anyhow::Result<ExitCode> {
             println!("{key}");
             Ok(ExitCode::SUCCESS)
         }
-        SignCommand::Jwt(_) => not_yet("sign jwt"),
+        SignCommand::Jwt(a) => {
+            let key = super::certs::load_key(&a.key, a.passphrase.as_deref())?;
+            let chain = match &a.chain {
+                Some(path) => Some((
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?,
+                    path.display().to_string(),
+                )),
+                None => None,
+            };
+            let x5c = chain
+                .as_ref()
+                .map(|(text, name)| (text.as_str(), name.as_str()));
+            let token = crypto::jwt_sign(&key, &a.header, &a.claims, x5c, Some(a.max_lifetime))
+                .map_err(|e| anyhow::anyhow!(e.message))?;
+            println!("{token}");
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }

@@ -1,12 +1,13 @@
 //! Rhai registration of the `crypto` capability. Names follow the WIT (`crypto::sas_token`,
 //! `crypto::percent_encode`, ...); byte arguments accept a blob or a string (its UTF-8 bytes).
 
+use crate::caps::certs::KeyHandle;
 use crate::caps::CapContext;
 use crate::engine::rhai::{plugin_error, RhaiResult};
 use crate::model::{ErrorKind, PluginError};
 use rhai::{Blob, Dynamic, Engine, Module, INT};
 
-pub fn register(engine: &mut Engine, _ctx: &CapContext) {
+pub fn register(engine: &mut Engine, ctx: &CapContext) {
     let mut m = Module::new();
     m.set_native_fn("sha256", |data: &mut Blob| Ok(super::sha256(data)));
     m.set_native_fn("sha256", |data: &str| Ok(super::sha256(data.as_bytes())));
@@ -53,10 +54,26 @@ pub fn register(engine: &mut Engine, _ctx: &CapContext) {
             super::derive_device_key(group_key, registration_id).map_err(plugin_error)
         },
     );
+    let c = ctx.clone();
     m.set_native_fn(
         "jwt_sign",
-        |_key: Dynamic, _header: &str, _claims: &str, _x5c: Dynamic| -> RhaiResult<String> {
-            Err(plugin_error(PluginError::unsupported("crypto.jwt-sign")))
+        move |key: KeyHandle, header: &str, claims: &str, x5c: Dynamic| -> RhaiResult<String> {
+            let x5c = optional_string(x5c, "x5c_chain_file")?;
+            super::plugin_jwt(&c, &key.key, header, claims, x5c.as_deref()).map_err(plugin_error)
+        },
+    );
+    let c = ctx.clone();
+    m.set_native_fn(
+        "mindconnect_jwt",
+        move |key: KeyHandle,
+              chain: &str,
+              client_id: &str,
+              tenant: &str,
+              ttl: INT|
+              -> RhaiResult<String> {
+            let ttl = non_negative(ttl, "ttl_secs")?;
+            super::plugin_mindconnect_jwt(&c, &key.key, chain, client_id, tenant, ttl)
+                .map_err(plugin_error)
         },
     );
     engine.register_static_module("crypto", m.into());

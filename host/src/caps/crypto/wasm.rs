@@ -4,7 +4,6 @@ use crate::caps::certs::KeyHandle;
 use crate::engine::bindings::plugin::crypto::Host;
 use crate::engine::bindings::plugin::types::Error;
 use crate::engine::wasm::HostState;
-use crate::model::PluginError;
 use wasmtime::component::Resource;
 
 type WitResult<T> = wasmtime::Result<Result<T, Error>>;
@@ -66,11 +65,39 @@ impl Host for HostState {
 
     fn jwt_sign(
         &mut self,
-        _key: Resource<KeyHandle>,
-        _header_json: String,
-        _claims_json: String,
-        _x5c_chain_file: Option<String>,
+        key: Resource<KeyHandle>,
+        header_json: String,
+        claims_json: String,
+        x5c_chain_file: Option<String>,
     ) -> WitResult<String> {
-        Ok(Err(PluginError::unsupported("crypto.jwt-sign").into()))
+        let key = self.key(&key)?.key.clone();
+        Ok(super::plugin_jwt(
+            &self.caps,
+            &key,
+            &header_json,
+            &claims_json,
+            x5c_chain_file.as_deref(),
+        )
+        .map_err(Into::into))
+    }
+
+    fn mindconnect_jwt(
+        &mut self,
+        key: Resource<KeyHandle>,
+        chain_file: String,
+        client_id: String,
+        tenant: String,
+        ttl_secs: u32,
+    ) -> WitResult<String> {
+        let key = self.key(&key)?.key.clone();
+        Ok(super::plugin_mindconnect_jwt(
+            &self.caps,
+            &key,
+            &chain_file,
+            &client_id,
+            &tenant,
+            ttl_secs.into(),
+        )
+        .map_err(Into::into))
     }
 }

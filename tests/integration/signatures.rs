@@ -1,0 +1,176 @@
+//! Signatures checked by independent implementations run in the test: Python's standard library
+//! recomputes SAS tokens, PyJWT verifies RS256/ES256 JWTs with the certificate's public key.
+
+use crate::support::repo_root;
+use gatehost::caps::certs::x509::{self, CertificateAuthority, Subject};
+use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
+use gatehost::caps::crypto;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The venv's python (made by .ci/install-deps), which has PyJWT.
+pub fn venv_python() -> PathBuf {
+    let python = repo_root().join(".venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run .ci/install-deps (it creates the venv with tests/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+/// Run a Python script with arguments; return stdout, failing the test on a non-zero exit.
+pub fn python(interpreter: &std::path::Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new(interpreter)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+const SAS_PY: &str = r#"
+import base64, hashlib, hmac, sys, urllib.parse
+resource, key, policy, expiry = sys.argv[1:5]
+sr = urllib.parse.quote(resource, safe='')
+sig = base64.b64encode(hmac.new(base64.b64decode(key), (sr + "\n" + expiry).encode(), hashlib.sha256).digest()).decode()
+token = "SharedAccessSignature sr=%s&sig=%s&se=%s" % (sr, urllib.parse.quote(sig, safe=''), expiry)
+if policy:
+    token += "&skn=" + urllib.parse.quote(policy, safe='')
+print(token)
+"#;
+
+#[test]
+fn sas_tokens_match_pythons_standard_library() {
+    let key = crypto::base64_encode(b"an example device key of 32 byt");
+    let cases = [
+        ("0ne00055505/registrations/press7", Some("registration")),
+        ("myhub.azure-devices.net/devices/press7", None),
+        ("myhub.azure-devices.net/devices/dev 1+é=~_.-", None),
+        ("0ne000AAAAA/registrations/a/b?c&d", Some("registration")),
+    ];
+    for (resource, policy) in cases {
+        for expiry in [1u64, 1_700_000_000, 4_102_444_800] {
+            let ours = crypto::sas_token(resource, &key, policy, expiry).unwrap();
+            let theirs = python(
+                std::path::Path::new("python3"),
+                SAS_PY,
+                &[resource, &key, policy.unwrap_or(""), &expiry.to_string()],
+            );
+            assert_eq!(ours, theirs, "{resource}");
+        }
+    }
+}
+
+const VERIFY_JWT_PY: &str = r#"
+import json, sys, jwt
+from cryptography import x509
+token, cert_pem, audience = sys.argv[1], open(sys.argv[2], 'rb').read(), sys.argv[3]
+key = x509.load_pem_x509_certificate(cert_pem).public_key()
+header = jwt.get_unverified_header(token)
+options = {"verify_aud": bool(audience), "verify_exp": True}
+claims = jwt.decode(token, key, algorithms=[header["alg"]], audience=audience or None, options=options)
+print(json.dumps({"header": header, "claims": claims}))
+"#;
+
+/// Verify `token` with PyJWT against the public key of `cert_pem`; returns header and claims.
+pub fn pyjwt_verify(token: &str, cert_pem: &str, audience: &str) -> serde_json::Value {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, cert_pem).unwrap();
+    let out = python(
+        &venv_python(),
+        VERIFY_JWT_PY,
+        &[token, cert.to_str().unwrap(), audience],
+    );
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A CA and a device certificate for `algorithm`, as PEM, with the device key.
+pub fn device(algorithm: KeyAlgorithm, cn: &str) -> (PrivateKey, String, String) {
+    let ca_key = PrivateKey::generate(algorithm).unwrap();
+    let ca_pem = x509::self_signed_ca(
+        &ca_key,
+        &Subject::parse("/O=Acme/CN=Acme Tenant CA").unwrap(),
+        30,
+    )
+    .unwrap();
+    let ca = CertificateAuthority::new(&ca_pem, &ca_key, "ca.pem", "ca.key").unwrap();
+    let key = PrivateKey::generate(algorithm).unwrap();
+    let csr = x509::create_csr(&key, &Subject::parse(&format!("/CN={cn}")).unwrap(), &[]).unwrap();
+    let cert = ca.issue(&csr, 30, "dev.csr").unwrap();
+    let chain = format!("{cert}{ca_pem}");
+    (key, cert, chain)
+}
+
+#[test]
+fn rs256_and_es256_jwts_verify_with_pyjwt() {
+    for (algorithm, alg) in [
+        (KeyAlgorithm::Rsa2048, "RS256"),
+        (KeyAlgorithm::P256, "ES256"),
+    ] {
+        let (key, cert, chain) = device(algorithm, "agent01");
+        let now = crypto::now_unix();
+        let claims =
+            serde_json::json!({"iss": "agent01", "iat": now, "exp": now + 600, "note": "ü"});
+        let token = crypto::jwt_sign(
+            &key,
+            r#"{"kid":"k1"}"#,
+            &claims.to_string(),
+            Some((&chain, "chain.pem")),
+            Some(3600),
+        )
+        .unwrap();
+        let v = pyjwt_verify(&token, &cert, "");
+        assert_eq!(v["header"]["alg"], alg);
+        assert_eq!(v["header"]["kid"], "k1");
+        assert_eq!(v["header"]["typ"], "JWT");
+        assert_eq!(v["claims"], claims);
+        let ders = x509::parse_pem_certs(&chain, "chain.pem").unwrap();
+        let x5c: Vec<String> = ders.iter().map(|d| crypto::base64_encode(d)).collect();
+        assert_eq!(v["header"]["x5c"], serde_json::json!(x5c));
+    }
+}
+
+#[test]
+fn the_mindconnect_token_has_every_claim_the_broker_checks() {
+    let (key, cert, chain) = device(KeyAlgorithm::Rsa2048, "acme_agent01");
+    let token =
+        crypto::mindconnect_jwt(&key, &chain, "chain.pem", "acme_agent01", "acme", 3600).unwrap();
+    let v = pyjwt_verify(&token, &cert, "MQTTBroker");
+    let c = &v["claims"];
+    assert_eq!(v["header"]["alg"], "RS256");
+    assert_eq!(v["header"]["x5c"].as_array().unwrap().len(), 2);
+    assert_eq!(c["iss"], "acme_agent01");
+    assert_eq!(c["sub"], "acme_agent01");
+    assert_eq!(c["aud"], serde_json::json!(["MQTTBroker"]));
+    assert_eq!(
+        c["schemas"],
+        serde_json::json!(["urn:siemens:mindsphere:v1"])
+    );
+    assert_eq!(c["ten"], "acme");
+    assert!(c["jti"].as_str().unwrap().len() <= 36);
+    assert_eq!(
+        c["exp"].as_u64().unwrap() - c["iat"].as_u64().unwrap(),
+        3600
+    );
+
+    let e = crypto::mindconnect_jwt(&key, &chain, "chain.pem", "acme_agent01", "acme", 3601)
+        .unwrap_err();
+    assert_eq!(
+        e.message,
+        "MindConnect token lifetime of 3601 s is out of range (1 to 3600)"
+    );
+    let e =
+        crypto::mindconnect_jwt(&key, &chain, "chain.pem", "a", &"t".repeat(37), 60).unwrap_err();
+    assert_eq!(
+        e.message,
+        "MindConnect tenant must be 1 to 36 characters, got 37"
+    );
+}
