@@ -10,6 +10,7 @@ mod engine_limits;
 mod flows;
 mod parity;
 mod plugin_certs;
+mod robustness;
 mod sandboxing;
 mod signatures;
 mod wasm_cache;

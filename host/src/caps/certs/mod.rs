@@ -116,3 +116,20 @@ pub fn verify_chain(ctx: &CapContext, chain_path: &str, ca_path: &str) -> Result
     let now = crate::caps::crypto::now_unix() as i64;
     x509::verify_chain(&chain, &cas, now, chain_path, ca_path)
 }
+
+/// Run every PEM, key and certificate parsing entry point on untrusted bytes. Errors are fine,
+/// panics are bugs: the fuzz target (`host/fuzz`) and the robustness test call this.
+pub fn parse_untrusted(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = PrivateKey::from_pem(&text, Some("passphrase"), "input");
+    let _ = PrivateKey::from_pem(&text, None, "input");
+    if let Ok(ders) = x509::parse_pem_certs(&text, "input") {
+        for der in &ders {
+            let _ = x509::info(der);
+            let _ = x509::check_validity(der, 1_700_000_000, "input");
+        }
+        let _ = x509::verify_chain(&ders, &ders, 1_700_000_000, "input", "input");
+        let _ = x509::chain_pem(&text, &text, "input", "input");
+    }
+    let _ = Subject::parse(&text);
+}
