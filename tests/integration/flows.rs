@@ -98,7 +98,7 @@ fn unimplemented_host_functions_say_so_in_both_engines() {
     let m = dir.rhai(
         "early",
         "flow",
-        "fn onboard(p) { mqtt::connect(#{}) }\nfn refresh(c) { #{} }",
+        "fn onboard(p) { http::send(#{}) }\nfn refresh(c) { #{} }",
         "",
     );
     let PluginHandle::Flow(flow) = Registry::load_path(dir.env(), &m).unwrap().handle else {
@@ -108,6 +108,6 @@ fn unimplemented_host_functions_say_so_in_both_engines() {
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert_eq!(
         e.message,
-        "host function 'mqtt.session.connect' is not implemented in this gatehost build"
+        "host function 'http.send' is not implemented in this gatehost build"
     );
 }

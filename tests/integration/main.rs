@@ -4,10 +4,12 @@
 mod support;
 
 mod bad_plugins;
+mod broker;
 mod certs_openssl;
 mod cli;
 mod engine_limits;
 mod flows;
+mod net_mqtt;
 mod parity;
 mod plugin_certs;
 mod robustness;

@@ -9,6 +9,7 @@ pub mod json;
 pub mod kv;
 pub mod log;
 pub mod mqtt;
+pub mod tls;
 
 use crate::model::{ErrorKind, PluginError};
 use crate::plugins::manifest::Permissions;
@@ -26,7 +27,14 @@ pub struct CapContext {
     /// Namespace of the plugin's state (kv entries, generated keys): its kv namespace.
     pub namespace: String,
     pub state_dir: PathBuf,
+    /// Skip TLS server verification: set only from the gateway config, never by a plugin.
+    pub insecure_skip_verify: bool,
+    /// MQTT sessions this plugin has open (bounded by [`MAX_SESSIONS`]).
+    pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
 }
+
+/// Open network sessions one plugin may hold at a time.
+pub const MAX_SESSIONS: usize = 8;
 
 impl CapContext {
     pub fn new(
@@ -45,6 +53,8 @@ impl CapContext {
             namespace,
             permissions,
             state_dir,
+            insecure_skip_verify: false,
+            open_sessions: Default::default(),
         }
     }
 
@@ -90,6 +100,42 @@ impl CapContext {
             format!(
                 "plugin '{}' may not read {path}: it is outside the plugin's file roots ({declared}); \
                  add its folder to permissions.file_roots in the manifest",
+                self.plugin
+            ),
+        ))
+    }
+
+    /// Check that the plugin may connect to `host:port`: a `permissions.endpoints` pattern must
+    /// match (`*` stands for one whole host label, or any port).
+    pub fn check_endpoint(&self, host: &str, port: u16) -> Result<(), PluginError> {
+        let host = host.to_ascii_lowercase();
+        let allowed = self.permissions.endpoints.iter().any(|pattern| {
+            let Some((p_host, p_port)) = pattern.rsplit_once(':') else {
+                return false;
+            };
+            let port_ok = p_port == "*" || p_port.parse::<u16>() == Ok(port);
+            let p_labels: Vec<&str> = p_host.split('.').collect();
+            let labels: Vec<&str> = host.split('.').collect();
+            port_ok
+                && p_labels.len() == labels.len()
+                && p_labels
+                    .iter()
+                    .zip(&labels)
+                    .all(|(p, l)| *p == "*" || p.eq_ignore_ascii_case(l))
+        });
+        if allowed {
+            return Ok(());
+        }
+        let declared = if self.permissions.endpoints.is_empty() {
+            "none are declared".to_string()
+        } else {
+            format!("declared: {}", self.permissions.endpoints.join(", "))
+        };
+        Err(PluginError::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "plugin '{}' may not connect to {host}:{port}: no permissions.endpoints pattern \
+                 matches ({declared})",
                 self.plugin
             ),
         ))

@@ -9,7 +9,7 @@ pub mod rule {
         imports: { default: trappable },
         with: {
             "gatehost:plugin/certs.key-pair": crate::caps::certs::KeyHandle,
-            "gatehost:plugin/mqtt.session": crate::caps::mqtt::SessionHandle,
+            "gatehost:plugin/mqtt.session": crate::caps::mqtt::MqttSession,
         },
     });
 }

@@ -86,6 +86,13 @@ impl PrivateKey {
         self.pair.subject_public_key_info()
     }
 
+    /// The key for the host's own TLS stack (client authentication). Host-internal: it is
+    /// never handed to a plugin.
+    pub(crate) fn tls_private_key(&self) -> rustls_pki_types::PrivateKeyDer<'static> {
+        rustls_pki_types::PrivateKeyDer::try_from(self.pair.serialized_der().to_vec())
+            .expect("a parsed key re-parses")
+    }
+
     /// Sign `data` as a JWT signature: RS256 (PKCS#1 v1.5, SHA-256) or ES256 (fixed r||s).
     pub fn sign_jwt(&self, data: &[u8]) -> Result<Vec<u8>, PluginError> {
         let failed = |e: String| PluginError::new(ErrorKind::Io, format!("signing failed: {e}"));

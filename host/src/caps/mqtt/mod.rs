@@ -1,18 +1,481 @@
-//! The `mqtt` capability: outbound MQTT sessions for plugins. The WIT contract is declared; the
-//! implementation (rumqttc over rustls, behind declared endpoints) arrives with the network work,
-//! and until then `session.connect` answers `unsupported`.
+//! The `mqtt` capability: outbound MQTT 3.1.1 sessions for plugins (rumqttc over rustls), only to
+//! endpoints the plugin's manifest declares. A session is driven by the thread that calls it: each
+//! call polls the connection until its own acknowledgement arrives (CONNACK, SUBACK, PUBACK), and
+//! messages that arrive meanwhile are kept for `receive`. Every failure is a typed error:
+//! `refused` (CONNACK refusal, SUBACK failure), `closed` (the broker hung up), `tls`, `timeout`,
+//! `io` (unreachable, DNS), `invalid-input`, `permission-denied`, `limit-exceeded`.
 
 pub mod rhai;
 pub mod wasm;
 
-use crate::model::PluginError;
+use super::tls::{self, TlsOptions};
+use super::{CapContext, MAX_SESSIONS};
+use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
+use rumqttc::{
+    Client, ConnectReturnCode, Connection, ConnectionError, Event, Incoming, MqttOptions, Outgoing,
+    QoS, SubscribeReasonCode, TlsConfiguration, Transport,
+};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-/// An open MQTT session owned by a plugin.
-#[derive(Debug)]
-pub struct SessionHandle {
+/// Largest payload a plugin may publish: IoT Hub's 256 KB (the largest provider limit).
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for a SUBACK or PUBACK.
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub host: String,
+    pub port: u16,
     pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keep_alive_secs: u16,
+    pub clean_session: bool,
+    pub protocol: ProtocolVersion,
+    /// `None` = plain TCP.
+    pub tls: Option<TlsOptions>,
+    /// 0 = the default (30 s).
+    pub connect_timeout_ms: u32,
 }
 
-pub fn unsupported(function: &str) -> PluginError {
-    PluginError::unsupported(&format!("mqtt.{function}"))
+/// Connect options as plugins write them (WIT record or Rhai map): the client certificate's key
+/// is a key reference, resolved by [`ConnectSpec::resolve`].
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectSpec {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive_secs: u16,
+    #[serde(default = "default_clean_session")]
+    pub clean_session: bool,
+    #[serde(default)]
+    pub protocol: ProtocolVersion,
+    #[serde(default)]
+    pub tls: Option<TlsSpec>,
+    #[serde(default)]
+    pub connect_timeout_ms: u32,
+}
+
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    #[serde(default)]
+    pub client_certificate: Option<crate::model::ClientCertificate>,
+    #[serde(default)]
+    pub server_name: Option<String>,
+    #[serde(default)]
+    pub alpn: Vec<String>,
+}
+
+fn default_keep_alive() -> u16 {
+    60
+}
+
+fn default_clean_session() -> bool {
+    true
+}
+
+impl ConnectSpec {
+    /// Open the client certificate's key (checking the plugin's file roots) and build the options.
+    pub fn resolve(self, ctx: &CapContext) -> Result<ConnectOptions, PluginError> {
+        let tls = match self.tls {
+            None => None,
+            Some(t) => Some(TlsOptions {
+                ca_file: t.ca_file,
+                client_certificate: match t.client_certificate {
+                    None => None,
+                    Some(c) => Some((c.chain_file, super::certs::open_key(ctx, &c.key_ref)?)),
+                },
+                server_name: t.server_name,
+                alpn: t.alpn,
+            }),
+        };
+        Ok(ConnectOptions {
+            host: self.host,
+            port: self.port,
+            client_id: self.client_id,
+            username: self.username,
+            password: self.password,
+            keep_alive_secs: self.keep_alive_secs,
+            clean_session: self.clean_session,
+            protocol: self.protocol,
+            tls,
+            connect_timeout_ms: self.connect_timeout_ms,
+        })
+    }
+}
+
+/// An open MQTT session. Dropping it disconnects and frees the plugin's session slot.
+pub struct MqttSession {
+    client: Client,
+    connection: Connection,
+    endpoint: String,
+    received: VecDeque<Message>,
+    ctx: CapContext,
+    open: bool,
+}
+
+impl std::fmt::Debug for MqttSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MqttSession({})", self.endpoint)
+    }
+}
+
+fn err(kind: ErrorKind, message: String) -> PluginError {
+    PluginError::new(kind, message)
+}
+
+fn qos(level: u8) -> Result<QoS, PluginError> {
+    match level {
+        0 => Ok(QoS::AtMostOnce),
+        1 => Ok(QoS::AtLeastOnce),
+        2 => Ok(QoS::ExactlyOnce),
+        other => Err(err(
+            ErrorKind::InvalidInput,
+            format!("QoS {other} is not 0, 1 or 2"),
+        )),
+    }
+}
+
+impl MqttSession {
+    /// Connect and wait for the CONNACK.
+    pub fn connect(ctx: &CapContext, o: &ConnectOptions) -> Result<MqttSession, PluginError> {
+        ctx.check_endpoint(&o.host, o.port)?;
+        if o.protocol == ProtocolVersion::Mqtt5 {
+            return Err(PluginError::unsupported("mqtt.session.connect with MQTT 5"));
+        }
+        if o.client_id.is_empty() {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                "MQTT client id is empty".into(),
+            ));
+        }
+        if o.keep_alive_secs < 5 {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                format!(
+                    "keep-alive of {} s is too short (at least 5 s)",
+                    o.keep_alive_secs
+                ),
+            ));
+        }
+        let slots = ctx.open_sessions.fetch_add(1, Ordering::SeqCst);
+        if slots >= MAX_SESSIONS {
+            ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
+            return Err(err(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "plugin '{}' already has {MAX_SESSIONS} MQTT sessions open",
+                    ctx.plugin
+                ),
+            ));
+        }
+        // From here on, dropping `session` frees the slot.
+        let endpoint = format!("{}:{}", o.host, o.port);
+        let mut options = MqttOptions::new(&o.client_id, &o.host, o.port);
+        options.set_keep_alive(Duration::from_secs(o.keep_alive_secs.into()));
+        options.set_clean_session(o.clean_session);
+        options.set_max_packet_size(MAX_PAYLOAD_BYTES + 64 * 1024, MAX_PAYLOAD_BYTES + 64 * 1024);
+        if o.username.is_some() || o.password.is_some() {
+            options.set_credentials(
+                o.username.clone().unwrap_or_default(),
+                o.password.clone().unwrap_or_default(),
+            );
+        }
+        if let Some(tls_options) = &o.tls {
+            let config = tls::client_config(ctx, &o.host, tls_options)?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        }
+        let timeout = match o.connect_timeout_ms {
+            0 => DEFAULT_CONNECT_TIMEOUT,
+            ms => Duration::from_millis(ms.into()),
+        };
+        let (client, connection) = Client::new(options, 64);
+        let mut session = MqttSession {
+            client,
+            connection,
+            endpoint,
+            received: VecDeque::new(),
+            ctx: ctx.clone(),
+            open: true,
+        };
+        session.wait_for(timeout, "the CONNACK", |event| match event {
+            Event::Incoming(Incoming::ConnAck(ack)) => Some(match ack.code {
+                ConnectReturnCode::Success => Ok(()),
+                code => Err(refusal(code)),
+            }),
+            _ => None,
+        })?;
+        Ok(session)
+    }
+
+    pub fn subscribe(&mut self, filter: &str, level: u8) -> Result<(), PluginError> {
+        validate_topic_filter(filter).map_err(|why| {
+            err(
+                ErrorKind::InvalidInput,
+                format!("topic filter '{filter}' {why}"),
+            )
+        })?;
+        let qos = qos(level)?;
+        self.client
+            .subscribe(filter, qos)
+            .map_err(|e| self.closed(e.to_string()))?;
+        let endpoint = self.endpoint.clone();
+        self.wait_for(ACK_TIMEOUT, "the SUBACK", |event| match event {
+            Event::Incoming(Incoming::SubAck(ack)) => Some(match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Failure) => Err(err(
+                    ErrorKind::Refused,
+                    format!("{endpoint} refused the subscription to '{filter}'"),
+                )),
+                _ => Ok(()),
+            }),
+            _ => None,
+        })
+    }
+
+    /// Publish; for QoS 1 and 2, wait until the broker acknowledges.
+    pub fn publish(&mut self, msg: &Message) -> Result<(), PluginError> {
+        if msg.payload.len() > MAX_PAYLOAD_BYTES {
+            return Err(err(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "payload of {} bytes exceeds the {MAX_PAYLOAD_BYTES}-byte limit",
+                    msg.payload.len()
+                ),
+            ));
+        }
+        if msg.topic.is_empty() || msg.topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0)) {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                format!("'{}' is not a topic one can publish to", msg.topic),
+            ));
+        }
+        let qos = qos(msg.qos)?;
+        self.client
+            .publish(msg.topic.as_str(), qos, msg.retain, msg.payload.clone())
+            .map_err(|e| self.closed(e.to_string()))?;
+        let mut pkid = None;
+        self.wait_for(
+            ACK_TIMEOUT,
+            "the publish acknowledgement",
+            |event| match event {
+                Event::Outgoing(Outgoing::Publish(id)) if qos == QoS::AtMostOnce => {
+                    let _ = id;
+                    Some(Ok(()))
+                }
+                Event::Outgoing(Outgoing::Publish(id)) => {
+                    pkid = Some(*id);
+                    None
+                }
+                Event::Incoming(Incoming::PubAck(ack)) if Some(ack.pkid) == pkid => Some(Ok(())),
+                Event::Incoming(Incoming::PubComp(comp)) if Some(comp.pkid) == pkid => Some(Ok(())),
+                _ => None,
+            },
+        )
+    }
+
+    /// The next message received, or `None` after `timeout`.
+    pub fn receive(&mut self, timeout: Duration) -> Result<Option<Message>, PluginError> {
+        if let Some(msg) = self.received.pop_front() {
+            return Ok(Some(msg));
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            match self.connection.recv_timeout(left) {
+                Err(rumqttc::RecvTimeoutError::Timeout) => return Ok(None),
+                Err(rumqttc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.closed("the session is closed".into()))
+                }
+                Ok(Err(e)) => return Err(self.connection_error(e)),
+                Ok(Ok(event)) => {
+                    self.keep(&event);
+                    if let Some(msg) = self.received.pop_front() {
+                        return Ok(Some(msg));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn disconnect(&mut self) -> Result<(), PluginError> {
+        if !self.open {
+            return Ok(());
+        }
+        self.open = false;
+        let _ = self.client.disconnect();
+        // Let the DISCONNECT go out; the connection then ends.
+        let _ = self.connection.recv_timeout(Duration::from_millis(200));
+        Ok(())
+    }
+
+    /// Poll until `done` says the awaited event came (or failed), keeping incoming messages.
+    fn wait_for(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        mut done: impl FnMut(&Event) -> Option<Result<(), PluginError>>,
+    ) -> Result<(), PluginError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match self
+                .connection
+                .recv_timeout(left.max(Duration::from_millis(1)))
+            {
+                _ if left.is_zero() => Err(rumqttc::RecvTimeoutError::Timeout),
+                other => other,
+            };
+            match event {
+                Err(rumqttc::RecvTimeoutError::Timeout) => {
+                    return Err(err(
+                        ErrorKind::Timeout,
+                        format!(
+                            "{} did not send {what} within {} ms",
+                            self.endpoint,
+                            timeout.as_millis()
+                        ),
+                    ))
+                }
+                Err(rumqttc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.closed("the session is closed".into()))
+                }
+                Ok(Err(e)) => return Err(self.connection_error(e)),
+                Ok(Ok(event)) => {
+                    if let Some(result) = done(&event) {
+                        return result;
+                    }
+                    self.keep(&event);
+                }
+            }
+        }
+    }
+
+    fn keep(&mut self, event: &Event) {
+        if let Event::Incoming(Incoming::Publish(p)) = event {
+            self.received.push_back(Message {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                retain: p.retain,
+                properties: Vec::new(),
+            });
+        }
+    }
+
+    fn closed(&self, why: String) -> PluginError {
+        err(
+            ErrorKind::Closed,
+            format!("{} closed the connection: {why}", self.endpoint),
+        )
+    }
+
+    /// Map rumqttc's connection errors to typed errors naming the endpoint.
+    fn connection_error(&mut self, e: ConnectionError) -> PluginError {
+        self.open = false;
+        let endpoint = &self.endpoint;
+        match e {
+            ConnectionError::ConnectionRefused(code) => refusal(code),
+            ConnectionError::NetworkTimeout => err(
+                ErrorKind::Timeout,
+                format!("{endpoint} did not answer in time"),
+            ),
+            ConnectionError::Tls(rumqttc::TlsError::Io(io)) => io_failure(endpoint, &io),
+            ConnectionError::Tls(rumqttc::TlsError::TLS(e)) => {
+                tls_failure(endpoint, &describe_rustls(&e))
+            }
+            ConnectionError::Tls(e) => tls_failure(endpoint, &e.to_string()),
+            ConnectionError::Io(io) => io_failure(endpoint, &io),
+            ConnectionError::MqttState(rumqttc::StateError::Io(io)) => io_failure(endpoint, &io),
+            other => self.closed(other.to_string()),
+        }
+    }
+}
+
+fn refusal(code: ConnectReturnCode) -> PluginError {
+    let why = match code {
+        ConnectReturnCode::RefusedProtocolVersion => "unacceptable protocol version",
+        ConnectReturnCode::BadClientId => "client id rejected",
+        ConnectReturnCode::ServiceUnavailable => "server unavailable",
+        ConnectReturnCode::BadUserNamePassword => "bad user name or password",
+        ConnectReturnCode::NotAuthorized => "not authorized",
+        ConnectReturnCode::Success => "success",
+    };
+    err(
+        ErrorKind::Refused,
+        format!("the broker refused the connection: {why}"),
+    )
+}
+
+fn tls_failure(endpoint: &str, why: &str) -> PluginError {
+    err(ErrorKind::Tls, format!("TLS with {endpoint} failed: {why}"))
+}
+
+/// rustls's certificate errors, said as what the operator should check.
+fn describe_rustls(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("the server's certificate has expired ({e})")
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            format!("the server's certificate is not valid yet; check the gateway clock ({e})")
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            format!(
+                "the server's certificate is not signed by a CA in the configured CA file ({e})"
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+fn io_failure(endpoint: &str, io: &std::io::Error) -> PluginError {
+    use std::io::ErrorKind as Io;
+    if let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        return tls_failure(endpoint, &describe_rustls(inner));
+    }
+    match io.kind() {
+        Io::UnexpectedEof | Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => err(
+            ErrorKind::Closed,
+            format!("{endpoint} closed the connection ({io})"),
+        ),
+        Io::ConnectionRefused => err(
+            ErrorKind::Io,
+            format!("{endpoint} is unreachable: connection refused (is a broker listening?)"),
+        ),
+        Io::TimedOut => err(
+            ErrorKind::Timeout,
+            format!("{endpoint} did not answer in time"),
+        ),
+        _ if io.to_string().contains("lookup") || io.to_string().contains("resolve") => err(
+            ErrorKind::Io,
+            format!("cannot resolve the host of {endpoint}: {io}"),
+        ),
+        _ => err(
+            ErrorKind::Io,
+            format!("network error with {endpoint}: {io}"),
+        ),
+    }
+}
+
+impl Drop for MqttSession {
+    fn drop(&mut self) {
+        let _ = self.disconnect();
+        self.ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -1,14 +1,113 @@
-//! Rhai registration of the `mqtt` capability (same names as the WIT; `unsupported` for now).
+//! Rhai registration of the `mqtt` capability: `mqtt::connect(#{host, port, client_id, username,
+//! password, keep_alive_secs, clean_session, tls: #{ca_file, client_certificate: #{chain_file,
+//! key_ref}, server_name, alpn}, connect_timeout_ms})` returns a `MqttSession` with
+//! `subscribe(filter, qos)`, `publish(#{topic, payload, qos, retain})`, `receive(timeout_ms)` (a
+//! message map, or `()` on timeout) and `disconnect()`. The session closes when the script drops it.
 
-use super::unsupported;
+use super::{ConnectSpec, MqttSession};
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
-use rhai::{Dynamic, Engine, Map, Module};
+use crate::engine::rhai::{message_to_dynamic, plugin_error, RhaiResult};
+use crate::model::{ErrorKind, Message, PluginError};
+use rhai::{Dynamic, Engine, Map, Module, INT};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-pub fn register(engine: &mut Engine, _ctx: &CapContext) {
+/// A session as a Rhai value (Rhai values must be `Clone`).
+#[derive(Clone)]
+pub struct RhaiSession(Arc<Mutex<MqttSession>>);
+
+impl RhaiSession {
+    fn with<T>(
+        &mut self,
+        f: impl FnOnce(&mut MqttSession) -> Result<T, PluginError>,
+    ) -> RhaiResult<T> {
+        let mut session = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut session).map_err(plugin_error)
+    }
+}
+
+fn invalid(message: String) -> Box<rhai::EvalAltResult> {
+    plugin_error(PluginError::new(ErrorKind::InvalidInput, message))
+}
+
+fn message_from_map(map: Map) -> RhaiResult<Message> {
+    let topic = map
+        .get("topic")
+        .and_then(|t| t.clone().into_string().ok())
+        .ok_or_else(|| invalid("the message needs a string 'topic'".into()))?;
+    let payload = match map.get("payload").cloned() {
+        None => Vec::new(),
+        Some(p) if p.is_blob() => p.into_blob().expect("checked is_blob"),
+        Some(p) => p
+            .into_string()
+            .map(String::into_bytes)
+            .map_err(|t| invalid(format!("'payload' must be a blob or a string, not {t}")))?,
+    };
+    let qos = map
+        .get("qos")
+        .map(|q| q.as_int())
+        .transpose()
+        .map_err(|t| invalid(format!("'qos' must be an integer, not {t}")))?
+        .unwrap_or(0);
+    let qos =
+        u8::try_from(qos).map_err(|_| invalid(format!("'qos' must be 0, 1 or 2, got {qos}")))?;
+    let retain = map
+        .get("retain")
+        .map(|r| r.as_bool())
+        .transpose()
+        .map_err(|t| invalid(format!("'retain' must be a bool, not {t}")))?
+        .unwrap_or(false);
+    Ok(Message {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties: Vec::new(),
+    })
+}
+
+pub fn register(engine: &mut Engine, ctx: &CapContext) {
+    engine.register_type_with_name::<RhaiSession>("MqttSession");
+    engine.register_fn(
+        "subscribe",
+        |s: &mut RhaiSession, filter: &str, qos: INT| -> RhaiResult<()> {
+            let qos =
+                u8::try_from(qos).map_err(|_| invalid(format!("QoS {qos} is not 0, 1 or 2")))?;
+            s.with(|s| s.subscribe(filter, qos))
+        },
+    );
+    engine.register_fn(
+        "publish",
+        |s: &mut RhaiSession, msg: Map| -> RhaiResult<()> {
+            let msg = message_from_map(msg)?;
+            s.with(|s| s.publish(&msg))
+        },
+    );
+    engine.register_fn(
+        "receive",
+        |s: &mut RhaiSession, timeout_ms: INT| -> RhaiResult<Dynamic> {
+            let timeout = Duration::from_millis(u64::try_from(timeout_ms).unwrap_or(0));
+            Ok(match s.with(|s| s.receive(timeout))? {
+                Some(msg) => message_to_dynamic(&msg),
+                None => Dynamic::UNIT,
+            })
+        },
+    );
+    engine.register_fn("disconnect", |s: &mut RhaiSession| -> RhaiResult<()> {
+        s.with(|s| s.disconnect())
+    });
+    engine.register_fn("to_string", |s: &mut RhaiSession| {
+        format!("{:?}", s.0.lock().unwrap_or_else(|e| e.into_inner()))
+    });
+
     let mut m = Module::new();
-    m.set_native_fn("connect", |_options: Map| -> RhaiResult<Dynamic> {
-        Err(plugin_error(unsupported("session.connect")))
+    let c = ctx.clone();
+    m.set_native_fn("connect", move |options: Map| -> RhaiResult<RhaiSession> {
+        let spec: ConnectSpec = rhai::serde::from_dynamic(&options.into())
+            .map_err(|e| invalid(format!("mqtt::connect options: {e}")))?;
+        let options = spec.resolve(&c).map_err(plugin_error)?;
+        let session = MqttSession::connect(&c, &options).map_err(plugin_error)?;
+        Ok(RhaiSession(Arc::new(Mutex::new(session))))
     });
     engine.register_static_module("mqtt", m.into());
 }

@@ -1,0 +1,216 @@
+//! TLS client configuration shared by the network capabilities (`mqtt`, `http`): trust anchors
+//! from a CA file or the system roots, a client certificate by key handle (the private key stays
+//! in the host), a server-name override, ALPN. TLS 1.2 is the minimum (rustls offers 1.2 and
+//! 1.3 only). Verification is on unless the gateway config (never a plugin) switches it off.
+
+use super::certs::{x509, KeyHandle};
+use super::CapContext;
+use crate::model::{ErrorKind, PluginError};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::sync::Arc;
+
+/// What a plugin asks for.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// PEM file of CA certificates; `None` = the system roots.
+    pub ca_file: Option<String>,
+    /// Chain file (leaf first) and the key handle of the leaf's private key.
+    pub client_certificate: Option<(String, KeyHandle)>,
+    /// Name to verify the server certificate against, when it differs from the host dialled.
+    pub server_name: Option<String>,
+    pub alpn: Vec<String>,
+}
+
+fn tls_error(message: String) -> PluginError {
+    PluginError::new(ErrorKind::Tls, message)
+}
+
+/// Build the rustls client configuration for a connection to `host`.
+pub fn client_config(
+    ctx: &CapContext,
+    host: &str,
+    options: &TlsOptions,
+) -> Result<Arc<ClientConfig>, PluginError> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(format!("TLS set-up failed: {e}")))?;
+
+    let builder = if ctx.insecure_skip_verify {
+        tracing::warn!(
+            plugin = &*ctx.plugin,
+            host,
+            "TLS server certificate verification is OFF for this connection (insecure_skip_verify)"
+        );
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+    } else {
+        let roots = Arc::new(root_store(ctx, options.ca_file.as_deref())?);
+        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
+            .build()
+            .map_err(|e| tls_error(format!("TLS set-up failed: {e}")))?;
+        match &options.server_name {
+            Some(name) => {
+                let name = ServerName::try_from(name.clone()).map_err(|_| {
+                    PluginError::new(
+                        ErrorKind::InvalidInput,
+                        format!("server name '{name}' is not a valid DNS name or IP address"),
+                    )
+                })?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ServerNameOverride {
+                        inner: webpki,
+                        name,
+                    }))
+            }
+            None => builder.with_webpki_verifier(webpki),
+        }
+    };
+
+    let mut config = match &options.client_certificate {
+        None => builder.with_no_client_auth(),
+        Some((chain_file, key)) => {
+            let pem = ctx.read_text(chain_file)?;
+            let chain: Vec<CertificateDer<'static>> = x509::parse_pem_certs(&pem, chain_file)?
+                .into_iter()
+                .map(CertificateDer::from)
+                .collect();
+            builder
+                .with_client_auth_cert(chain, key.key.tls_private_key())
+                .map_err(|e| {
+                    PluginError::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "client certificate {chain_file} cannot be used with key {}: {e}",
+                            key.reference
+                        ),
+                    )
+                })?
+        }
+    };
+    config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn root_store(ctx: &CapContext, ca_file: Option<&str>) -> Result<RootCertStore, PluginError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(file) => {
+            let pem = ctx.read_text(file)?;
+            for der in x509::parse_pem_certs(&pem, file)? {
+                roots.add(CertificateDer::from(der)).map_err(|e| {
+                    PluginError::new(
+                        ErrorKind::InvalidInput,
+                        format!("{file} holds a CA certificate rustls cannot use: {e}"),
+                    )
+                })?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+            if roots.is_empty() {
+                return Err(tls_error(
+                    "no system root certificates were found; set a CA file".into(),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// Verifies the server certificate against a configured name instead of the host dialled.
+#[derive(Debug)]
+struct ServerNameOverride {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for ServerNameOverride {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `insecure_skip_verify`: accepts any server certificate (signatures are still checked).
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
