@@ -93,13 +93,13 @@ fn a_rhai_flow_that_returns_a_malformed_connection_is_named() {
 }
 
 #[test]
-fn unimplemented_host_functions_say_so_in_both_engines() {
+fn unimplemented_host_features_say_so() {
     let dir = PluginDir::new();
     let m = dir.rhai(
         "early",
         "flow",
-        "fn onboard(p) { http::send(#{}) }\nfn refresh(c) { #{} }",
-        "",
+        "fn onboard(p) { mqtt::connect(#{ host: \"h.example\", port: 8883, client_id: \"c\", protocol: \"mqtt5\" }) }\nfn refresh(c) { #{} }",
+        "[permissions]\nendpoints = [\"h.example:8883\"]",
     );
     let PluginHandle::Flow(flow) = Registry::load_path(dir.env(), &m).unwrap().handle else {
         panic!("not a flow")
@@ -108,6 +108,6 @@ fn unimplemented_host_functions_say_so_in_both_engines() {
     assert_eq!(e.kind, ErrorKind::Unsupported);
     assert_eq!(
         e.message,
-        "host function 'http.send' is not implemented in this gatehost build"
+        "host function 'mqtt.session.connect with MQTT 5' is not implemented in this gatehost build"
     );
 }

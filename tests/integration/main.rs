@@ -9,6 +9,7 @@ mod certs_openssl;
 mod cli;
 mod engine_limits;
 mod flows;
+mod net_http;
 mod net_mqtt;
 mod parity;
 mod plugin_certs;

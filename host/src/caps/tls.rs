@@ -96,6 +96,48 @@ pub fn client_config(
     Ok(Arc::new(config))
 }
 
+/// The rustls error behind a network error, if any. `io::Error::source` skips the error it
+/// wraps, so wrapped errors are looked into explicitly.
+pub fn find_rustls_error<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a rustls::Error> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if let Some(tls) = find_rustls_error(inner) {
+                return Some(tls);
+            }
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// rustls's certificate errors, said as what the operator should check.
+pub fn describe(e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            format!("the server's certificate has expired ({e})")
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            format!("the server's certificate is not valid yet; check the gateway clock ({e})")
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
+            format!(
+                "the server's certificate is not signed by a CA in the configured CA file ({e})"
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
 fn root_store(ctx: &CapContext, ca_file: Option<&str>) -> Result<RootCertStore, PluginError> {
     let mut roots = RootCertStore::empty();
     match ca_file {

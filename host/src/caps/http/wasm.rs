@@ -5,7 +5,22 @@ use crate::engine::bindings::plugin::types::Error;
 use crate::engine::wasm::HostState;
 
 impl Host for HostState {
-    fn send(&mut self, _request: Request) -> wasmtime::Result<Result<Response, Error>> {
-        Ok(Err(super::unsupported().into()))
+    fn send(&mut self, r: Request) -> wasmtime::Result<Result<Response, Error>> {
+        let request = super::Request {
+            method: r.method,
+            url: r.url,
+            headers: r.headers,
+            body: r.body,
+            timeout_ms: r.timeout_ms,
+            ca_file: r.ca_file,
+            client_certificate: r.client_certificate.map(Into::into),
+        };
+        Ok(super::send(&self.caps, &request)
+            .map(|a| Response {
+                status: a.status,
+                headers: a.headers,
+                body: a.body,
+            })
+            .map_err(Into::into))
     }
 }

@@ -396,7 +396,7 @@ impl MqttSession {
             ),
             ConnectionError::Tls(rumqttc::TlsError::Io(io)) => io_failure(endpoint, &io),
             ConnectionError::Tls(rumqttc::TlsError::TLS(e)) => {
-                tls_failure(endpoint, &describe_rustls(&e))
+                tls_failure(endpoint, &tls::describe(&e))
             }
             ConnectionError::Tls(e) => tls_failure(endpoint, &e.to_string()),
             ConnectionError::Io(io) => io_failure(endpoint, &io),
@@ -425,29 +425,10 @@ fn tls_failure(endpoint: &str, why: &str) -> PluginError {
     err(ErrorKind::Tls, format!("TLS with {endpoint} failed: {why}"))
 }
 
-/// rustls's certificate errors, said as what the operator should check.
-fn describe_rustls(e: &rustls::Error) -> String {
-    use rustls::CertificateError as C;
-    match e {
-        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
-            format!("the server's certificate has expired ({e})")
-        }
-        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            format!("the server's certificate is not valid yet; check the gateway clock ({e})")
-        }
-        rustls::Error::InvalidCertificate(C::UnknownIssuer) => {
-            format!(
-                "the server's certificate is not signed by a CA in the configured CA file ({e})"
-            )
-        }
-        other => other.to_string(),
-    }
-}
-
 fn io_failure(endpoint: &str, io: &std::io::Error) -> PluginError {
     use std::io::ErrorKind as Io;
-    if let Some(inner) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        return tls_failure(endpoint, &describe_rustls(inner));
+    if let Some(inner) = tls::find_rustls_error(io) {
+        return tls_failure(endpoint, &tls::describe(inner));
     }
     match io.kind() {
         Io::UnexpectedEof | Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => err(
