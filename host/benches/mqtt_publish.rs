@@ -46,6 +46,16 @@ fn pki(dir: &Path) {
     }
 }
 
+/// Kills the broker however the benchmark ends (a panic included).
+struct Broker(std::process::Child);
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() {
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
@@ -60,17 +70,20 @@ fn main() {
     std::fs::write(
         dir.join("mosquitto.conf"),
         format!(
-            "user root\npersistence false\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous true\nmax_inflight_messages 0\n",
+            "user root\npersistence false\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\nuse_identity_as_username true\nallow_anonymous true\nmax_inflight_messages 0\nset_tcp_nodelay true\n",
             path("ca.pem"), path("server.pem"), path("server.key")
         ),
     )
     .unwrap();
-    let mut broker = Command::new("mosquitto")
-        .arg("-c")
-        .arg(dir.join("mosquitto.conf"))
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto");
+    let _broker = Broker(
+        Command::new("mosquitto")
+            .arg("-c")
+            .arg(dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto"),
+    );
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
@@ -90,7 +103,14 @@ fn onboard(p) {{
     let s = mqtt::connect(#{{ host: "127.0.0.1", port: {port}, client_id: "gatehost-bench",
         tls: #{{ ca_file: "{ca}", client_certificate: #{{ chain_file: "{chain}", key_ref: key.reference() }} }} }});
     let payload = "{payload}";
-    for i in 0..{MESSAGES} {{ s.publish(#{{ topic: "bench/gatehost", payload: payload, qos: 1 }}); }}
+    if p.batch == "1" {{
+        for i in 0..{MESSAGES} {{ s.publish(#{{ topic: "bench/gatehost", payload: payload, qos: 1 }}); }}
+    }} else {{
+        let size = parse_int(p.batch);
+        let batch = [];
+        for i in 0..size {{ batch.push(#{{ topic: "bench/gatehost", payload: payload, qos: 1 }}); }}
+        for i in 0..({MESSAGES} / size) {{ s.publish_batch(batch); }}
+    }}
     s.disconnect();
     #{{ host: "127.0.0.1", port: {port}, client_id: "gatehost-bench", auth: #{{ kind: "none" }} }}
 }}
@@ -124,9 +144,10 @@ fn refresh(c) {{ #{{}} }}
     else {
         unreachable!()
     };
-    let run_gatehost = || {
+    let run_gatehost = |batch: &str| {
         let t = Instant::now();
-        flow.onboard(&[]).expect("the publisher flow runs");
+        flow.onboard(&[("batch".into(), batch.into())])
+            .expect("the publisher flow runs");
         t.elapsed()
     };
 
@@ -169,21 +190,22 @@ fn refresh(c) {{ #{{}} }}
     };
 
     // Alternate the two, three rounds each, and compare medians.
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    let (mut single, mut batched, mut theirs) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..3 {
         if round % 2 == 0 {
-            ours.push(run_gatehost());
+            single.push(run_gatehost("1"));
+            batched.push(run_gatehost("100"));
             theirs.push(run_mosquitto_pub());
         } else {
             theirs.push(run_mosquitto_pub());
-            ours.push(run_gatehost());
+            batched.push(run_gatehost("100"));
+            single.push(run_gatehost("1"));
         }
     }
-    ours.sort();
-    theirs.sort();
-    let (gatehost, mosquitto_pub) = (ours[1], theirs[1]);
-    let _ = broker.kill();
-    let _ = broker.wait();
+    for v in [&mut single, &mut batched, &mut theirs] {
+        v.sort();
+    }
+    let (gatehost, gatehost_batched, mosquitto_pub) = (single[1], batched[1], theirs[1]);
 
     let rate = |d: Duration| MESSAGES as f64 / d.as_secs_f64();
     println!("| publisher ({MESSAGES} x {PAYLOAD_BYTES} B, QoS 1, TLS + client cert; median of 3) | time | msg/s | vs mosquitto_pub |");
@@ -193,5 +215,6 @@ fn refresh(c) {{ #{{}} }}
         mosquitto_pub.as_secs_f64(),
         rate(mosquitto_pub)
     );
-    println!("| gatehost Rhai flow, one session, publish waits for each PUBACK | {:.2} s | {:.0} | {:.2}× |", gatehost.as_secs_f64(), rate(gatehost), rate(gatehost) / rate(mosquitto_pub));
+    println!("| gatehost Rhai flow, one session, `publish` (waits for each PUBACK) | {:.2} s | {:.0} | {:.2}× |", gatehost.as_secs_f64(), rate(gatehost), rate(gatehost) / rate(mosquitto_pub));
+    println!("| gatehost Rhai flow, one session, `publish_batch` of 100 (pipelined) | {:.2} s | {:.0} | {:.2}× |", gatehost_batched.as_secs_f64(), rate(gatehost_batched), rate(gatehost_batched) / rate(mosquitto_pub));
 }

@@ -345,3 +345,56 @@ fn undeclared_endpoints_are_denied_in_both_engines() {
         assert_eq!(e.message, format!("plugin '{name}' may not connect to 127.0.0.1:1883: no permissions.endpoints pattern matches (none are declared)"));
     }
 }
+
+#[test]
+fn a_batch_arrives_complete_and_in_order_or_not_at_all() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    let o = options(&ctx, &pki, broker.port, "dev01", "ca.pem");
+    let mut s = MqttSession::connect(&ctx, &o).unwrap();
+    s.subscribe("batch/#", 1).unwrap();
+    // MQTT orders messages within one QoS level, so the order check uses QoS 1 throughout.
+    let batch: Vec<Message> = (0..500)
+        .map(|i| Message::new(format!("batch/{}", i % 3), format!("{i}"), 1))
+        .collect();
+    s.publish_batch(&batch).unwrap();
+    let got: Vec<String> = (0..500)
+        .map(|_| {
+            let m = s.receive(Duration::from_secs(10)).unwrap();
+            String::from_utf8(m.expect("every message comes back").payload).unwrap()
+        })
+        .collect();
+    let want: Vec<String> = (0..500).map(|i| i.to_string()).collect();
+    if let Some(first) = got.iter().zip(&want).position(|(a, b)| a != b) {
+        let end = (first + 8).min(500);
+        panic!(
+            "out of order from {first}: {:?}",
+            &got[first.saturating_sub(2)..end]
+        );
+    }
+
+    // Mixed QoS: every message is handed over and every QoS 1 one acknowledged.
+    let mixed: Vec<Message> = (0..200)
+        .map(|i| Message::new("batch/mixed", format!("{i}"), (i % 2) as u8))
+        .collect();
+    s.publish_batch(&mixed).unwrap();
+    let mut seen = 0;
+    while s.receive(Duration::from_millis(500)).unwrap().is_some() {
+        seen += 1;
+    }
+    assert!(
+        seen >= 100,
+        "at least the 100 QoS 1 messages come back, got {seen}"
+    );
+
+    // One bad message: nothing of the batch is sent.
+    let mut bad = batch[..3].to_vec();
+    bad[2].topic = "batch/#".into();
+    let e = s.publish_batch(&bad).unwrap_err();
+    assert_eq!(
+        e.message,
+        "message 3: 'batch/#' is not a topic one can publish to"
+    );
+    assert_eq!(s.receive(Duration::from_millis(300)).unwrap(), None);
+}

@@ -201,7 +201,14 @@ impl MqttSession {
             0 => DEFAULT_CONNECT_TIMEOUT,
             ms => Duration::from_millis(ms.into()),
         };
-        let (client, connection) = Client::new(options, 64);
+        let (client, mut connection) = Client::new(options, 64);
+        // Small MQTT packets must not wait for Nagle's algorithm: with several publishes in
+        // flight, the last one would sit until the broker's delayed ACK (about 40 ms).
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        // rumqttc counts whole seconds; ours is the deadline that answers, with its clearer message.
+        network.set_connection_timeout(timeout.as_secs() + 1);
+        connection.eventloop.set_network_options(network);
         let mut session = MqttSession {
             client,
             connection,
@@ -244,8 +251,8 @@ impl MqttSession {
         })
     }
 
-    /// Publish; for QoS 1 and 2, wait until the broker acknowledges.
-    pub fn publish(&mut self, msg: &Message) -> Result<(), PluginError> {
+    /// Check that `msg` can be published; its QoS.
+    fn publishable(msg: &Message) -> Result<QoS, PluginError> {
         if msg.payload.len() > MAX_PAYLOAD_BYTES {
             return Err(err(
                 ErrorKind::LimitExceeded,
@@ -261,28 +268,88 @@ impl MqttSession {
                 format!("'{}' is not a topic one can publish to", msg.topic),
             ));
         }
-        let qos = qos(msg.qos)?;
-        self.client
-            .publish(msg.topic.as_str(), qos, msg.retain, msg.payload.clone())
-            .map_err(|e| self.closed(e.to_string()))?;
-        let mut pkid = None;
-        self.wait_for(
-            ACK_TIMEOUT,
-            "the publish acknowledgement",
-            |event| match event {
-                Event::Outgoing(Outgoing::Publish(id)) if qos == QoS::AtMostOnce => {
-                    let _ = id;
-                    Some(Ok(()))
+        qos(msg.qos)
+    }
+
+    /// Publish one message; for QoS 1 and 2, wait until the broker acknowledges it.
+    pub fn publish(&mut self, msg: &Message) -> Result<(), PluginError> {
+        self.publish_batch(std::slice::from_ref(msg))
+    }
+
+    /// Publish messages in order with many in flight at once, and return when the broker has
+    /// acknowledged every QoS 1/2 message (QoS 0 ones when they are sent). Nothing is sent if any
+    /// message is invalid.
+    pub fn publish_batch(&mut self, msgs: &[Message]) -> Result<(), PluginError> {
+        let levels = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                Self::publishable(m).map_err(|e| {
+                    let prefix = if msgs.len() > 1 {
+                        format!("message {}: ", i + 1)
+                    } else {
+                        String::new()
+                    };
+                    PluginError::new(e.kind, format!("{prefix}{}", e.message))
+                })
+            })
+            .collect::<Result<Vec<QoS>, PluginError>>()?;
+        let mut next = 0; // the next message to hand to the client
+        let mut sent_qos = std::collections::VecDeque::new(); // QoS of sent, not yet numbered publishes
+        let mut awaiting = std::collections::HashSet::new(); // packet ids awaiting their ack
+        let mut done = 0;
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        while done < msgs.len() {
+            // Hand over as many messages as the request channel takes.
+            while next < msgs.len() {
+                let m = &msgs[next];
+                match self.client.try_publish(
+                    m.topic.as_str(),
+                    levels[next],
+                    m.retain,
+                    m.payload.clone(),
+                ) {
+                    Ok(()) => {
+                        sent_qos.push_back(levels[next]);
+                        next += 1;
+                    }
+                    Err(_) => break, // full (or closed: the poll below says which)
                 }
-                Event::Outgoing(Outgoing::Publish(id)) => {
-                    pkid = Some(*id);
-                    None
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(err(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} acknowledged {done} of {} messages within {} ms",
+                        self.endpoint,
+                        msgs.len(),
+                        ACK_TIMEOUT.as_millis()
+                    ),
+                ));
+            }
+            match self.connection.recv_timeout(left) {
+                Err(rumqttc::RecvTimeoutError::Timeout) => continue,
+                Err(rumqttc::RecvTimeoutError::Disconnected) => {
+                    return Err(self.closed("the session is closed".into()))
                 }
-                Event::Incoming(Incoming::PubAck(ack)) if Some(ack.pkid) == pkid => Some(Ok(())),
-                Event::Incoming(Incoming::PubComp(comp)) if Some(comp.pkid) == pkid => Some(Ok(())),
-                _ => None,
-            },
-        )
+                Ok(Err(e)) => return Err(self.connection_error(e)),
+                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => match sent_qos.pop_front() {
+                    Some(QoS::AtMostOnce) | None => done += 1,
+                    Some(_) => {
+                        awaiting.insert(pkid);
+                    }
+                },
+                Ok(Ok(Event::Incoming(Incoming::PubAck(ack)))) if awaiting.remove(&ack.pkid) => {
+                    done += 1
+                }
+                Ok(Ok(Event::Incoming(Incoming::PubComp(comp)))) if awaiting.remove(&comp.pkid) => {
+                    done += 1
+                }
+                Ok(Ok(event)) => self.keep(&event),
+            }
+        }
+        Ok(())
     }
 
     /// The next message received, or `None` after `timeout`.

@@ -1,7 +1,8 @@
 //! Rhai registration of the `mqtt` capability: `mqtt::connect(#{host, port, client_id, username,
 //! password, keep_alive_secs, clean_session, tls: #{ca_file, client_certificate: #{chain_file,
 //! key_ref}, server_name, alpn}, connect_timeout_ms})` returns a `MqttSession` with
-//! `subscribe(filter, qos)`, `publish(#{topic, payload, qos, retain})`, `receive(timeout_ms)` (a
+//! `subscribe(filter, qos)`, `publish(#{topic, payload, qos, retain})`, `publish_batch([..])`
+//! (many in flight, returns when all are acknowledged), `receive(timeout_ms)` (a
 //! message map, or `()` on timeout) and `disconnect()`. The session closes when the script drops it.
 
 use super::{ConnectSpec, MqttSession};
@@ -81,6 +82,21 @@ pub fn register(engine: &mut Engine, ctx: &CapContext) {
         |s: &mut RhaiSession, msg: Map| -> RhaiResult<()> {
             let msg = message_from_map(msg)?;
             s.with(|s| s.publish(&msg))
+        },
+    );
+    engine.register_fn(
+        "publish_batch",
+        |s: &mut RhaiSession, msgs: rhai::Array| -> RhaiResult<()> {
+            let msgs = msgs
+                .into_iter()
+                .map(|m| {
+                    let map = m.try_cast::<Map>().ok_or_else(|| {
+                        invalid("publish_batch takes an array of message maps".into())
+                    })?;
+                    message_from_map(map)
+                })
+                .collect::<RhaiResult<Vec<Message>>>()?;
+            s.with(|s| s.publish_batch(&msgs))
         },
     );
     engine.register_fn(

@@ -60,6 +60,15 @@ impl HostSession for HostState {
             .map_err(Into::into))
     }
 
+    fn publish_batch(&mut self, s: Resource<MqttSession>, messages: Vec<Message>) -> WitResult<()> {
+        let messages: Vec<crate::model::Message> = messages.into_iter().map(Into::into).collect();
+        Ok(self
+            .table
+            .get_mut(&s)?
+            .publish_batch(&messages)
+            .map_err(Into::into))
+    }
+
     fn receive(&mut self, s: Resource<MqttSession>, timeout_ms: u32) -> WitResult<Option<Message>> {
         let timeout = Duration::from_millis(timeout_ms.into());
         Ok(self
