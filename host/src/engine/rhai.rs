@@ -322,46 +322,61 @@ fn outbound_from_dynamic(n: usize, item: Dynamic) -> Result<Outbound, PluginErro
         }
         (Some(_), Some(_)) => return Err(err("it has both 'upstream' and 'local'".into())),
     };
-    let topic = field("topic")
-        .ok_or_else(|| err("'topic' is missing".into()))?
+    let message = message_from_map(&map).map_err(err)?;
+    Ok(Outbound {
+        destination,
+        message,
+    })
+}
+
+/// Bytes from a script value: a blob as it is, a string as its UTF-8. `what` names the field.
+pub fn bytes_from_dynamic(value: Dynamic, what: &str) -> Result<Vec<u8>, String> {
+    if value.is_blob() {
+        return Ok(value.into_blob().expect("checked is_blob"));
+    }
+    value
         .into_string()
-        .map_err(|t| err(format!("'topic' must be a string, not {t}")))?;
+        .map(String::into_bytes)
+        .map_err(|t| format!("'{what}' must be a blob or a string, not {t}"))
+}
+
+/// A message from a script map `#{topic, payload, qos, retain, properties}`: what rules return and
+/// what `mqtt` sessions publish. The error completes "message ...: <error>".
+pub fn message_from_map(map: &Map) -> Result<Message, String> {
+    let field = |name: &str| map.get(name).cloned();
+    let topic = field("topic")
+        .ok_or_else(|| "'topic' is missing".to_string())?
+        .into_string()
+        .map_err(|t| format!("'topic' must be a string, not {t}"))?;
     let payload = match field("payload") {
         None => Vec::new(),
-        Some(p) if p.is_blob() => p.into_blob().expect("checked is_blob"),
-        Some(p) => p
-            .into_string()
-            .map(String::into_bytes)
-            .map_err(|t| err(format!("'payload' must be a blob or a string, not {t}")))?,
+        Some(p) => bytes_from_dynamic(p, "payload")?,
     };
     let qos = match field("qos") {
         None => 0,
         Some(q) => {
             let q = q
                 .as_int()
-                .map_err(|t| err(format!("'qos' must be an integer, not {t}")))?;
-            u8::try_from(q).map_err(|_| err(format!("'qos' must be 0, 1 or 2, got {q}")))?
+                .map_err(|t| format!("'qos' must be an integer, not {t}"))?;
+            u8::try_from(q).map_err(|_| format!("'qos' must be 0, 1 or 2, got {q}"))?
         }
     };
     let retain = match field("retain") {
         None => false,
         Some(r) => r
             .as_bool()
-            .map_err(|t| err(format!("'retain' must be a bool, not {t}")))?,
+            .map_err(|t| format!("'retain' must be a bool, not {t}"))?,
     };
     let properties = match field("properties") {
         None => Vec::new(),
-        Some(p) => pairs_from_dynamic(p).map_err(|what| err(format!("'properties' {what}")))?,
+        Some(p) => pairs_from_dynamic(p).map_err(|what| format!("'properties' {what}"))?,
     };
-    Ok(Outbound {
-        destination,
-        message: Message {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
-        },
+    Ok(Message {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
     })
 }
 

@@ -3,7 +3,7 @@
 //! returns `#{status, headers: [[k, v]], body (blob)}`; 4xx/5xx answers throw typed errors.
 
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
+use crate::engine::rhai::{bytes_from_dynamic, plugin_error, RhaiResult};
 use crate::model::{ErrorKind, PluginError};
 use rhai::{Array, Dynamic, Engine, Map, Module};
 
@@ -15,12 +15,9 @@ pub fn register(engine: &mut Engine, ctx: &CapContext) {
         // The body is a blob or a string (its UTF-8 bytes); serde does not read blobs.
         let body = match request.remove("body") {
             None => Vec::new(),
-            Some(b) if b.is_blob() => b.into_blob().expect("checked is_blob"),
-            Some(b) => b.into_string().map(String::into_bytes).map_err(|t| {
-                invalid(format!(
-                    "http::send body must be a blob or a string, not {t}"
-                ))
-            })?,
+            Some(b) => {
+                bytes_from_dynamic(b, "body").map_err(|e| invalid(format!("http::send {e}")))?
+            }
         };
         let mut request: super::Request = rhai::serde::from_dynamic(&request.into())
             .map_err(|e| invalid(format!("http::send request: {e}")))?;

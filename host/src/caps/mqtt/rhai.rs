@@ -7,7 +7,7 @@
 
 use super::{ConnectSpec, MqttSession};
 use crate::caps::CapContext;
-use crate::engine::rhai::{message_to_dynamic, plugin_error, RhaiResult};
+use crate::engine::rhai::{message_from_map, message_to_dynamic, plugin_error, RhaiResult};
 use crate::model::{ErrorKind, Message, PluginError};
 use rhai::{Dynamic, Engine, Map, Module, INT};
 use std::sync::{Arc, Mutex};
@@ -31,40 +31,8 @@ fn invalid(message: String) -> Box<rhai::EvalAltResult> {
     plugin_error(PluginError::new(ErrorKind::InvalidInput, message))
 }
 
-fn message_from_map(map: Map) -> RhaiResult<Message> {
-    let topic = map
-        .get("topic")
-        .and_then(|t| t.clone().into_string().ok())
-        .ok_or_else(|| invalid("the message needs a string 'topic'".into()))?;
-    let payload = match map.get("payload").cloned() {
-        None => Vec::new(),
-        Some(p) if p.is_blob() => p.into_blob().expect("checked is_blob"),
-        Some(p) => p
-            .into_string()
-            .map(String::into_bytes)
-            .map_err(|t| invalid(format!("'payload' must be a blob or a string, not {t}")))?,
-    };
-    let qos = map
-        .get("qos")
-        .map(|q| q.as_int())
-        .transpose()
-        .map_err(|t| invalid(format!("'qos' must be an integer, not {t}")))?
-        .unwrap_or(0);
-    let qos =
-        u8::try_from(qos).map_err(|_| invalid(format!("'qos' must be 0, 1 or 2, got {qos}")))?;
-    let retain = map
-        .get("retain")
-        .map(|r| r.as_bool())
-        .transpose()
-        .map_err(|t| invalid(format!("'retain' must be a bool, not {t}")))?
-        .unwrap_or(false);
-    Ok(Message {
-        topic,
-        payload,
-        qos,
-        retain,
-        properties: Vec::new(),
-    })
+fn message(map: Map) -> RhaiResult<Message> {
+    message_from_map(&map).map_err(|why| invalid(format!("message: {why}")))
 }
 
 pub fn register(engine: &mut Engine, ctx: &CapContext) {
@@ -80,7 +48,7 @@ pub fn register(engine: &mut Engine, ctx: &CapContext) {
     engine.register_fn(
         "publish",
         |s: &mut RhaiSession, msg: Map| -> RhaiResult<()> {
-            let msg = message_from_map(msg)?;
+            let msg = message(msg)?;
             s.with(|s| s.publish(&msg))
         },
     );
@@ -93,7 +61,7 @@ pub fn register(engine: &mut Engine, ctx: &CapContext) {
                     let map = m.try_cast::<Map>().ok_or_else(|| {
                         invalid("publish_batch takes an array of message maps".into())
                     })?;
-                    message_from_map(map)
+                    message(map)
                 })
                 .collect::<RhaiResult<Vec<Message>>>()?;
             s.with(|s| s.publish_batch(&msgs))
