@@ -101,18 +101,47 @@ pub struct CsrArgs {
     pub json: bool,
 }
 
+/// A CA certificate and its key, as `issue` and `verification` take them.
 #[derive(Debug, clap::Args)]
-pub struct IssueArgs {
-    #[arg(long)]
-    pub csr: PathBuf,
+pub struct CaFiles {
     /// CA certificate (PEM).
     #[arg(long)]
     pub ca: PathBuf,
     /// CA private key (PEM).
     #[arg(long)]
     pub ca_key: PathBuf,
+    /// Passphrase of an encrypted CA key.
     #[arg(long, env = "GATEHOST_KEY_PASSPHRASE", hide_env_values = true)]
     pub passphrase: Option<String>,
+}
+
+impl CaFiles {
+    /// Load the key, then check it matches the certificate and that the CA is usable now.
+    fn load(&self) -> anyhow::Result<(PrivateKey, String)> {
+        let key = load_key(&self.ca_key, self.passphrase.as_deref())?;
+        Ok((key, read(&self.ca)?))
+    }
+
+    fn authority<'a>(
+        &self,
+        key: &'a PrivateKey,
+        pem: &str,
+    ) -> anyhow::Result<CertificateAuthority<'a>> {
+        plain(CertificateAuthority::new(
+            pem,
+            key,
+            &name(&self.ca),
+            &name(&self.ca_key),
+        ))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct IssueArgs {
+    #[arg(long)]
+    pub csr: PathBuf,
+    #[command(flatten)]
+    pub ca: CaFiles,
     #[arg(long, default_value_t = 365)]
     pub days: u32,
     #[arg(long)]
@@ -150,12 +179,8 @@ pub struct ChainArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct VerificationArgs {
-    #[arg(long)]
-    pub ca: PathBuf,
-    #[arg(long)]
-    pub ca_key: PathBuf,
-    #[arg(long, env = "GATEHOST_KEY_PASSPHRASE", hide_env_values = true)]
-    pub passphrase: Option<String>,
+    #[command(flatten)]
+    pub ca: CaFiles,
     /// The verification code DPS shows for the CA.
     #[arg(long)]
     pub nonce: String,
@@ -270,13 +295,8 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             );
         }
         CertsCommand::Issue(a) => {
-            let ca_key = load_key(&a.ca_key, a.passphrase.as_deref())?;
-            let ca = plain(CertificateAuthority::new(
-                &read(&a.ca)?,
-                &ca_key,
-                &name(&a.ca),
-                &name(&a.ca_key),
-            ))?;
+            let (ca_key, ca_pem) = a.ca.load()?;
+            let ca = a.ca.authority(&ca_key, &ca_pem)?;
             let cert = plain(ca.issue(&read(&a.csr)?, a.days, &name(&a.csr)))?;
             write_new(&a.out, &cert)?;
             let certificates = infos(&cert, &name(&a.out))?;
@@ -343,13 +363,8 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
             );
         }
         CertsCommand::Verification(a) => {
-            let ca_key = load_key(&a.ca_key, a.passphrase.as_deref())?;
-            let ca = plain(CertificateAuthority::new(
-                &read(&a.ca)?,
-                &ca_key,
-                &name(&a.ca),
-                &name(&a.ca_key),
-            ))?;
+            let (ca_key, ca_pem) = a.ca.load()?;
+            let ca = a.ca.authority(&ca_key, &ca_pem)?;
             let cert = plain(ca.verification_certificate(&a.nonce))?;
             write_new(&a.out, &cert)?;
             let certificates = infos(&cert, &name(&a.out))?;
