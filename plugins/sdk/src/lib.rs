@@ -70,3 +70,11 @@ pub fn error(kind: ErrorKind, message: impl Into<String>) -> Error {
 
 pub use flow::export_flow;
 pub use rule::export_rule;
+
+/// The value of flow parameter `name` (the `params` of `onboard`), or `""` when it is absent.
+pub fn param<'a>(params: &'a [(String, String)], name: &str) -> &'a str {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or("", |(_, v)| v.as_str())
+}
