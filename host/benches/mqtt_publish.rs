@@ -132,11 +132,8 @@ fn refresh(c) {{ #{{}} }}
     )
     .unwrap();
     let env = PluginEnv {
-        dirs: vec![],
         state_dir: dir.join("state"),
-        persistent: false,
-        rule_limits: Default::default(),
-        flow_limits: Default::default(),
+        ..PluginEnv::ephemeral(vec![])
     };
     let PluginHandle::Flow(flow) = Registry::load_path(env, &dir.join("publisher.toml"))
         .unwrap()

@@ -46,13 +46,7 @@ fn payload_256() -> Vec<u8> {
 }
 
 fn load(manifest: &Path) -> Arc<dyn RulePlugin> {
-    let env = PluginEnv {
-        dirs: vec![],
-        state_dir: "state".into(),
-        persistent: false,
-        rule_limits: Default::default(),
-        flow_limits: Default::default(),
-    };
+    let env = PluginEnv::ephemeral(vec![]);
     match Registry::load_path(env, manifest)
         .unwrap_or_else(|e| panic!("{e} (build plugins/ first: see the top of this file)"))
         .handle

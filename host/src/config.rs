@@ -20,6 +20,11 @@
 //! [devices.params]
 //! id_scope = "0ne00055505"
 //! registration_id = "press7"
+//! # insecure_skip_verify = true                  # lab only: accept any server certificate
+//!
+//! [permissions.azure-dps]                        # optional: narrow what a plugin declares
+//! endpoints = ["global.azure-devices-provisioning.net:8883", "*.azure-devices.net:8883"]
+//! file_roots = ["certs"]
 //!
 //! [[rules]]
 //! name = "plant-to-iothub"
@@ -27,6 +32,7 @@
 //! from = ["plant1/#"]
 //! ```
 
+use crate::caps::GatewayPermissions;
 use crate::engine::limits::LimitOverrides;
 use crate::model::Pair;
 use crate::plugins::manifest::{one_line, PluginKind};
@@ -51,6 +57,9 @@ pub struct Config {
     pub devices: Vec<DeviceConfig>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    /// Per-plugin narrowing of the permissions its manifest declares.
+    #[serde(default)]
+    pub permissions: std::collections::BTreeMap<String, GatewayPermissions>,
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -91,6 +100,10 @@ pub struct DeviceConfig {
     pub flow: String,
     #[serde(default)]
     pub params: toml::Table,
+    /// Accept any server certificate on this device's connections (a warning is logged on
+    /// every connect). For lab set-ups only; a plugin cannot ask for this.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -188,12 +201,40 @@ impl Config {
     pub fn plugin_env(&self, persistent: bool) -> PluginEnv {
         let mut dirs: Vec<PathBuf> = self.plugin_dirs.iter().map(|d| self.resolve(d)).collect();
         dirs.push(self.state_dir().join("plugins"));
+        let permissions = self
+            .permissions
+            .iter()
+            .map(|(name, p)| {
+                let roots = p.file_roots.as_ref().map(|roots| {
+                    roots
+                        .iter()
+                        .map(|r| self.resolve(Path::new(r)).display().to_string())
+                        .collect()
+                });
+                let narrowed = GatewayPermissions {
+                    endpoints: p.endpoints.clone(),
+                    file_roots: roots,
+                };
+                (name.clone(), narrowed)
+            })
+            .collect();
         PluginEnv {
             dirs,
             state_dir: self.state_dir(),
             persistent,
             rule_limits: self.limits.rule.clone(),
             flow_limits: self.limits.flow.clone(),
+            permissions,
+            insecure_skip_verify: false,
+        }
+    }
+
+    /// The environment a device's flow runs in: the plugin environment plus the device's own
+    /// TLS setting.
+    pub fn device_env(&self, device: &DeviceConfig, persistent: bool) -> PluginEnv {
+        PluginEnv {
+            insecure_skip_verify: device.insecure_skip_verify,
+            ..self.plugin_env(persistent)
         }
     }
 
@@ -254,6 +295,18 @@ impl Config {
                 )),
                 Ok(_) => {}
                 Err(e) => problems.push(format!("rule '{}': {e}", rule.name)),
+            }
+        }
+        for (name, narrowing) in &self.permissions {
+            if let Err(e) = registry.get(name) {
+                problems.push(format!("[permissions.{name}]: {e}"));
+            }
+            for pattern in narrowing.endpoints.iter().flatten() {
+                if !pattern.contains(':') {
+                    problems.push(format!(
+                        "[permissions.{name}]: endpoint '{pattern}' must be host:port (port may be *)"
+                    ));
+                }
             }
         }
         problems

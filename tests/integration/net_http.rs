@@ -212,8 +212,31 @@ fn bad_requests_and_failing_servers_are_typed_errors() {
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
 }
 
+/// The Rhai twin of plugins/fixtures/http-rule.
+const HTTP_RULE_RHAI: &str = r#"
+fn property(msg, name) {
+    for p in msg.properties { if p[0] == name { return p[1]; } }
+    ""
+}
+fn translate(msg) {
+    let answer = http::send(#{
+        method: "PUT",
+        url: property(msg, "url"),
+        headers: [["Content-Type", "application/json"]],
+        body: msg.payload,
+        timeout_ms: 5000,
+        ca_file: property(msg, "ca"),
+        client_certificate: #{ chain_file: property(msg, "chain"), key_ref: `file:${property(msg, "key")}` }
+    });
+    let denied = "allowed";
+    try { http::send(#{ url: "https://localhost:1/x" }); }
+    catch (e) { denied = if e.kind == "permission-denied" { e.kind } else { "other-error" }; }
+    #{ local: true, topic: `status/${answer.status}/${denied}`, payload: answer.body }
+}
+"#;
+
 #[test]
-fn a_rhai_plugin_sends_https_requests() {
+fn rhai_and_wasm_plugins_send_the_same_https_requests() {
     let pki = Pki::new();
     let server = Server::start(&pki);
     let dir = PluginDir::new();
@@ -222,32 +245,46 @@ fn a_rhai_plugin_sends_https_requests() {
         server.port,
         pki.dir.display()
     );
-    let script = format!(
-        r#"
-fn translate(msg) {{
-    let answer = http::send(#{{
-        method: "PUT",
-        url: "https://localhost:{port}/register",
-        headers: [["Content-Type", "application/json"]],
-        body: msg.payload,
-        ca_file: "{ca}",
-        client_certificate: #{{ chain_file: "{chain}", key_ref: "file:{key}" }}
-    }});
-    let denied = "";
-    try {{ http::send(#{{ url: "https://localhost:1/x" }}); }} catch (e) {{ denied = e.kind; }}
-    #{{ local: true, topic: `status/${{answer.status}}/${{denied}}`, payload: answer.body }}
-}}
-"#,
-        port = server.port,
-        ca = pki.path("ca.pem"),
-        chain = pki.path("dev01_chain.pem"),
-        key = pki.path("dev01.key"),
+    let rhai = dir.rhai("rest", "rule", HTTP_RULE_RHAI, &perms);
+    let wasm = dir.wasm(
+        "rest-wasm",
+        "rule",
+        &crate::support::wasm("fixture_http_rule"),
+        &perms,
     );
-    let m = dir.rhai("rest", "rule", &script, &perms);
-    let out = crate::support::load_rule(dir.env(), &m)
-        .translate(&Message::new("t", r#"{"registrationId":"dev01"}"#, 0))
-        .unwrap();
-    assert_eq!(out[0].message.topic, "status/202/permission-denied");
-    let body: serde_json::Value = serde_json::from_slice(&out[0].message.payload).unwrap();
-    assert_eq!(body["got"], r#"{"registrationId":"dev01"}"#);
+    let mut msg = Message::new("t", r#"{"registrationId":"dev01"}"#, 0);
+    msg.properties = vec![
+        (
+            "url".into(),
+            format!("https://localhost:{}/register", server.port),
+        ),
+        ("ca".into(), pki.path("ca.pem")),
+        ("chain".into(), pki.path("dev01_chain.pem")),
+        ("key".into(), pki.path("dev01.key")),
+    ];
+    let mut outputs = Vec::new();
+    for manifest in [rhai, wasm] {
+        let out = crate::support::load_rule(dir.env(), &manifest)
+            .translate(&msg)
+            .unwrap();
+        assert_eq!(out[0].message.topic, "status/202/permission-denied");
+        let body: serde_json::Value = serde_json::from_slice(&out[0].message.payload).unwrap();
+        assert_eq!(body["got"], r#"{"registrationId":"dev01"}"#);
+        assert_eq!(body["type"], "application/json");
+        outputs.push(out);
+    }
+    assert_eq!(outputs[0], outputs[1], "both engines give the same result");
+
+    // An undeclared URL fails both plugins with the same kind of error.
+    msg.properties[0].1 = "https://localhost:1/nothing".into();
+    let errors: Vec<_> = ["rest", "rest-wasm"]
+        .iter()
+        .map(|name| {
+            crate::support::load_rule(dir.env(), &dir.path().join(format!("{name}.toml")))
+                .translate(&msg)
+                .unwrap_err()
+        })
+        .collect();
+    assert_eq!(errors[0].kind, ErrorKind::PermissionDenied);
+    assert_eq!(errors[0].kind, errors[1].kind);
 }

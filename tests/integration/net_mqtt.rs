@@ -398,3 +398,307 @@ fn a_batch_arrives_complete_and_in_order_or_not_at_all() {
     );
     assert_eq!(s.receive(Duration::from_millis(300)).unwrap(), None);
 }
+
+#[test]
+fn mqtt5_sessions_carry_user_properties_and_mqtt311_refuses_them() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    let mut o = options(&ctx, &pki, broker.port, "dev01", "ca.pem");
+    o.protocol = ProtocolVersion::Mqtt5;
+    let mut s = MqttSession::connect(&ctx, &o).unwrap();
+    s.subscribe("v5/#", 1).unwrap();
+    let mut msg = Message::new("v5/props", "{\"t\":21}", 1);
+    msg.properties = vec![
+        ("$.ct".into(), "application/json".into()),
+        ("line".into(), "7".into()),
+        ("line".into(), "duplicate names are allowed".into()),
+    ];
+    s.publish(&msg).unwrap();
+    let got = s.receive(Duration::from_secs(5)).unwrap().expect("echo");
+    assert_eq!(got.topic, "v5/props");
+    assert_eq!(got.payload, b"{\"t\":21}");
+    assert_eq!(got.properties, msg.properties, "in order, duplicates kept");
+
+    // A batch keeps each message's properties.
+    let batch: Vec<Message> = (0..50)
+        .map(|i| {
+            let mut m = Message::new("v5/batch", format!("{i}"), 1);
+            m.properties = vec![("seq".into(), i.to_string())];
+            m
+        })
+        .collect();
+    s.publish_batch(&batch).unwrap();
+    for i in 0..50 {
+        let m = s.receive(Duration::from_secs(5)).unwrap().expect("batch");
+        assert_eq!(m.properties, vec![("seq".to_string(), i.to_string())]);
+    }
+
+    // MQTT 3.1.1 cannot carry them: an error, not a silent drop.
+    let mut o311 = options(&ctx, &pki, broker.port, "dev01", "ca.pem");
+    o311.client_id = "dev01-311".into();
+    let mut s311 = MqttSession::connect(&ctx, &o311).unwrap();
+    let e = s311.publish(&msg).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidInput);
+    assert_eq!(e.message, "the message to 'v5/props' has user properties, which MQTT 3.1.1 cannot carry (connect with MQTT 5, or put them in the topic)");
+    assert_eq!(s.receive(Duration::from_millis(300)).unwrap(), None);
+}
+
+#[test]
+fn mqtt5_refusals_are_typed_with_the_reason_code() {
+    let pki = Pki::new();
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    std::fs::write(pki.dir.join("passwords"), "").unwrap();
+    let strict = Mosquitto::start(
+        &pki.dir,
+        &format!(
+            "allow_anonymous false\npassword_file {}",
+            pki.path("passwords")
+        ),
+    );
+    let o = ConnectOptions {
+        host: "127.0.0.1".into(),
+        port: strict.port,
+        client_id: "dev01".into(),
+        username: Some("someone".into()),
+        password: Some("wrong".into()),
+        keep_alive_secs: 30,
+        clean_session: true,
+        protocol: ProtocolVersion::Mqtt5,
+        tls: None,
+        connect_timeout_ms: 3000,
+    };
+    let e = connect_err(&ctx, &o);
+    assert_eq!(e.kind, ErrorKind::Refused, "{e}");
+    assert_eq!(
+        e.message,
+        "the broker refused the connection: not authorized"
+    );
+}
+
+#[test]
+fn a_rhai_plugin_speaks_mqtt5_with_user_properties() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let dir = PluginDir::new();
+    let perms = format!(
+        "[permissions]\nendpoints = [\"127.0.0.1:{}\"]\nfile_roots = [\"{}\"]",
+        broker.port,
+        pki.dir.display()
+    );
+    let script = r#"
+fn onboard(p) {
+    let key = certs::load_key(p.key);
+    let session = mqtt::connect(#{
+        host: "127.0.0.1", port: parse_int(p.port), client_id: "dev01", protocol: "mqtt5",
+        tls: #{ ca_file: p.ca, client_certificate: #{ chain_file: p.chain, key_ref: key.reference() } }
+    });
+    session.subscribe("v5/#", 1);
+    session.publish(#{ topic: "v5/x", payload: "hi", qos: 1, properties: [["k", "v"], ["$.ce", "utf-8"]] });
+    let got = session.receive(5000);
+    #{ host: "127.0.0.1", port: parse_int(p.port), client_id: "dev01", auth: #{ kind: "none" },
+       attributes: got.properties }
+}
+fn refresh(conn) { #{} }
+"#;
+    let flow = load_flow(&dir, &dir.rhai("v5-flow", "flow", script, &perms));
+    let params: Vec<Pair> = vec![
+        ("port".into(), broker.port.to_string()),
+        ("key".into(), pki.path("dev01.key")),
+        ("chain".into(), pki.path("dev01_chain.pem")),
+        ("ca".into(), pki.path("ca.pem")),
+    ];
+    let conn = flow.onboard(&params).unwrap();
+    assert_eq!(
+        conn.attributes,
+        vec![
+            ("k".to_string(), "v".to_string()),
+            ("$.ce".to_string(), "utf-8".to_string())
+        ]
+    );
+}
+
+#[test]
+fn sessions_are_capped_per_plugin_and_freed_when_a_call_fails() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let dir = PluginDir::new();
+    let perms = format!(
+        "[permissions]\nendpoints = [\"127.0.0.1:{}\"]\nfile_roots = [\"{}\"]",
+        broker.port,
+        pki.dir.display()
+    );
+    // Opens `count` sessions, keeps them in an array, then fails.
+    let script = r#"
+fn onboard(p) {
+    let key = certs::load_key(p.key);
+    let sessions = [];
+    for i in 0..parse_int(p.count) {
+        sessions.push(mqtt::connect(#{
+            host: "127.0.0.1", port: parse_int(p.port), client_id: `dev01-${i}`,
+            tls: #{ ca_file: p.ca, client_certificate: #{ chain_file: p.chain, key_ref: key.reference() } }
+        }));
+    }
+    throw #{ kind: "internal", message: `opened ${sessions.len()}` };
+}
+fn refresh(conn) { #{} }
+"#;
+    let flow = load_flow(&dir, &dir.rhai("hoarder", "flow", script, &perms));
+    let params = |count: u32| -> Vec<Pair> {
+        vec![
+            ("count".into(), count.to_string()),
+            ("port".into(), broker.port.to_string()),
+            ("key".into(), pki.path("dev01.key")),
+            ("chain".into(), pki.path("dev01_chain.pem")),
+            ("ca".into(), pki.path("ca.pem")),
+        ]
+    };
+    let e = flow.onboard(&params(9)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");
+    assert_eq!(
+        e.message,
+        "plugin 'hoarder' already has 8 MQTT sessions open"
+    );
+    // The failed calls closed what they opened: all 8 slots are free again, twice over.
+    for _ in 0..2 {
+        let e = flow.onboard(&params(8)).unwrap_err();
+        assert_eq!(e.message, "opened 8", "{e}");
+    }
+}
+
+/// A gateway config in `dir` whose plugin directory holds the Rhai mqtt-flow fixture (which may
+/// reach any port on 127.0.0.1 and read the PKI folder), with `extra` appended.
+fn gateway_with_mqtt_flow(pki: &Pki, dir: &PluginDir, extra: &str) -> gatehost::config::Config {
+    let source =
+        std::fs::read_to_string(repo_root().join("tests/fixtures/rhai/mqtt-flow.rhai")).unwrap();
+    let perms = format!(
+        "[permissions]\nendpoints = [\"127.0.0.1:*\"]\nfile_roots = [\"{}\"]",
+        pki.dir.display()
+    );
+    dir.rhai("mqtt-flow", "flow", &source, &perms);
+    let text = format!(
+        "state_dir = \"state\"\nplugin_dirs = [\"{}\"]\n{extra}",
+        dir.path().display()
+    );
+    let path = dir.path().join("gatehost.toml");
+    std::fs::write(&path, &text).unwrap();
+    gatehost::config::Config::load(&path, true).unwrap()
+}
+
+fn mqtt_flow_params(pki: &Pki, port: u16, ca: &str) -> Vec<Pair> {
+    vec![
+        ("host".into(), "127.0.0.1".into()),
+        ("port".into(), port.to_string()),
+        ("client_id".into(), "dev01".into()),
+        ("key".into(), pki.path("dev01.key")),
+        ("chain".into(), pki.path("dev01_chain.pem")),
+        ("ca".into(), pki.path(ca)),
+        ("topic".into(), "gw".into()),
+        ("payload".into(), "hello".into()),
+    ]
+}
+
+fn flow_in(env: gatehost::plugins::registry::PluginEnv) -> Arc<dyn FlowPlugin> {
+    match Registry::load_named(env, "mqtt-flow").unwrap().handle {
+        PluginHandle::Flow(f) => f,
+        PluginHandle::Rule(_) => panic!("not a flow"),
+    }
+}
+
+#[test]
+fn the_gateway_config_narrows_what_a_manifest_declares() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let dir = PluginDir::new();
+    let params = mqtt_flow_params(&pki, broker.port, "ca.pem");
+
+    // Without narrowing the manifest's permissions suffice.
+    let config = gateway_with_mqtt_flow(&pki, &dir, "");
+    flow_in(config.plugin_env(false)).onboard(&params).unwrap();
+
+    // Endpoints narrowed to another port.
+    let config = gateway_with_mqtt_flow(
+        &pki,
+        &dir,
+        "[permissions.mqtt-flow]\nendpoints = [\"127.0.0.1:8883\"]\n",
+    );
+    let e = flow_in(config.plugin_env(false))
+        .onboard(&params)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert_eq!(
+        e.message,
+        format!("plugin 'mqtt-flow' may not connect to 127.0.0.1:{}: the gateway config narrows its endpoints to 127.0.0.1:8883 ([permissions.mqtt-flow] endpoints)", broker.port)
+    );
+
+    // File roots narrowed to a folder (relative to the config) that does not hold the keys.
+    std::fs::create_dir_all(dir.path().join("site-certs")).unwrap();
+    let config = gateway_with_mqtt_flow(
+        &pki,
+        &dir,
+        "[permissions.mqtt-flow]\nfile_roots = [\"site-certs\"]\n",
+    );
+    let e = flow_in(config.plugin_env(false))
+        .onboard(&params)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::PermissionDenied);
+    assert!(
+        e.message.starts_with(&format!(
+            "plugin 'mqtt-flow' may not read {}: the gateway config narrows its file roots to {}",
+            pki.path("dev01.key"),
+            dir.path().join("site-certs").display()
+        )),
+        "{e}"
+    );
+
+    // Narrowing a plugin that does not exist is a config problem.
+    let config = gateway_with_mqtt_flow(&pki, &dir, "[permissions.no-such]\nendpoints = [\"x\"]\n");
+    let registry = Registry::load(config.plugin_env(false));
+    let problems = config.validate(&registry);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("[permissions.no-such]: no plugin named 'no-such'")),
+        "{problems:?}"
+    );
+    assert!(
+        problems.contains(
+            &"[permissions.no-such]: endpoint 'x' must be host:port (port may be *)".to_string()
+        ),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn insecure_skip_verify_comes_only_from_the_device_config() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start_tls(&pki);
+    let dir = PluginDir::new();
+    // The flow trusts the wrong CA: verification fails unless the device switches it off.
+    let params = mqtt_flow_params(&pki, broker.port, "rogue-ca.pem");
+    let config = gateway_with_mqtt_flow(
+        &pki,
+        &dir,
+        "[[devices]]\nname = \"strict\"\nflow = \"mqtt-flow\"\n\n\
+         [[devices]]\nname = \"lab\"\nflow = \"mqtt-flow\"\ninsecure_skip_verify = true\n",
+    );
+    let strict = &config.devices[0];
+    let lab = &config.devices[1];
+    let e = flow_in(config.device_env(strict, false))
+        .onboard(&params)
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Tls, "{e}");
+    let conn = flow_in(config.device_env(lab, false))
+        .onboard(&params)
+        .unwrap();
+    let attrs: std::collections::BTreeMap<_, _> = conn.attributes.into_iter().collect();
+    assert_eq!(attrs["received-payload"], "hello");
+    // Client certificate authentication still happens: a rogue client is still refused.
+    let mut rogue = params.clone();
+    rogue[3].1 = pki.path("rogue.key");
+    rogue[4].1 = pki.path("rogue_chain.pem");
+    let e = flow_in(config.device_env(lab, false))
+        .onboard(&rogue)
+        .unwrap_err();
+    assert!(matches!(e.kind, ErrorKind::Tls | ErrorKind::Closed), "{e}");
+}

@@ -91,11 +91,9 @@ impl PluginDir {
 
 pub fn env_for(dirs: Vec<PathBuf>, state_dir: PathBuf, persistent: bool) -> PluginEnv {
     PluginEnv {
-        dirs,
         state_dir,
         persistent,
-        rule_limits: Default::default(),
-        flow_limits: Default::default(),
+        ..PluginEnv::ephemeral(dirs)
     }
 }
 

@@ -27,10 +27,21 @@ pub struct CapContext {
     /// Namespace of the plugin's state (kv entries, generated keys): its kv namespace.
     pub namespace: String,
     pub state_dir: PathBuf,
+    /// The gateway config's narrowing of `permissions` for this plugin, if any.
+    pub gateway: GatewayPermissions,
     /// Skip TLS server verification: set only from the gateway config, never by a plugin.
     pub insecure_skip_verify: bool,
     /// MQTT sessions this plugin has open (bounded by [`MAX_SESSIONS`]).
     pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// How the gateway config narrows one plugin's declared permissions (`[permissions.<plugin>]`):
+/// a list that is given must match too, so a site can only take permissions away.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayPermissions {
+    pub endpoints: Option<Vec<String>>,
+    pub file_roots: Option<Vec<String>>,
 }
 
 /// Open network sessions one plugin may hold at a time.
@@ -53,6 +64,7 @@ impl CapContext {
             namespace,
             permissions,
             state_dir,
+            gateway: GatewayPermissions::default(),
             insecure_skip_verify: false,
             open_sessions: Default::default(),
         }
@@ -82,63 +94,77 @@ impl CapContext {
             };
             PluginError::new(kind, format!("cannot read {path}: {e}"))
         })?;
-        let allowed = self.permissions.file_roots.iter().any(|root| {
-            std::path::Path::new(root)
-                .canonicalize()
-                .is_ok_and(|root| canonical.starts_with(root))
-        });
-        if allowed {
-            return Ok(canonical);
-        }
-        let declared = if self.permissions.file_roots.is_empty() {
-            "none are declared".to_string()
-        } else {
-            format!("declared: {}", self.permissions.file_roots.join(", "))
+        let under = |roots: &[String]| {
+            roots.iter().any(|root| {
+                std::path::Path::new(root)
+                    .canonicalize()
+                    .is_ok_and(|root| canonical.starts_with(root))
+            })
         };
-        Err(PluginError::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "plugin '{}' may not read {path}: it is outside the plugin's file roots ({declared}); \
-                 add its folder to permissions.file_roots in the manifest",
-                self.plugin
-            ),
-        ))
+        if !under(&self.permissions.file_roots) {
+            return Err(PluginError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "plugin '{}' may not read {path}: it is outside the plugin's file roots ({}); \
+                     add its folder to permissions.file_roots in the manifest",
+                    self.plugin,
+                    declared(&self.permissions.file_roots)
+                ),
+            ));
+        }
+        if let Some(site) = &self.gateway.file_roots {
+            if !under(site) {
+                return Err(PluginError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "plugin '{}' may not read {path}: the gateway config narrows its file roots \
+                         to {} ([permissions.{}] file_roots)",
+                        self.plugin,
+                        listed(site),
+                        self.plugin
+                    ),
+                ));
+            }
+        }
+        Ok(canonical)
     }
 
     /// Check that the plugin may connect to `host:port`: a `permissions.endpoints` pattern must
-    /// match (`*` stands for one whole host label, or any port).
+    /// match (`*` stands for one whole host label, or any port), and so must one of the gateway
+    /// config's patterns for this plugin when it lists any.
     pub fn check_endpoint(&self, host: &str, port: u16) -> Result<(), PluginError> {
         let host = host.to_ascii_lowercase();
-        let allowed = self.permissions.endpoints.iter().any(|pattern| {
-            let Some((p_host, p_port)) = pattern.rsplit_once(':') else {
-                return false;
-            };
-            let port_ok = p_port == "*" || p_port.parse::<u16>() == Ok(port);
-            let p_labels: Vec<&str> = p_host.split('.').collect();
-            let labels: Vec<&str> = host.split('.').collect();
-            port_ok
-                && p_labels.len() == labels.len()
-                && p_labels
-                    .iter()
-                    .zip(&labels)
-                    .all(|(p, l)| *p == "*" || p.eq_ignore_ascii_case(l))
-        });
-        if allowed {
-            return Ok(());
+        if !self
+            .permissions
+            .endpoints
+            .iter()
+            .any(|p| endpoint_matches(p, &host, port))
+        {
+            return Err(PluginError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "plugin '{}' may not connect to {host}:{port}: no permissions.endpoints pattern \
+                     matches ({})",
+                    self.plugin,
+                    declared(&self.permissions.endpoints)
+                ),
+            ));
         }
-        let declared = if self.permissions.endpoints.is_empty() {
-            "none are declared".to_string()
-        } else {
-            format!("declared: {}", self.permissions.endpoints.join(", "))
-        };
-        Err(PluginError::new(
-            ErrorKind::PermissionDenied,
-            format!(
-                "plugin '{}' may not connect to {host}:{port}: no permissions.endpoints pattern \
-                 matches ({declared})",
-                self.plugin
-            ),
-        ))
+        if let Some(site) = &self.gateway.endpoints {
+            if !site.iter().any(|p| endpoint_matches(p, &host, port)) {
+                return Err(PluginError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "plugin '{}' may not connect to {host}:{port}: the gateway config narrows \
+                         its endpoints to {} ([permissions.{}] endpoints)",
+                        self.plugin,
+                        listed(site),
+                        self.plugin
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Read a text file the plugin may read.
@@ -146,6 +172,38 @@ impl CapContext {
         let canonical = self.readable_file(path)?;
         std::fs::read_to_string(&canonical)
             .map_err(|e| PluginError::new(ErrorKind::Io, format!("cannot read {path}: {e}")))
+    }
+}
+
+/// Does `pattern` (`host:port`, `*` for one whole host label or any port) match?
+fn endpoint_matches(pattern: &str, host: &str, port: u16) -> bool {
+    let Some((p_host, p_port)) = pattern.rsplit_once(':') else {
+        return false;
+    };
+    let port_ok = p_port == "*" || p_port.parse::<u16>() == Ok(port);
+    let p_labels: Vec<&str> = p_host.split('.').collect();
+    let labels: Vec<&str> = host.split('.').collect();
+    port_ok
+        && p_labels.len() == labels.len()
+        && p_labels
+            .iter()
+            .zip(&labels)
+            .all(|(p, l)| *p == "*" || p.eq_ignore_ascii_case(l))
+}
+
+fn declared(list: &[String]) -> String {
+    if list.is_empty() {
+        "none are declared".to_string()
+    } else {
+        format!("declared: {}", list.join(", "))
+    }
+}
+
+fn listed(list: &[String]) -> String {
+    if list.is_empty() {
+        "nothing".to_string()
+    } else {
+        list.join(", ")
     }
 }
 

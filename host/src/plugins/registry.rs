@@ -3,7 +3,7 @@
 
 use super::discovery::{discover, discover_one, Discovered, DiscoveryError, EngineKind};
 use super::manifest::PluginKind;
-use crate::caps::{kv::KvRegistry, CapContext};
+use crate::caps::{kv::KvRegistry, CapContext, GatewayPermissions};
 use crate::engine::limits::{LimitOverrides, Limits};
 use crate::engine::rhai::{RhaiFlow, RhaiRule};
 use crate::engine::wasm::WasmRuntime;
@@ -21,6 +21,26 @@ pub struct PluginEnv {
     pub persistent: bool,
     pub rule_limits: LimitOverrides,
     pub flow_limits: LimitOverrides,
+    /// The gateway config's narrowing of plugin permissions, by plugin name.
+    pub permissions: BTreeMap<String, GatewayPermissions>,
+    /// Skip TLS server verification for plugins loaded with this environment (a device's
+    /// `insecure_skip_verify`); logged on every connect.
+    pub insecure_skip_verify: bool,
+}
+
+impl PluginEnv {
+    /// Plugins in `dirs`, nothing persisted, no gateway narrowing.
+    pub fn ephemeral(dirs: Vec<PathBuf>) -> PluginEnv {
+        PluginEnv {
+            dirs,
+            state_dir: PathBuf::new(),
+            persistent: false,
+            rule_limits: LimitOverrides::default(),
+            flow_limits: LimitOverrides::default(),
+            permissions: BTreeMap::new(),
+            insecure_skip_verify: false,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -93,12 +113,19 @@ impl Loader {
             PluginKind::Flow => (Limits::flow(), &self.env.flow_limits),
         };
         let limits = base.with_overrides(config).with_overrides(&m.limits);
-        let caps = CapContext::new(
+        let mut caps = CapContext::new(
             &m.name,
             m.permissions.clone(),
             self.env.state_dir.clone(),
             &self.kv,
         );
+        caps.gateway = self
+            .env
+            .permissions
+            .get(&m.name)
+            .cloned()
+            .unwrap_or_default();
+        caps.insecure_skip_verify = self.env.insecure_skip_verify;
         let path = &info.entry;
         Ok(match (info.engine, m.kind) {
             (EngineKind::Rhai, PluginKind::Rule) => {

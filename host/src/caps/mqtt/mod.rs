@@ -1,20 +1,19 @@
-//! The `mqtt` capability: outbound MQTT 3.1.1 sessions for plugins (rumqttc over rustls), only to
+//! The `mqtt` capability: outbound MQTT 3.1.1 and 5 sessions for plugins (rumqttc over rustls), only to
 //! endpoints the plugin's manifest declares. A session is driven by the thread that calls it: each
 //! call polls the connection until its own acknowledgement arrives (CONNACK, SUBACK, PUBACK), and
 //! messages that arrive meanwhile are kept for `receive`. Every failure is a typed error:
 //! `refused` (CONNACK refusal, SUBACK failure), `closed` (the broker hung up), `tls`, `timeout`,
 //! `io` (unreachable, DNS), `invalid-input`, `permission-denied`, `limit-exceeded`.
 
+mod link;
 pub mod rhai;
 pub mod wasm;
 
 use super::tls::{self, TlsOptions};
 use super::{CapContext, MAX_SESSIONS};
 use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
-use rumqttc::{
-    Client, ConnectReturnCode, Connection, ConnectionError, Event, Incoming, MqttOptions, Outgoing,
-    QoS, SubscribeReasonCode, TlsConfiguration, Transport,
-};
+use link::{Link, LinkEvent, LinkOptions};
+use rumqttc::QoS;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -118,8 +117,8 @@ impl ConnectSpec {
 
 /// An open MQTT session. Dropping it disconnects and frees the plugin's session slot.
 pub struct MqttSession {
-    client: Client,
-    connection: Connection,
+    link: Link,
+    protocol: ProtocolVersion,
     endpoint: String,
     received: VecDeque<Message>,
     ctx: CapContext,
@@ -152,10 +151,7 @@ impl MqttSession {
     /// Connect and wait for the CONNACK.
     pub fn connect(ctx: &CapContext, o: &ConnectOptions) -> Result<MqttSession, PluginError> {
         ctx.check_endpoint(&o.host, o.port)?;
-        if o.protocol == ProtocolVersion::Mqtt5 {
-            return Err(PluginError::unsupported("mqtt.session.connect with MQTT 5"));
-        }
-        if o.client_id.is_empty() {
+        if o.client_id.is_empty() && o.protocol == ProtocolVersion::Mqtt311 {
             return Err(err(
                 ErrorKind::InvalidInput,
                 "MQTT client id is empty".into(),
@@ -170,6 +166,10 @@ impl MqttSession {
                 ),
             ));
         }
+        let tls = match &o.tls {
+            Some(tls_options) => Some(tls::client_config(ctx, &o.host, tls_options)?),
+            None => None,
+        };
         let slots = ctx.open_sessions.fetch_add(1, Ordering::SeqCst);
         if slots >= MAX_SESSIONS {
             ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
@@ -181,47 +181,44 @@ impl MqttSession {
                 ),
             ));
         }
-        // From here on, dropping `session` frees the slot.
-        let endpoint = format!("{}:{}", o.host, o.port);
-        let mut options = MqttOptions::new(&o.client_id, &o.host, o.port);
-        options.set_keep_alive(Duration::from_secs(o.keep_alive_secs.into()));
-        options.set_clean_session(o.clean_session);
-        options.set_max_packet_size(MAX_PAYLOAD_BYTES + 64 * 1024, MAX_PAYLOAD_BYTES + 64 * 1024);
-        if o.username.is_some() || o.password.is_some() {
-            options.set_credentials(
-                o.username.clone().unwrap_or_default(),
-                o.password.clone().unwrap_or_default(),
-            );
-        }
-        if let Some(tls_options) = &o.tls {
-            let config = tls::client_config(ctx, &o.host, tls_options)?;
-            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-        }
         let timeout = match o.connect_timeout_ms {
             0 => DEFAULT_CONNECT_TIMEOUT,
             ms => Duration::from_millis(ms.into()),
         };
-        let (client, mut connection) = Client::new(options, 64);
-        // Small MQTT packets must not wait for Nagle's algorithm: with several publishes in
-        // flight, the last one would sit until the broker's delayed ACK (about 40 ms).
-        let mut network = rumqttc::NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        // rumqttc counts whole seconds; ours is the deadline that answers, with its clearer message.
-        network.set_connection_timeout(timeout.as_secs() + 1);
-        connection.eventloop.set_network_options(network);
+        let link = Link::open(LinkOptions {
+            protocol: o.protocol,
+            host: &o.host,
+            port: o.port,
+            client_id: &o.client_id,
+            credentials: (o.username.is_some() || o.password.is_some()).then(|| {
+                (
+                    o.username.clone().unwrap_or_default(),
+                    o.password.clone().unwrap_or_default(),
+                )
+            }),
+            keep_alive: Duration::from_secs(o.keep_alive_secs.into()),
+            clean_session: o.clean_session,
+            tls,
+            // rumqttc counts whole seconds; ours is the deadline that answers, with its clearer
+            // message.
+            connect_timeout_secs: timeout.as_secs() + 1,
+        });
+        // From here on, dropping `session` frees the slot.
         let mut session = MqttSession {
-            client,
-            connection,
-            endpoint,
+            link,
+            protocol: o.protocol,
+            endpoint: format!("{}:{}", o.host, o.port),
             received: VecDeque::new(),
             ctx: ctx.clone(),
             open: true,
         };
         session.wait_for(timeout, "the CONNACK", |event| match event {
-            Event::Incoming(Incoming::ConnAck(ack)) => Some(match ack.code {
-                ConnectReturnCode::Success => Ok(()),
-                code => Err(refusal(code)),
-            }),
+            LinkEvent::ConnAck(result) => Some(result.clone().map_err(|why| {
+                err(
+                    ErrorKind::Refused,
+                    format!("the broker refused the connection: {why}"),
+                )
+            })),
             _ => None,
         })?;
         Ok(session)
@@ -235,24 +232,23 @@ impl MqttSession {
             )
         })?;
         let qos = qos(level)?;
-        self.client
+        self.link
             .subscribe(filter, qos)
-            .map_err(|e| self.closed(e.to_string()))?;
+            .map_err(|e| self.closed(e))?;
         let endpoint = self.endpoint.clone();
         self.wait_for(ACK_TIMEOUT, "the SUBACK", |event| match event {
-            Event::Incoming(Incoming::SubAck(ack)) => Some(match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Failure) => Err(err(
+            LinkEvent::SubAck(result) => Some(result.clone().map_err(|why| {
+                err(
                     ErrorKind::Refused,
-                    format!("{endpoint} refused the subscription to '{filter}'"),
-                )),
-                _ => Ok(()),
-            }),
+                    format!("{endpoint} refused the subscription to '{filter}': {why}"),
+                )
+            })),
             _ => None,
         })
     }
 
     /// Check that `msg` can be published; its QoS.
-    fn publishable(msg: &Message) -> Result<QoS, PluginError> {
+    fn publishable(&self, msg: &Message) -> Result<QoS, PluginError> {
         if msg.payload.len() > MAX_PAYLOAD_BYTES {
             return Err(err(
                 ErrorKind::LimitExceeded,
@@ -266,6 +262,16 @@ impl MqttSession {
             return Err(err(
                 ErrorKind::InvalidInput,
                 format!("'{}' is not a topic one can publish to", msg.topic),
+            ));
+        }
+        if self.protocol == ProtocolVersion::Mqtt311 && !msg.properties.is_empty() {
+            return Err(err(
+                ErrorKind::InvalidInput,
+                format!(
+                    "the message to '{}' has user properties, which MQTT 3.1.1 cannot carry \
+                     (connect with MQTT 5, or put them in the topic)",
+                    msg.topic
+                ),
             ));
         }
         qos(msg.qos)
@@ -284,7 +290,7 @@ impl MqttSession {
             .iter()
             .enumerate()
             .map(|(i, m)| {
-                Self::publishable(m).map_err(|e| {
+                self.publishable(m).map_err(|e| {
                     let prefix = if msgs.len() > 1 {
                         format!("message {}: ", i + 1)
                     } else {
@@ -295,26 +301,15 @@ impl MqttSession {
             })
             .collect::<Result<Vec<QoS>, PluginError>>()?;
         let mut next = 0; // the next message to hand to the client
-        let mut sent_qos = std::collections::VecDeque::new(); // QoS of sent, not yet numbered publishes
+        let mut sent_qos = VecDeque::new(); // QoS of sent, not yet numbered publishes
         let mut awaiting = std::collections::HashSet::new(); // packet ids awaiting their ack
         let mut done = 0;
         let deadline = Instant::now() + ACK_TIMEOUT;
         while done < msgs.len() {
             // Hand over as many messages as the request channel takes.
-            while next < msgs.len() {
-                let m = &msgs[next];
-                match self.client.try_publish(
-                    m.topic.as_str(),
-                    levels[next],
-                    m.retain,
-                    m.payload.clone(),
-                ) {
-                    Ok(()) => {
-                        sent_qos.push_back(levels[next]);
-                        next += 1;
-                    }
-                    Err(_) => break, // full (or closed: the poll below says which)
-                }
+            while next < msgs.len() && self.link.try_publish(&msgs[next], levels[next]) {
+                sent_qos.push_back(levels[next]);
+                next += 1;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -328,25 +323,24 @@ impl MqttSession {
                     ),
                 ));
             }
-            match self.connection.recv_timeout(left) {
-                Err(rumqttc::RecvTimeoutError::Timeout) => continue,
-                Err(rumqttc::RecvTimeoutError::Disconnected) => {
-                    return Err(self.closed("the session is closed".into()))
-                }
-                Ok(Err(e)) => return Err(self.connection_error(e)),
-                Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => match sent_qos.pop_front() {
+            match self.recv(left)? {
+                None => continue,
+                Some(LinkEvent::Sent(pkid)) => match sent_qos.pop_front() {
                     Some(QoS::AtMostOnce) | None => done += 1,
                     Some(_) => {
                         awaiting.insert(pkid);
                     }
                 },
-                Ok(Ok(Event::Incoming(Incoming::PubAck(ack)))) if awaiting.remove(&ack.pkid) => {
+                Some(LinkEvent::Acked(pkid, result)) if awaiting.remove(&pkid) => {
+                    result.map_err(|why| {
+                        err(
+                            ErrorKind::Refused,
+                            format!("{} refused a message: {why}", self.endpoint),
+                        )
+                    })?;
                     done += 1
                 }
-                Ok(Ok(Event::Incoming(Incoming::PubComp(comp)))) if awaiting.remove(&comp.pkid) => {
-                    done += 1
-                }
-                Ok(Ok(event)) => self.keep(&event),
+                Some(event) => self.keep(event),
             }
         }
         Ok(())
@@ -363,14 +357,10 @@ impl MqttSession {
             if left.is_zero() {
                 return Ok(None);
             }
-            match self.connection.recv_timeout(left) {
-                Err(rumqttc::RecvTimeoutError::Timeout) => return Ok(None),
-                Err(rumqttc::RecvTimeoutError::Disconnected) => {
-                    return Err(self.closed("the session is closed".into()))
-                }
-                Ok(Err(e)) => return Err(self.connection_error(e)),
-                Ok(Ok(event)) => {
-                    self.keep(&event);
+            match self.recv(left)? {
+                None => return Ok(None),
+                Some(event) => {
+                    self.keep(event);
                     if let Some(msg) = self.received.pop_front() {
                         return Ok(Some(msg));
                     }
@@ -384,10 +374,19 @@ impl MqttSession {
             return Ok(());
         }
         self.open = false;
-        let _ = self.client.disconnect();
+        self.link.disconnect();
         // Let the DISCONNECT go out; the connection then ends.
-        let _ = self.connection.recv_timeout(Duration::from_millis(200));
+        let _ = self.link.recv(Duration::from_millis(200), &self.endpoint);
         Ok(())
+    }
+
+    /// One event from the link; a failed link marks the session closed.
+    fn recv(&mut self, timeout: Duration) -> Result<Option<LinkEvent>, PluginError> {
+        self.link.recv(timeout, &self.endpoint).inspect_err(|e| {
+            if e.kind != ErrorKind::Timeout {
+                self.open = false;
+            }
+        })
     }
 
     /// Poll until `done` says the awaited event came (or failed), keeping incoming messages.
@@ -395,20 +394,18 @@ impl MqttSession {
         &mut self,
         timeout: Duration,
         what: &str,
-        mut done: impl FnMut(&Event) -> Option<Result<(), PluginError>>,
+        mut done: impl FnMut(&LinkEvent) -> Option<Result<(), PluginError>>,
     ) -> Result<(), PluginError> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let event = match self
-                .connection
-                .recv_timeout(left.max(Duration::from_millis(1)))
-            {
-                _ if left.is_zero() => Err(rumqttc::RecvTimeoutError::Timeout),
-                other => other,
+            let event = if left.is_zero() {
+                None
+            } else {
+                self.recv(left)?
             };
             match event {
-                Err(rumqttc::RecvTimeoutError::Timeout) => {
+                None => {
                     return Err(err(
                         ErrorKind::Timeout,
                         format!(
@@ -418,29 +415,19 @@ impl MqttSession {
                         ),
                     ))
                 }
-                Err(rumqttc::RecvTimeoutError::Disconnected) => {
-                    return Err(self.closed("the session is closed".into()))
-                }
-                Ok(Err(e)) => return Err(self.connection_error(e)),
-                Ok(Ok(event)) => {
+                Some(event) => {
                     if let Some(result) = done(&event) {
                         return result;
                     }
-                    self.keep(&event);
+                    self.keep(event);
                 }
             }
         }
     }
 
-    fn keep(&mut self, event: &Event) {
-        if let Event::Incoming(Incoming::Publish(p)) = event {
-            self.received.push_back(Message {
-                topic: p.topic.clone(),
-                payload: p.payload.to_vec(),
-                qos: p.qos as u8,
-                retain: p.retain,
-                properties: Vec::new(),
-            });
+    fn keep(&mut self, event: LinkEvent) {
+        if let LinkEvent::Message(msg) = event {
+            self.received.push_back(msg);
         }
     }
 
@@ -450,42 +437,6 @@ impl MqttSession {
             format!("{} closed the connection: {why}", self.endpoint),
         )
     }
-
-    /// Map rumqttc's connection errors to typed errors naming the endpoint.
-    fn connection_error(&mut self, e: ConnectionError) -> PluginError {
-        self.open = false;
-        let endpoint = &self.endpoint;
-        match e {
-            ConnectionError::ConnectionRefused(code) => refusal(code),
-            ConnectionError::NetworkTimeout => err(
-                ErrorKind::Timeout,
-                format!("{endpoint} did not answer in time"),
-            ),
-            ConnectionError::Tls(rumqttc::TlsError::Io(io)) => io_failure(endpoint, &io),
-            ConnectionError::Tls(rumqttc::TlsError::TLS(e)) => {
-                tls_failure(endpoint, &tls::describe(&e))
-            }
-            ConnectionError::Tls(e) => tls_failure(endpoint, &e.to_string()),
-            ConnectionError::Io(io) => io_failure(endpoint, &io),
-            ConnectionError::MqttState(rumqttc::StateError::Io(io)) => io_failure(endpoint, &io),
-            other => self.closed(other.to_string()),
-        }
-    }
-}
-
-fn refusal(code: ConnectReturnCode) -> PluginError {
-    let why = match code {
-        ConnectReturnCode::RefusedProtocolVersion => "unacceptable protocol version",
-        ConnectReturnCode::BadClientId => "client id rejected",
-        ConnectReturnCode::ServiceUnavailable => "server unavailable",
-        ConnectReturnCode::BadUserNamePassword => "bad user name or password",
-        ConnectReturnCode::NotAuthorized => "not authorized",
-        ConnectReturnCode::Success => "success",
-    };
-    err(
-        ErrorKind::Refused,
-        format!("the broker refused the connection: {why}"),
-    )
 }
 
 fn tls_failure(endpoint: &str, why: &str) -> PluginError {

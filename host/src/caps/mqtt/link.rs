@@ -1,0 +1,342 @@
+//! The wire side of an MQTT session: one rumqttc client and connection, MQTT 3.1.1 or 5, with
+//! their events and errors turned into one vocabulary ([`LinkEvent`], [`PluginError`]) so the
+//! session logic in `mod.rs` is written once for both protocol versions.
+
+use super::{err, io_failure, tls_failure, MAX_PAYLOAD_BYTES};
+use crate::caps::tls;
+use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
+use rumqttc::{v5, QoS, RecvTimeoutError, TlsConfiguration, Transport};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What the connection reported, in protocol-neutral terms.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// CONNACK: accepted, or the refusal reason.
+    ConnAck(Result<(), String>),
+    /// SUBACK for the first filter: accepted, or the refusal reason.
+    SubAck(Result<(), String>),
+    /// A PUBLISH went out with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// PUBACK or PUBCOMP for this packet id: accepted, or (MQTT 5) the refusal reason.
+    Acked(u16, Result<(), String>),
+    /// A message from a subscription.
+    Message(Message),
+    /// Anything else (pings, outgoing acks).
+    Other,
+}
+
+/// Everything needed to open a link.
+pub struct LinkOptions<'a> {
+    pub protocol: ProtocolVersion,
+    pub host: &'a str,
+    pub port: u16,
+    pub client_id: &'a str,
+    pub credentials: Option<(String, String)>,
+    pub keep_alive: Duration,
+    pub clean_session: bool,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Whole seconds, as rumqttc counts them.
+    pub connect_timeout_secs: u64,
+}
+
+/// The event loops are boxed: they are large, and of very different sizes.
+pub enum Link {
+    V311 {
+        client: rumqttc::Client,
+        connection: Box<rumqttc::Connection>,
+    },
+    V5 {
+        client: v5::Client,
+        connection: Box<v5::Connection>,
+    },
+}
+
+/// The request channel's capacity: how many publishes may be queued ahead of the socket.
+const CHANNEL_CAPACITY: usize = 64;
+const MAX_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
+
+impl Link {
+    /// Set up the client; the CONNECT goes out on the first [`Link::recv`].
+    pub fn open(o: LinkOptions<'_>) -> Link {
+        // Small MQTT packets must not wait for Nagle's algorithm: with several publishes in
+        // flight, the last one would sit until the broker's delayed ACK (about 40 ms).
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(o.connect_timeout_secs);
+        let transport = o
+            .tls
+            .map(|config| Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+        match o.protocol {
+            ProtocolVersion::Mqtt311 => {
+                let mut options = rumqttc::MqttOptions::new(o.client_id, o.host, o.port);
+                options.set_keep_alive(o.keep_alive);
+                options.set_clean_session(o.clean_session);
+                options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
+                if let Some((user, password)) = o.credentials {
+                    options.set_credentials(user, password);
+                }
+                if let Some(transport) = transport {
+                    options.set_transport(transport);
+                }
+                let (client, mut connection) = rumqttc::Client::new(options, CHANNEL_CAPACITY);
+                connection.eventloop.set_network_options(network);
+                Link::V311 {
+                    client,
+                    connection: Box::new(connection),
+                }
+            }
+            ProtocolVersion::Mqtt5 => {
+                let mut options = v5::MqttOptions::new(o.client_id, o.host, o.port);
+                options.set_keep_alive(o.keep_alive);
+                options.set_clean_start(o.clean_session);
+                options.set_max_packet_size(Some(MAX_PACKET as u32));
+                options.set_connection_timeout(o.connect_timeout_secs);
+                options.set_network_options(network);
+                if let Some((user, password)) = o.credentials {
+                    options.set_credentials(user, password);
+                }
+                if let Some(transport) = transport {
+                    options.set_transport(transport);
+                }
+                let (client, connection) = v5::Client::new(options, CHANNEL_CAPACITY);
+                Link::V5 {
+                    client,
+                    connection: Box::new(connection),
+                }
+            }
+        }
+    }
+
+    /// Queue a SUBSCRIBE.
+    pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), String> {
+        match self {
+            Link::V311 { client, .. } => client.subscribe(filter, qos).map_err(|e| e.to_string()),
+            Link::V5 { client, .. } => client
+                .subscribe(filter, v5_qos(qos))
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Queue a PUBLISH unless the request channel is full; `false` = full (or closed: the next
+    /// [`Link::recv`] says which).
+    pub fn try_publish(&self, m: &Message, qos: QoS) -> bool {
+        match self {
+            Link::V311 { client, .. } => client
+                .try_publish(m.topic.as_str(), qos, m.retain, m.payload.clone())
+                .is_ok(),
+            Link::V5 { client, .. } => {
+                let properties = v5::mqttbytes::v5::PublishProperties {
+                    user_properties: m.properties.clone(),
+                    ..Default::default()
+                };
+                client
+                    .try_publish_with_properties(
+                        m.topic.as_str(),
+                        v5_qos(qos),
+                        m.retain,
+                        m.payload.clone(),
+                        properties,
+                    )
+                    .is_ok()
+            }
+        }
+    }
+
+    /// Queue a DISCONNECT.
+    pub fn disconnect(&self) {
+        let _ = match self {
+            Link::V311 { client, .. } => client.disconnect().is_ok(),
+            Link::V5 { client, .. } => client.disconnect().is_ok(),
+        };
+    }
+
+    /// Drive the connection until it reports something or `timeout` passes (`Ok(None)`).
+    /// Errors name `endpoint`.
+    pub fn recv(
+        &mut self,
+        timeout: Duration,
+        endpoint: &str,
+    ) -> Result<Option<LinkEvent>, PluginError> {
+        let gone = || {
+            err(
+                ErrorKind::Closed,
+                format!("{endpoint} closed the connection: the session is closed"),
+            )
+        };
+        match self {
+            Link::V311 { connection, .. } => match connection.recv_timeout(timeout) {
+                Err(RecvTimeoutError::Timeout) => Ok(None),
+                Err(RecvTimeoutError::Disconnected) => Err(gone()),
+                Ok(Err(e)) => Err(v311_error(endpoint, e)),
+                Ok(Ok(event)) => Ok(Some(v311_event(event))),
+            },
+            Link::V5 { connection, .. } => match connection.recv_timeout(timeout) {
+                Err(v5::RecvTimeoutError::Timeout) => Ok(None),
+                Err(v5::RecvTimeoutError::Disconnected) => Err(gone()),
+                Ok(Err(e)) => Err(v5_error(endpoint, e)),
+                Ok(Ok(event)) => Ok(Some(v5_event(event))),
+            },
+        }
+    }
+}
+
+fn v5_qos(qos: QoS) -> v5::mqttbytes::QoS {
+    match qos {
+        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn v311_event(event: rumqttc::Event) -> LinkEvent {
+    use rumqttc::{ConnectReturnCode, Event, Incoming, Outgoing, SubscribeReasonCode};
+    match event {
+        Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck(match ack.code {
+            ConnectReturnCode::Success => Ok(()),
+            code => Err(v311_refusal(code).into()),
+        }),
+        Event::Incoming(Incoming::SubAck(ack)) => {
+            LinkEvent::SubAck(match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Failure) => Err("failure".into()),
+                _ => Ok(()),
+            })
+        }
+        Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
+        Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::Acked(ack.pkid, Ok(())),
+        Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::Acked(comp.pkid, Ok(())),
+        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(Message {
+            topic: p.topic,
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            retain: p.retain,
+            properties: Vec::new(),
+        }),
+        _ => LinkEvent::Other,
+    }
+}
+
+fn v5_event(event: v5::Event) -> LinkEvent {
+    use v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, PubCompReason, SubscribeReasonCode};
+    use v5::{Event, Incoming};
+    match event {
+        Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck(match ack.code {
+            ConnectReturnCode::Success => Ok(()),
+            code => Err(reason_text(&format!("{code:?}"))),
+        }),
+        Event::Incoming(Incoming::SubAck(ack)) => {
+            LinkEvent::SubAck(match ack.return_codes.first() {
+                Some(SubscribeReasonCode::Success(_)) | None => Ok(()),
+                Some(code) => Err(reason_text(&format!("{code:?}"))),
+            })
+        }
+        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
+        Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::Acked(
+            ack.pkid,
+            match ack.reason {
+                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                other => Err(reason_text(&format!("{other:?}"))),
+            },
+        ),
+        Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::Acked(
+            comp.pkid,
+            match comp.reason {
+                PubCompReason::Success => Ok(()),
+                other => Err(reason_text(&format!("{other:?}"))),
+            },
+        ),
+        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(Message {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            retain: p.retain,
+            properties: p
+                .properties
+                .map(|props| props.user_properties)
+                .unwrap_or_default(),
+        }),
+        _ => LinkEvent::Other,
+    }
+}
+
+/// `NotAuthorized` → `not authorized`: MQTT 5 reason codes as words.
+fn reason_text(debug_name: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in debug_name.chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            out.push(' ');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+fn v311_refusal(code: rumqttc::ConnectReturnCode) -> &'static str {
+    use rumqttc::ConnectReturnCode as C;
+    match code {
+        C::RefusedProtocolVersion => "unacceptable protocol version",
+        C::BadClientId => "client id rejected",
+        C::ServiceUnavailable => "server unavailable",
+        C::BadUserNamePassword => "bad user name or password",
+        C::NotAuthorized => "not authorized",
+        C::Success => "success",
+    }
+}
+
+fn refused(why: &str) -> PluginError {
+    err(
+        ErrorKind::Refused,
+        format!("the broker refused the connection: {why}"),
+    )
+}
+
+fn v311_error(endpoint: &str, e: rumqttc::ConnectionError) -> PluginError {
+    use rumqttc::ConnectionError as E;
+    match e {
+        E::ConnectionRefused(code) => refused(v311_refusal(code)),
+        E::NetworkTimeout => err(
+            ErrorKind::Timeout,
+            format!("{endpoint} did not answer in time"),
+        ),
+        E::Tls(rumqttc::TlsError::Io(io)) | E::Io(io) => io_failure(endpoint, &io),
+        E::MqttState(rumqttc::StateError::Io(io)) => io_failure(endpoint, &io),
+        E::Tls(rumqttc::TlsError::TLS(e)) => tls_failure(endpoint, &tls::describe(&e)),
+        E::Tls(e) => tls_failure(endpoint, &e.to_string()),
+        other => err(
+            ErrorKind::Closed,
+            format!("{endpoint} closed the connection: {other}"),
+        ),
+    }
+}
+
+fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
+    use v5::ConnectionError as E;
+    match e {
+        E::ConnectionRefused(code) | E::MqttState(v5::StateError::ConnFail { reason: code }) => {
+            refused(&reason_text(&format!("{code:?}")))
+        }
+        E::Timeout(_) => err(
+            ErrorKind::Timeout,
+            format!("{endpoint} did not answer in time"),
+        ),
+        E::Tls(rumqttc::TlsError::Io(io)) | E::Io(io) => io_failure(endpoint, &io),
+        E::MqttState(v5::StateError::Io(io)) => io_failure(endpoint, &io),
+        E::MqttState(v5::StateError::ServerDisconnect {
+            reason_code,
+            reason_string,
+        }) => err(
+            ErrorKind::Closed,
+            format!(
+                "{endpoint} closed the connection: {}{}",
+                reason_text(&format!("{reason_code:?}")),
+                reason_string.map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+        ),
+        E::Tls(rumqttc::TlsError::TLS(e)) => tls_failure(endpoint, &tls::describe(&e)),
+        E::Tls(e) => tls_failure(endpoint, &e.to_string()),
+        other => err(
+            ErrorKind::Closed,
+            format!("{endpoint} closed the connection: {other}"),
+        ),
+    }
+}
