@@ -11,3 +11,4 @@ pub mod config;
 pub mod engine;
 pub mod model;
 pub mod plugins;
+pub mod sandbox;

@@ -14,6 +14,7 @@ mod net_mqtt;
 mod parity;
 mod plugin_certs;
 mod robustness;
+mod sandbox;
 mod sandboxing;
 mod signatures;
 mod wasm_cache;
