@@ -206,3 +206,663 @@ fn the_official_python_sdk_registers_and_sends_telemetry() {
     }
     assert_eq!(state["payload"], serde_json::json!({"site": "plant1"}));
 }
+
+mod refusals {
+    use super::*;
+    use gatehost::caps::certs;
+    use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
+    use gatehost::caps::tls::TlsOptions;
+    use gatehost::caps::CapContext;
+    use gatehost::model::{ErrorKind, Message, ProtocolVersion};
+    use gatehost::plugins::manifest::Permissions;
+
+    fn ctx(dir: &Path) -> CapContext {
+        CapContext::ephemeral(
+            "sandbox-test",
+            Permissions {
+                endpoints: vec!["localhost:*".into()],
+                file_roots: vec![dir.display().to_string()],
+                kv_namespace: None,
+            },
+        )
+    }
+
+    fn options(
+        sandbox: &Sandbox,
+        port: u16,
+        client_id: &str,
+        username: &str,
+        password: &str,
+    ) -> ConnectOptions {
+        ConnectOptions {
+            host: "localhost".into(),
+            port,
+            client_id: client_id.into(),
+            username: Some(username.into()),
+            password: Some(password.into()),
+            keep_alive_secs: 30,
+            clean_session: true,
+            protocol: ProtocolVersion::Mqtt311,
+            tls: Some(TlsOptions {
+                ca_file: Some(sandbox.ca_file().display().to_string()),
+                ..Default::default()
+            }),
+            connect_timeout_ms: 5000,
+        }
+    }
+
+    fn dps_user(id: &str) -> String {
+        format!("0ne00SANDBOX/registrations/{id}/api-version=2019-03-31")
+    }
+
+    fn dps_token(id: &str, key: &str, expiry: u64) -> String {
+        crypto::sas_token(
+            &format!("0ne00SANDBOX/registrations/{id}"),
+            key,
+            Some("registration"),
+            expiry,
+        )
+        .unwrap()
+    }
+
+    fn later() -> u64 {
+        crypto::now_unix() + 3600
+    }
+
+    /// Register and return (status code, body) of the reply.
+    fn register(s: &mut MqttSession, rid: &str, body: &str) -> (String, serde_json::Value) {
+        s.subscribe("$dps/registrations/res/#", 1).unwrap();
+        s.publish(&Message::new(
+            format!("$dps/registrations/PUT/iotdps-register/?$rid={rid}"),
+            body,
+            1,
+        ))
+        .unwrap();
+        reply(s, rid)
+    }
+
+    fn reply(s: &mut MqttSession, rid: &str) -> (String, serde_json::Value) {
+        let m = s
+            .receive(Duration::from_secs(5))
+            .unwrap()
+            .expect("a DPS reply");
+        let status = m
+            .topic
+            .strip_prefix("$dps/registrations/res/")
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        assert!(m.topic.contains(&format!("$rid={rid}")), "{}", m.topic);
+        (status, serde_json::from_slice(&m.payload).unwrap())
+    }
+
+    fn poll(s: &mut MqttSession, rid: &str, op: &str) -> (String, serde_json::Value, String) {
+        s.publish(&Message::new(
+            format!(
+                "$dps/registrations/GET/iotdps-get-operationstatus/?$rid={rid}&operationId={op}"
+            ),
+            "",
+            1,
+        ))
+        .unwrap();
+        let m = s
+            .receive(Duration::from_secs(5))
+            .unwrap()
+            .expect("a DPS reply");
+        let status = m
+            .topic
+            .strip_prefix("$dps/registrations/res/")
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        (status, serde_json::from_slice(&m.payload).unwrap(), m.topic)
+    }
+
+    #[test]
+    fn dps_refuses_bad_connects_and_answers_401_to_bad_credentials() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = start_sandbox(dir.path(), "");
+        let ctx = ctx(dir.path());
+        let port = sandbox.dps_port().unwrap();
+
+        let e = MqttSession::connect(&ctx, &options(&sandbox, port, "sym-dev", "sym-dev", "x"))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Refused);
+        assert_eq!(
+            e.message,
+            "the broker refused the connection: bad user name or password"
+        );
+        let e = MqttSession::connect(
+            &ctx,
+            &options(&sandbox, port, "other", &dps_user("sym-dev"), "x"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "the broker refused the connection: client id rejected"
+        );
+
+        // Wrong key, expired token, wrong resource: connected, then 401 on register.
+        let wrong_key = crypto::base64_encode(b"not the enrolled key");
+        for (password, why) in [
+            (
+                dps_token("sym-dev", &wrong_key, later()),
+                "the SAS signature does not match the enrolled key",
+            ),
+            (
+                dps_token("sym-dev", DEVICE_KEY, crypto::now_unix() - 5),
+                "the SAS token expired",
+            ),
+            (
+                dps_token("someone-else", DEVICE_KEY, later()),
+                "the SAS token is for resource",
+            ),
+        ] {
+            let mut s = MqttSession::connect(
+                &ctx,
+                &options(&sandbox, port, "sym-dev", &dps_user("sym-dev"), &password),
+            )
+            .unwrap();
+            let (status, body) = register(&mut s, "1", r#"{"registrationId":"sym-dev"}"#);
+            assert_eq!(status, "401");
+            assert_eq!(body["errorCode"], 401002);
+            let refused = sandbox.recorder.wait_for(Duration::from_secs(2), |r| {
+                r.event == "unauthorized" && r.detail.starts_with(why)
+            });
+            assert!(
+                refused.is_some(),
+                "{why}: {:#?}",
+                sandbox.recorder.of("dps", "unauthorized")
+            );
+        }
+
+        // A certificate from a CA no enrollment trusts.
+        let pki = gatehost::sandbox::pki::SandboxPki::open(&dir.path().join("pki")).unwrap();
+        pki.new_ca("rogue-ca", "Rogue CA").unwrap();
+        pki.issue("rogue-ca", "x509-rogue", "x509-rogue", &[])
+            .unwrap();
+        let mut o = options(&sandbox, port, "x509-rogue", &dps_user("x509-rogue"), "");
+        o.password = None;
+        let key = certs::load_key(
+            &ctx,
+            &pki.path("x509-rogue.key").display().to_string(),
+            None,
+        )
+        .unwrap();
+        o.tls.as_mut().unwrap().client_certificate =
+            Some((pki.path("x509-rogue_chain.pem").display().to_string(), key));
+        let mut s = MqttSession::connect(&ctx, &o).unwrap();
+        let (status, _) = register(&mut s, "9", "");
+        assert_eq!(status, "401");
+        assert!(sandbox
+            .recorder
+            .wait_for(Duration::from_secs(2), |r| r.client_id == "x509-rogue"
+                && r.detail.contains("not issued by a CA"))
+            .is_some());
+
+        // A register body naming another device, and a topic DPS does not serve.
+        let mut s = MqttSession::connect(
+            &ctx,
+            &options(
+                &sandbox,
+                port,
+                "sym-dev",
+                &dps_user("sym-dev"),
+                &dps_token("sym-dev", DEVICE_KEY, later()),
+            ),
+        )
+        .unwrap();
+        let (status, _) = register(&mut s, "2", r#"{"registrationId":"someone-else"}"#);
+        assert_eq!(status, "400");
+        let e = s
+            .publish(&Message::new("devices/sym-dev/messages/events/", "x", 1))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Closed, "{e}");
+    }
+
+    #[test]
+    fn dps_walks_through_assigning_disabled_failed_and_throttling() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = format!(
+            r#"
+[[dps.enrollments]]
+attestation = "symmetric-key"
+registration_id = "off-dev"
+primary_key = "{DEVICE_KEY}"
+status = "disabled"
+[[dps.enrollments]]
+attestation = "symmetric-key"
+registration_id = "bad-dev"
+primary_key = "{DEVICE_KEY}"
+fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
+"#
+        );
+        let sandbox = start_sandbox(dir.path(), &extra);
+        let ctx = ctx(dir.path());
+        let port = sandbox.dps_port().unwrap();
+        let session = |id: &str| {
+            MqttSession::connect(
+                &ctx,
+                &options(
+                    &sandbox,
+                    port,
+                    id,
+                    &dps_user(id),
+                    &dps_token(id, DEVICE_KEY, later()),
+                ),
+            )
+            .unwrap()
+        };
+
+        let mut s = session("sym-dev");
+        let (status, body) = register(&mut s, "r1", r#"{"registrationId":"sym-dev"}"#);
+        assert_eq!(status, "202");
+        assert_eq!(body["status"], "assigning");
+        let op = body["operationId"].as_str().unwrap().to_string();
+        let (status, body, topic) = poll(&mut s, "r2", &op);
+        assert_eq!(
+            (status.as_str(), body["status"].as_str()),
+            ("202", Some("assigning"))
+        );
+        assert!(topic.ends_with("&retry-after=1"), "{topic}");
+        std::thread::sleep(Duration::from_millis(350));
+        let (status, body, _) = poll(&mut s, "r3", &op);
+        assert_eq!(status, "200");
+        assert_eq!(body["registrationState"]["assignedHub"], "localhost");
+        assert_eq!(body["registrationState"]["deviceId"], "sym-dev");
+        assert_eq!(body["registrationState"]["substatus"], "initialAssignment");
+
+        // Three more polls fill the window of 5; the sixth is throttled with a retry-after.
+        for i in 0..2 {
+            assert_eq!(poll(&mut s, &format!("t{i}"), &op).0, "200");
+        }
+        assert_eq!(poll(&mut s, "t2", &op).0, "200");
+        let (status, _, topic) = poll(&mut s, "t3", &op);
+        assert_eq!(status, "429", "{topic}");
+        assert!(topic.contains("&retry-after="), "{topic}");
+        // An unknown operation is 404 (counted against the same window, so on another device).
+
+        for (id, want) in [("off-dev", "disabled"), ("bad-dev", "failed")] {
+            let mut s = session(id);
+            let (_, body) = register(&mut s, "a", "");
+            let op = body["operationId"].as_str().unwrap().to_string();
+            std::thread::sleep(Duration::from_millis(350));
+            let (status, body, _) = poll(&mut s, "b", &op);
+            assert_eq!(status, "200");
+            assert_eq!(body["status"], want);
+            assert_eq!(body["registrationState"]["status"], want);
+            if want == "failed" {
+                assert_eq!(body["registrationState"]["errorCode"], 400209);
+                assert_eq!(
+                    body["registrationState"]["errorMessage"],
+                    "Custom allocation failed"
+                );
+            }
+            let (status, body, _) = poll(&mut s, "c", "4.no-such-operation");
+            assert_eq!(status, "404", "{body}");
+        }
+        assert!(
+            sandbox.devices.get("off-dev").is_none() && sandbox.devices.get("bad-dev").is_none()
+        );
+    }
+
+    #[test]
+    fn dps_replies_reach_only_the_client_that_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = start_sandbox(dir.path(), "");
+        let ctx = ctx(dir.path());
+        let port = sandbox.dps_port().unwrap();
+        let derived = crypto::derive_device_key(GROUP_KEY, "listener").unwrap();
+        let mut listener = MqttSession::connect(
+            &ctx,
+            &options(
+                &sandbox,
+                port,
+                "listener",
+                &dps_user("listener"),
+                &dps_token("listener", &derived, later()),
+            ),
+        )
+        .unwrap();
+        listener.subscribe("$dps/registrations/res/#", 1).unwrap();
+        let mut asker = MqttSession::connect(
+            &ctx,
+            &options(
+                &sandbox,
+                port,
+                "sym-dev",
+                &dps_user("sym-dev"),
+                &dps_token("sym-dev", DEVICE_KEY, later()),
+            ),
+        )
+        .unwrap();
+        assert_eq!(register(&mut asker, "x", "").0, "202");
+        assert_eq!(listener.receive(Duration::from_millis(500)).unwrap(), None);
+    }
+
+    fn hub_options(sandbox: &Sandbox, device: &str, key: &str, expiry: u64) -> ConnectOptions {
+        let token =
+            crypto::sas_token(&format!("localhost/devices/{device}"), key, None, expiry).unwrap();
+        options(
+            sandbox,
+            sandbox.iothub_port().unwrap(),
+            device,
+            &format!("localhost/{device}/?api-version=2021-04-12"),
+            &token,
+        )
+    }
+
+    #[test]
+    fn the_hub_authenticates_records_telemetry_and_is_strict() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = format!("[iothub]\n[[iothub.devices]]\ndevice_id = \"direct01\"\nprimary_key = \"{DEVICE_KEY}\"\n");
+        let sandbox = start_sandbox(dir.path(), &extra);
+        let ctx = ctx(dir.path());
+
+        // Refusals: unknown device, wrong key, expired token, malformed username.
+        let e = MqttSession::connect(&ctx, &hub_options(&sandbox, "nobody", DEVICE_KEY, later()))
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "the broker refused the connection: not authorized"
+        );
+        let wrong = crypto::base64_encode(b"wrong");
+        assert_eq!(
+            MqttSession::connect(&ctx, &hub_options(&sandbox, "direct01", &wrong, later()))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Refused
+        );
+        assert_eq!(
+            MqttSession::connect(&ctx, &hub_options(&sandbox, "direct01", DEVICE_KEY, 10))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Refused
+        );
+        let mut o = hub_options(&sandbox, "direct01", DEVICE_KEY, later());
+        o.username = Some("direct01".into());
+        assert_eq!(
+            MqttSession::connect(&ctx, &o).unwrap_err().message,
+            "the broker refused the connection: bad user name or password"
+        );
+        let why: Vec<String> = sandbox
+            .recorder
+            .of("iothub", "refused")
+            .into_iter()
+            .map(|r| r.detail)
+            .collect();
+        assert!(
+            why.iter()
+                .any(|w| w == "device 'nobody' is not registered in localhost"),
+            "{why:?}"
+        );
+        assert!(
+            why.iter().any(|w| w.starts_with("the SAS token expired")),
+            "{why:?}"
+        );
+
+        // Telemetry with a property bag, and a cloud-to-device message back.
+        let mut s = MqttSession::connect(
+            &ctx,
+            &hub_options(&sandbox, "direct01", DEVICE_KEY, later()),
+        )
+        .unwrap();
+        s.subscribe("devices/direct01/messages/devicebound/#", 1)
+            .unwrap();
+        s.publish(&Message::new(
+            "devices/direct01/messages/events/$.ct=application%2Fjson&$.ce=utf-8&unit=%C2%B0C",
+            "{\"t\":1}",
+            1,
+        ))
+        .unwrap();
+        let t = telemetry_of(&sandbox, "direct01");
+        assert_eq!(
+            t.properties,
+            vec![
+                ("$.ct".into(), "application/json".into()),
+                ("$.ce".into(), "utf-8".into()),
+                ("unit".into(), "°C".into())
+            ]
+        );
+        assert!(sandbox.send_c2d("direct01", b"reboot", &[("cmd".into(), "1".into())]));
+        let c2d = s
+            .receive(Duration::from_secs(5))
+            .unwrap()
+            .expect("the C2D message");
+        assert_eq!(c2d.payload, b"reboot");
+        assert_eq!(c2d.topic, "devices/direct01/messages/devicebound/%24.to=%2Fdevices%2Fdirect01%2Fmessages%2FdeviceBound&cmd=1");
+        // Subscriptions IoT Hub does not serve are refused.
+        assert_eq!(
+            s.subscribe("devices/other/#", 1).unwrap_err().kind,
+            ErrorKind::Refused
+        );
+
+        // A second connection with the same client id takes over; the first is closed.
+        let mut second = MqttSession::connect(
+            &ctx,
+            &hub_options(&sandbox, "direct01", DEVICE_KEY, later()),
+        )
+        .unwrap();
+        assert_eq!(
+            s.receive(Duration::from_secs(3)).unwrap_err().kind,
+            ErrorKind::Closed
+        );
+
+        // Another topic, QoS 2 and an oversized message each close the connection.
+        let e = second
+            .publish(&Message::new("plant1/press7", "x", 1))
+            .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Closed, "{e}");
+        let mut third = MqttSession::connect(
+            &ctx,
+            &hub_options(&sandbox, "direct01", DEVICE_KEY, later()),
+        )
+        .unwrap();
+        assert_eq!(
+            third
+                .publish(&Message::new("devices/direct01/messages/events/", "x", 2))
+                .unwrap_err()
+                .kind,
+            ErrorKind::Closed
+        );
+        let reasons: Vec<String> = sandbox
+            .recorder
+            .of("iothub", "disconnect")
+            .into_iter()
+            .map(|r| r.detail)
+            .collect();
+        for want in ["a newer connection with the same client id took over", "published to 'plant1/press7', which IoT Hub does not accept from device 'direct01'; closed", "published QoS 2 to 'devices/direct01/messages/events/', which is not supported; closed"] {
+            assert!(sandbox.recorder.wait_for(Duration::from_secs(2), |r| r.event == "disconnect" && r.detail == want).is_some(), "{want}: {reasons:?}");
+        }
+        assert!(!sandbox.send_c2d("nobody", b"x", &[]));
+    }
+
+    #[test]
+    fn two_hundred_devices_register_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = start_sandbox(dir.path(), "");
+        let port = sandbox.dps_port().unwrap();
+        let failures: Vec<String> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..200)
+                .map(|i| {
+                    let (sandbox, dir) = (&sandbox, dir.path());
+                    scope.spawn(move || {
+                        let id = format!("line-{i:03}");
+                        let key = crypto::derive_device_key(GROUP_KEY, &id).unwrap();
+                        let ctx = ctx(dir);
+                        let o = options(
+                            sandbox,
+                            port,
+                            &id,
+                            &dps_user(&id),
+                            &dps_token(&id, &key, later()),
+                        );
+                        let mut s =
+                            MqttSession::connect(&ctx, &o).map_err(|e| format!("{id}: {e}"))?;
+                        let (status, body) = register(&mut s, "1", "");
+                        if status != "202" {
+                            return Err(format!("{id}: {status} {body}"));
+                        }
+                        let op = body["operationId"].as_str().unwrap().to_string();
+                        std::thread::sleep(Duration::from_millis(400));
+                        let (status, body, _) = poll(&mut s, "2", &op);
+                        if status != "200" || body["status"] != "assigned" {
+                            return Err(format!("{id}: {status} {body}"));
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap().err())
+                .collect()
+        });
+        assert!(
+            failures.is_empty(),
+            "{} failed, first: {}",
+            failures.len(),
+            failures[0]
+        );
+        assert_eq!(sandbox.recorder.of("dps", "assigned").len(), 200);
+        assert!(sandbox.devices.get("line-199").is_some());
+    }
+
+    #[test]
+    fn garbage_and_wrong_protocols_never_stop_the_sandbox() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = start_sandbox(dir.path(), "");
+        let ctx = ctx(dir.path());
+        let port = sandbox.dps_port().unwrap();
+
+        // Plain TCP garbage where TLS is expected.
+        let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let _ = raw.read(&mut [0u8; 64]);
+        // TLS, then bytes that are no MQTT packet; then a CONNECT claiming protocol level 9.
+        for bytes in [
+            &b"\xff\xff\xff\xff\xff\x00garbage"[..],
+            &b"\x10\x0d\x00\x04MQTT\x09\x02\x00\x3c\x00\x01a"[..],
+        ] {
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates({
+                let mut roots = rustls::RootCertStore::empty();
+                let pem = std::fs::read_to_string(sandbox.ca_file()).unwrap();
+                for der in gatehost::caps::certs::x509::parse_pem_certs(&pem, "ca").unwrap() {
+                    roots.add(der.into()).unwrap();
+                }
+                roots
+            })
+            .with_no_client_auth();
+            let conn = rustls::ClientConnection::new(
+                std::sync::Arc::new(config),
+                "localhost".try_into().unwrap(),
+            )
+            .unwrap();
+            let mut tls = rustls::StreamOwned::new(
+                conn,
+                std::net::TcpStream::connect(("127.0.0.1", port)).unwrap(),
+            );
+            tls.write_all(bytes).unwrap();
+            let mut answer = Vec::new();
+            let _ = tls.read_to_end(&mut answer);
+            if bytes[6] == 9 {
+                assert_eq!(
+                    answer, b"\x20\x02\x00\x01",
+                    "CONNACK: unacceptable protocol version"
+                );
+            }
+        }
+        assert!(sandbox
+            .recorder
+            .wait_for(Duration::from_secs(2), |r| r.event == "tls-failed")
+            .is_some());
+        assert!(sandbox
+            .recorder
+            .wait_for(Duration::from_secs(2), |r| r.event == "malformed")
+            .is_some());
+        assert!(sandbox
+            .recorder
+            .wait_for(Duration::from_secs(2), |r| r.event == "refused"
+                && r.detail.contains("protocol level 9"))
+            .is_some());
+
+        // MQTT 5 from gatehost's own client is refused the same way, and the sandbox still serves.
+        let mut o = options(
+            &sandbox,
+            port,
+            "sym-dev",
+            &dps_user("sym-dev"),
+            &dps_token("sym-dev", DEVICE_KEY, later()),
+        );
+        o.protocol = ProtocolVersion::Mqtt5;
+        // The answer is a 3.1.1 CONNACK (return code 1), which an MQTT 5 client cannot parse.
+        let e = MqttSession::connect(&ctx, &o).unwrap_err();
+        assert!(
+            matches!(e.kind, ErrorKind::Refused | ErrorKind::Closed),
+            "{e}"
+        );
+        assert!(
+            sandbox
+                .recorder
+                .wait_for(Duration::from_secs(2), |r| r.event == "refused"
+                    && r.detail.contains("protocol level 5"))
+                .is_some(),
+            "{:#?}",
+            sandbox.recorder.all()
+        );
+        o.protocol = ProtocolVersion::Mqtt311;
+        let mut s = MqttSession::connect(&ctx, &o).unwrap();
+        assert_eq!(register(&mut s, "ok", "").0, "202");
+    }
+}
+
+#[test]
+fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("sandbox.toml");
+    std::fs::write(&config, "pki_dir = \"pki\"\n[dps]\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["sandbox", "--json", "--for-secs", "1", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(line["dps"].as_str().unwrap().starts_with("localhost:"));
+    assert!(line["iothub"].as_str().unwrap().starts_with("localhost:"));
+    assert!(Path::new(line["ca_file"].as_str().unwrap()).exists());
+
+    for (text, want) in [
+        ("[dps]\nport = \"x\"\n", "invalid type: string \"x\", expected u16"),
+        ("[dps]\n[[dps.enrollments]]\nattestation = \"symmetric-key\"\nregistration_id = \"a\"\n", "dps.enrollments[0]: SymmetricKey attestation needs `primary_key`"),
+        ("[dps]\n[[dps.enrollments]]\nattestation = \"group-symmetric-key\"\ngroup_key = \"***\"\n", "dps.enrollments[0]: the key is not valid base64"),
+        ("[dps]\n[[dps.enrollments]]\nattestation = \"tpm\"\n", "unknown variant `tpm`"),
+        ("colour = \"blue\"\n", "unknown field `colour`"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+            .args(["sandbox", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
+        assert!(stderr.starts_with(&format!("gatehost: {}: ", config.display())), "{stderr}");
+        assert!(stderr.contains(want), "{text}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    }
+}

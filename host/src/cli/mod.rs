@@ -6,6 +6,7 @@ mod check;
 mod plugin;
 mod rule;
 mod run;
+mod sandbox;
 mod sign;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -76,9 +77,9 @@ pub enum Command {
     /// Azure SAS tokens, derived device keys and JWTs.
     #[command(subcommand)]
     Sign(sign::SignCommand),
-    /// Start the local provider emulators (DPS, IoT Hub, MindConnect, AWS IoT).
+    /// Start the local provider emulators (DPS and IoT Hub over MQTT so far).
     #[command(after_help = "Example:\n  gatehost sandbox --config sandbox.toml")]
-    Sandbox(NotYet),
+    Sandbox(sandbox::SandboxArgs),
 }
 
 /// Arguments of a command this build does not implement yet (accepted, then refused clearly).
@@ -118,7 +119,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Plugin(cmd) => plugin::run(cmd),
         Command::Certs(cmd) => certs::run(cmd),
         Command::Sign(cmd) => sign::run(cmd),
-        Command::Sandbox(_) => not_yet("sandbox"),
+        Command::Sandbox(args) => sandbox::run(args),
     };
     match result {
         Ok(code) => code,

@@ -180,6 +180,23 @@ impl Sandbox {
         sent
     }
 
+    /// Block until Ctrl-C, or until `limit` has passed.
+    pub fn wait(&self, limit: Option<std::time::Duration>) {
+        let Some(runtime) = &self.runtime else { return };
+        runtime.block_on(async {
+            let sleep = async {
+                match limit {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = sleep => {}
+            }
+        });
+    }
+
     /// Whether `device_id` has a live IoT Hub connection.
     pub fn hub_connected(&self, device_id: &str) -> bool {
         self.iothub

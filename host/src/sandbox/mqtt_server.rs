@@ -9,7 +9,7 @@ use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
 };
-use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -202,6 +202,10 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<Packet, ReadError> {
     loop {
+        // rumqttc's 3.1.1 codec half-parses MQTT 5 CONNECTs; answer them by their level instead.
+        if let Some(level) = connect_protocol_level(buf).filter(|l| *l != 4) {
+            return Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)));
+        }
         match Packet::read(buf, MAX_PACKET) {
             Ok(packet) => return Ok(packet),
             Err(CodecError::InsufficientBytes(_)) => {}
@@ -213,6 +217,23 @@ async fn read_packet<R: AsyncReadExt + Unpin>(
             Err(e) => return Err(ReadError::Io(e)),
         }
     }
+}
+
+/// The protocol level of the CONNECT at the start of `buf`, once enough of it has arrived.
+fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
+    if buf.first()? >> 4 != 1 {
+        return None;
+    }
+    let mut i = 1;
+    while buf.get(i)? & 0x80 != 0 {
+        i += 1;
+        if i > 4 {
+            return None;
+        }
+    }
+    i += 1;
+    let name_len = u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]) as usize;
+    buf.get(i + 2 + name_len).copied()
 }
 
 async fn write_packet<W: AsyncWriteExt + Unpin>(writer: &mut W, packet: Packet) -> bool {
@@ -272,45 +293,50 @@ impl Connection {
         let (mut reader, mut writer) = tokio::io::split(tls);
         let mut buf = BytesMut::with_capacity(4096);
 
-        let connect = match tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            read_packet(&mut reader, &mut buf),
-        )
-        .await
-        {
-            Ok(Ok(Packet::Connect(c))) => c,
-            Ok(Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)))) => {
-                let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-                write_packet(&mut writer, Packet::ConnAck(refusal)).await;
-                self.recorder
-                    .push(self.record("refused", "").detail(format!(
+        let connect =
+            match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut reader, &mut buf)).await {
+                Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => c,
+                Ok(Ok(Packet::Connect(_))) => {
+                    let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
+                    write_packet(&mut writer, Packet::ConnAck(refusal)).await;
+                    self.recorder
+                        .push(self.record("refused", "").detail(format!(
+                            "{peer} asked for a protocol other than MQTT 3.1.1 (level 4)"
+                        )));
+                    return;
+                }
+                Ok(Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)))) => {
+                    let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
+                    write_packet(&mut writer, Packet::ConnAck(refusal)).await;
+                    self.recorder
+                        .push(self.record("refused", "").detail(format!(
                     "{peer} asked for MQTT protocol level {level}; only 3.1.1 (level 4) is served"
                 )));
-                return;
-            }
-            Ok(Ok(other)) => {
-                self.recorder.push(
-                    self.record("malformed", "")
-                        .detail(format!("{peer} sent {other:?} before CONNECT; closed")),
-                );
-                return;
-            }
-            Ok(Err(e)) => {
-                self.recorder.push(
-                    self.record("malformed", "")
-                        .detail(format!("{peer} sent no valid CONNECT ({e}); closed")),
-                );
-                return;
-            }
-            Err(_) => {
-                self.recorder
-                    .push(self.record("malformed", "").detail(format!(
-                        "{peer} sent no CONNECT within {} s; closed",
-                        CONNECT_TIMEOUT.as_secs()
-                    )));
-                return;
-            }
-        };
+                    return;
+                }
+                Ok(Ok(other)) => {
+                    self.recorder.push(
+                        self.record("malformed", "")
+                            .detail(format!("{peer} sent {other:?} before CONNECT; closed")),
+                    );
+                    return;
+                }
+                Ok(Err(e)) => {
+                    self.recorder.push(
+                        self.record("malformed", "")
+                            .detail(format!("{peer} sent no valid CONNECT ({e}); closed")),
+                    );
+                    return;
+                }
+                Err(_) => {
+                    self.recorder
+                        .push(self.record("malformed", "").detail(format!(
+                            "{peer} sent no CONNECT within {} s; closed",
+                            CONNECT_TIMEOUT.as_secs()
+                        )));
+                    return;
+                }
+            };
 
         let (username, password) = connect
             .login
