@@ -225,6 +225,15 @@ impl Dps {
         })
     }
 
+    /// 401 to a client whose connection did not authenticate; the reason goes to the records.
+    fn unauthorized(&self, session: &Session, rid: &str) {
+        let why = session.auth.as_ref().err().cloned().unwrap_or_default();
+        self.recorder
+            .push(Record::new("dps", "unauthorized", &session.client_id).detail(why));
+        let body = Self::error_body(401002, "The device is unauthorized.");
+        self.reply(session, 401, rid, None, body);
+    }
+
     fn register(&self, session: &Session, rid: &str, payload: &[u8]) {
         let id = &session.client_id;
         let record = |event, detail: String| {
@@ -235,18 +244,8 @@ impl Dps {
                     .detail(detail),
             )
         };
-        let identity = match &session.auth {
-            Ok(identity) => identity,
-            Err(why) => {
-                record("unauthorized", why.clone());
-                return self.reply(
-                    session,
-                    401,
-                    rid,
-                    None,
-                    Self::error_body(401002, "The device is unauthorized."),
-                );
-            }
+        let Ok(identity) = &session.auth else {
+            return self.unauthorized(session, rid);
         };
         let body: Value = if payload.iter().all(u8::is_ascii_whitespace) {
             json!({})
@@ -318,16 +317,8 @@ impl Dps {
 
     fn operation_status(&self, session: &Session, rid: &str, operation_id: &str) {
         let id = &session.client_id;
-        if let Err(why) = &session.auth {
-            self.recorder
-                .push(Record::new("dps", "unauthorized", id).detail(why.clone()));
-            return self.reply(
-                session,
-                401,
-                rid,
-                None,
-                Self::error_body(401002, "The device is unauthorized."),
-            );
+        if session.auth.is_err() {
+            return self.unauthorized(session, rid);
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();

@@ -293,50 +293,52 @@ impl Connection {
         let (mut reader, mut writer) = tokio::io::split(tls);
         let mut buf = BytesMut::with_capacity(4096);
 
-        let connect =
-            match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut reader, &mut buf)).await {
-                Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => c,
-                Ok(Ok(Packet::Connect(_))) => {
-                    let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-                    write_packet(&mut writer, Packet::ConnAck(refusal)).await;
-                    self.recorder
-                        .push(self.record("refused", "").detail(format!(
-                            "{peer} asked for a protocol other than MQTT 3.1.1 (level 4)"
-                        )));
-                    return;
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut reader, &mut buf)).await;
+        let unsupported = |level: u8| {
+            let detail = format!(
+                "{peer} asked for MQTT protocol level {level}; only 3.1.1 (level 4) is served"
+            );
+            (
+                Some(ConnectReturnCode::RefusedProtocolVersion),
+                "refused",
+                detail,
+            )
+        };
+        let connect = match first {
+            Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => Ok(c),
+            Ok(Ok(Packet::Connect(_))) => Err(unsupported(5)),
+            Ok(Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)))) => {
+                Err(unsupported(level))
+            }
+            Ok(Ok(other)) => Err((
+                None,
+                "malformed",
+                format!("{peer} sent {other:?} before CONNECT; closed"),
+            )),
+            Ok(Err(e)) => Err((
+                None,
+                "malformed",
+                format!("{peer} sent no valid CONNECT ({e}); closed"),
+            )),
+            Err(_) => Err((
+                None,
+                "malformed",
+                format!(
+                    "{peer} sent no CONNECT within {} s; closed",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            )),
+        };
+        let connect = match connect {
+            Ok(connect) => connect,
+            Err((code, event, detail)) => {
+                if let Some(code) = code {
+                    write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false))).await;
                 }
-                Ok(Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)))) => {
-                    let refusal = ConnAck::new(ConnectReturnCode::RefusedProtocolVersion, false);
-                    write_packet(&mut writer, Packet::ConnAck(refusal)).await;
-                    self.recorder
-                        .push(self.record("refused", "").detail(format!(
-                    "{peer} asked for MQTT protocol level {level}; only 3.1.1 (level 4) is served"
-                )));
-                    return;
-                }
-                Ok(Ok(other)) => {
-                    self.recorder.push(
-                        self.record("malformed", "")
-                            .detail(format!("{peer} sent {other:?} before CONNECT; closed")),
-                    );
-                    return;
-                }
-                Ok(Err(e)) => {
-                    self.recorder.push(
-                        self.record("malformed", "")
-                            .detail(format!("{peer} sent no valid CONNECT ({e}); closed")),
-                    );
-                    return;
-                }
-                Err(_) => {
-                    self.recorder
-                        .push(self.record("malformed", "").detail(format!(
-                            "{peer} sent no CONNECT within {} s; closed",
-                            CONNECT_TIMEOUT.as_secs()
-                        )));
-                    return;
-                }
-            };
+                self.recorder.push(self.record(event, "").detail(detail));
+                return;
+            }
+        };
 
         let (username, password) = connect
             .login
