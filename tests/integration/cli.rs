@@ -223,7 +223,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
 fn unimplemented_commands_say_so_and_exit_two() {
     for args in [
         vec!["onboard", "press7"],
-        vec!["sandbox"],
         vec!["plugin", "pack", "dir"],
         vec!["plugin", "keygen", "--out", "x"],
     ] {

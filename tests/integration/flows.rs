@@ -93,21 +93,18 @@ fn a_rhai_flow_that_returns_a_malformed_connection_is_named() {
 }
 
 #[test]
-fn unimplemented_host_features_say_so() {
+fn a_host_that_does_not_resolve_is_an_io_error_naming_the_endpoint() {
     let dir = PluginDir::new();
     let m = dir.rhai(
         "early",
         "flow",
-        "fn onboard(p) { mqtt::connect(#{ host: \"h.example\", port: 8883, client_id: \"c\", protocol: \"mqtt5\" }) }\nfn refresh(c) { #{} }",
-        "[permissions]\nendpoints = [\"h.example:8883\"]",
+        "fn onboard(p) { mqtt::connect(#{ host: \"gateway.invalid\", port: 8883, client_id: \"c\", protocol: \"mqtt5\", connect_timeout_ms: 5000 }) }\nfn refresh(c) { #{} }",
+        "[permissions]\nendpoints = [\"gateway.invalid:8883\"]",
     );
     let PluginHandle::Flow(flow) = Registry::load_path(dir.env(), &m).unwrap().handle else {
         panic!("not a flow")
     };
     let e = flow.onboard(&[]).unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Unsupported);
-    assert_eq!(
-        e.message,
-        "host function 'mqtt.session.connect with MQTT 5' is not implemented in this gatehost build"
-    );
+    assert_eq!(e.kind, ErrorKind::Io, "{e}");
+    assert!(e.message.contains("gateway.invalid:8883"), "{e}");
 }
