@@ -46,7 +46,9 @@ pub fn client_config(
         );
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+            .with_custom_certificate_verifier(Arc::new(NoVerification(HandshakeSignatures(
+                provider,
+            ))))
     } else {
         let roots = Arc::new(root_store(ctx, options.ca_file.as_deref())?);
         let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
@@ -208,9 +210,41 @@ impl ServerCertVerifier for ServerNameOverride {
     }
 }
 
+/// The handshake signatures that prove a peer holds its certificate's key. Verifiers that leave
+/// trust to someone else (`insecure_skip_verify` here, the sandbox's client-certificate verifier)
+/// still check these.
+#[derive(Debug)]
+pub struct HandshakeSignatures(pub Arc<rustls::crypto::CryptoProvider>);
+
+impl HandshakeSignatures {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let algorithms = &self.0.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// `insecure_skip_verify`: accepts any server certificate (signatures are still checked).
 #[derive(Debug)]
-struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+struct NoVerification(HandshakeSignatures);
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(
@@ -230,12 +264,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -244,15 +273,10 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }

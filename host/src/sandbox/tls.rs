@@ -3,15 +3,14 @@
 //! real services do: DPS and IoT Hub answer an untrusted certificate at the MQTT level, and
 //! OpenSSL-made v1 device certificates, which webpki refuses, must be accepted).
 
+use crate::caps::tls::HandshakeSignatures;
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
-use std::sync::Arc;
 
 #[derive(Debug)]
-pub struct AnyClientCertificate(pub Arc<CryptoProvider>);
+pub struct AnyClientCertificate(pub HandshakeSignatures);
 
 impl ClientCertVerifier for AnyClientCertificate {
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
@@ -39,12 +38,7 @@ impl ClientCertVerifier for AnyClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -53,15 +47,10 @@ impl ClientCertVerifier for AnyClientCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
