@@ -47,11 +47,14 @@ pub fn verify_sas(
         if slot.is_some() {
             return Err(format!("SAS field '{name}' appears twice"));
         }
-        *slot = Some(decode(value));
+        *slot = Some(value.to_string());
     }
-    let sr = f.sr.ok_or("the SAS token has no sr (resource)")?;
-    let sig = f.sig.ok_or("the SAS token has no sig (signature)")?;
+    // The client signed `sr` exactly as it wrote it (already percent-encoded).
+    let signed_sr = f.sr.ok_or("the SAS token has no sr (resource)")?;
+    let sr = decode(&signed_sr);
+    let sig = decode(&f.sig.ok_or("the SAS token has no sig (signature)")?);
     let se = f.se.ok_or("the SAS token has no se (expiry)")?;
+    let skn = f.skn.map(|k| decode(&k));
     let expiry: u64 = se
         .parse()
         .map_err(|_| format!("SAS expiry '{se}' is not a number"))?;
@@ -62,7 +65,7 @@ pub fn verify_sas(
     }
     // DPS tokens may name the `registration` key or name none: the official Python SDK sends
     // none, and the service accepts it. A device token for IoT Hub names none.
-    match (f.skn.as_deref(), key_name) {
+    match (skn.as_deref(), key_name) {
         (None, _) => {}
         (Some(got), Some(name)) if got == name => {}
         (Some(got), Some(name)) => {
@@ -79,14 +82,8 @@ pub fn verify_sas(
     if expiry <= now {
         return Err(format!("the SAS token expired {} s ago", now - expiry));
     }
-    // Re-sign what the client signed: the resource as it appears in the token.
-    let expected = crypto::sas_token(&sr, key_base64, None, expiry).map_err(|e| e.message)?;
-    let expected_sig = expected
-        .split('&')
-        .find_map(|p| p.strip_prefix("sig="))
-        .map(decode)
-        .unwrap_or_default();
-    if expected_sig != sig {
+    let key = crypto::base64_decode(key_base64).map_err(|e| e.message)?;
+    if crypto::sas_signature(&signed_sr, &key, expiry) != sig {
         return Err("the SAS signature does not match the enrolled key".to_string());
     }
     Ok(())

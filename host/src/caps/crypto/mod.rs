@@ -82,8 +82,7 @@ pub fn sas_token(
         return Err(invalid("SAS key is empty".to_string()));
     }
     let encoded_resource = percent_encode(resource);
-    let to_sign = format!("{encoded_resource}\n{expiry}");
-    let sig = base64_encode(&hmac_sha256(&key, to_sign.as_bytes()));
+    let sig = sas_signature(&encoded_resource, &key, expiry);
     let mut token = format!(
         "SharedAccessSignature sr={encoded_resource}&sig={}&se={expiry}",
         percent_encode(&sig)
@@ -93,6 +92,13 @@ pub fn sas_token(
         token.push_str(&percent_encode(policy));
     }
     Ok(token)
+}
+
+/// The `sig` of a SAS token before percent-encoding:
+/// `base64(HMAC-SHA256(key, <encoded resource> "\n" <expiry>))`.
+pub fn sas_signature(encoded_resource: &str, key: &[u8], expiry: u64) -> String {
+    let to_sign = format!("{encoded_resource}\n{expiry}");
+    base64_encode(&hmac_sha256(key, to_sign.as_bytes()))
 }
 
 /// DPS group enrollment: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
