@@ -198,9 +198,22 @@ impl SandboxConfig {
         }
     }
 
-    /// Every enrollment has the fields its attestation needs (and no others that would be
-    /// ignored).
+    /// Every hub device has one way to authenticate, and every enrollment has the fields its
+    /// attestation needs (and no others that would be ignored).
     fn validate(&self) -> Result<(), String> {
+        for (i, d) in self.iothub.iter().flat_map(|h| &h.devices).enumerate() {
+            let ways = [
+                d.primary_key.is_some(),
+                d.certificate.is_some(),
+                d.ca.is_some(),
+            ];
+            if ways.iter().filter(|w| **w).count() != 1 {
+                return Err(format!(
+                    "iothub.devices[{i}] ('{}'): give exactly one of primary_key, certificate or ca",
+                    d.device_id
+                ));
+            }
+        }
         let Some(dps) = &self.dps else { return Ok(()) };
         for (i, e) in dps.enrollments.iter().enumerate() {
             let at = format!("dps.enrollments[{i}]");

@@ -32,6 +32,8 @@ pub enum SandboxError {
     },
     #[error("sandbox PKI: {0}")]
     Pki(String),
+    #[error("cannot start the sandbox's runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: String,
@@ -91,10 +93,7 @@ impl Sandbox {
             .thread_name("gatehost-sandbox")
             .enable_all()
             .build()
-            .map_err(|e| SandboxError::Listen {
-                addr: config.listen.clone(),
-                source: e,
-            })?;
+            .map_err(SandboxError::Runtime)?;
         let hub_hostname = hub_config
             .as_ref()
             .map(|h| h.hostname.clone())
@@ -256,19 +255,13 @@ fn hub_device_auth(
     config: &SandboxConfig,
     d: &config::HubDeviceConfig,
 ) -> Result<DeviceAuth, SandboxError> {
-    let bad = |message: String| SandboxError::Config {
-        path: config.base_dir.join("sandbox.toml"),
-        message,
-    };
-    match (&d.primary_key, &d.certificate, &d.ca) {
-        (Some(key), None, None) => Ok(DeviceAuth::SymmetricKey(key.clone())),
-        (None, Some(cert), None) => Ok(DeviceAuth::Thumbprint(thumbprint_of(config, cert)?)),
-        (None, None, Some(ca)) => Ok(DeviceAuth::CertificateAuthority(vec![read_pem(
-            config, ca,
-        )?])),
-        _ => Err(bad(format!(
-            "iothub device '{}' needs exactly one of primary_key, certificate or ca",
-            d.device_id
-        ))),
-    }
+    // `SandboxConfig::validate` made sure exactly one of the three is given.
+    Ok(match (&d.primary_key, &d.certificate, &d.ca) {
+        (Some(key), _, _) => DeviceAuth::SymmetricKey(key.clone()),
+        (_, Some(cert), _) => DeviceAuth::Thumbprint(thumbprint_of(config, cert)?),
+        (_, _, ca) => {
+            let ca = ca.as_deref().unwrap_or(Path::new(""));
+            DeviceAuth::CertificateAuthority(vec![read_pem(config, ca)?])
+        }
+    })
 }
