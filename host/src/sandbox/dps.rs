@@ -487,14 +487,8 @@ impl MqttService for Dps {
                 ),
             );
         };
-        if registration_id != request.client_id {
-            return ConnectVerdict::Refuse(
-                ConnectReturnCode::BadClientId,
-                format!(
-                    "client id '{}' is not the registration id '{registration_id}' of the username",
-                    request.client_id
-                ),
-            );
+        if let Some(refusal) = request.client_id_refusal(registration_id, "registration id") {
+            return refusal;
         }
         ConnectVerdict::Accept(self.authenticate(request, scope, registration_id))
     }

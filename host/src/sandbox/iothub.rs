@@ -199,14 +199,8 @@ impl MqttService for IotHub {
                 ),
             );
         };
-        if device_id != request.client_id {
-            return ConnectVerdict::Refuse(
-                ConnectReturnCode::BadClientId,
-                format!(
-                    "client id '{}' is not the device id '{device_id}' of the username",
-                    request.client_id
-                ),
-            );
+        if let Some(refusal) = request.client_id_refusal(device_id, "device id") {
+            return refusal;
         }
         match self.authenticate(request, device_id) {
             Ok(label) => ConnectVerdict::Accept(Ok(Identity { label, entry: None })),

@@ -34,6 +34,22 @@ pub struct ConnectRequest<'a> {
     pub clean_session: bool,
 }
 
+impl ConnectRequest<'_> {
+    /// The refusal for a client id that is not the `expected` one the username names (`what`:
+    /// "registration id", "device id"), if it is not.
+    pub fn client_id_refusal(&self, expected: &str, what: &str) -> Option<ConnectVerdict> {
+        (self.client_id != expected).then(|| {
+            ConnectVerdict::Refuse(
+                ConnectReturnCode::BadClientId,
+                format!(
+                    "client id '{}' is not the {what} '{expected}' of the username",
+                    self.client_id
+                ),
+            )
+        })
+    }
+}
+
 /// Who a connected client is, as the service decided.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -433,6 +449,7 @@ impl Connection {
         let mut next_pkid: u16 = 0;
         // MQTT 3.1.1: the server closes a connection silent for 1.5 keep-alive periods.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
+        let mut last_heard = tokio::time::Instant::now();
         loop {
             // Handle every complete packet already buffered.
             loop {
@@ -505,16 +522,17 @@ impl Connection {
                     other => return format!("unexpected {other:?}; closed"),
                 }
             }
-            let silence = async {
-                match grace {
-                    Some(d) => tokio::time::sleep(d).await,
+            let deadline = grace.map(|d| last_heard + d);
+            let silence = async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
             tokio::select! {
                 read = reader.read_buf(buf) => match read {
                     Ok(0) => return "the client closed the connection".into(),
-                    Ok(_) => {}
+                    Ok(_) => last_heard = tokio::time::Instant::now(),
                     Err(e) => return format!("read failed: {e}"),
                 },
                 command = rx.recv() => match command {

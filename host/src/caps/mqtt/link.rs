@@ -145,10 +145,11 @@ impl Link {
 
     /// Queue a DISCONNECT.
     pub fn disconnect(&self) {
-        let _ = match self {
-            Link::V311 { client, .. } => client.disconnect().is_ok(),
-            Link::V5 { client, .. } => client.disconnect().is_ok(),
-        };
+        // A closed channel means the connection is already gone, which is what was asked for.
+        match self {
+            Link::V311 { client, .. } => drop(client.disconnect()),
+            Link::V5 { client, .. } => drop(client.disconnect()),
+        }
     }
 
     /// Drive the connection until it reports something or `timeout` passes (`Ok(None)`).
