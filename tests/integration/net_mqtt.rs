@@ -64,11 +64,7 @@ fn rhai_and_wasm_plugins_publish_and_receive_over_mutual_tls() {
     let pki = Pki::new();
     let broker = Mosquitto::start_tls(&pki);
     let dir = PluginDir::new();
-    let perms = format!(
-        "[permissions]\nendpoints = [\"127.0.0.1:{}\"]\nfile_roots = [\"{}\"]",
-        broker.port,
-        pki.dir.display()
-    );
+    let perms = broker_permissions(&pki, broker.port);
     let source =
         std::fs::read_to_string(repo_root().join("tests/fixtures/rhai/mqtt-flow.rhai")).unwrap();
     let rhai = load_flow(&dir, &dir.rhai("mqtt-flow", "flow", &source, &perms));
@@ -476,16 +472,30 @@ fn mqtt5_refusals_are_typed_with_the_reason_code() {
     );
 }
 
+/// A manifest's permissions for the broker on `port` and the test PKI.
+fn broker_permissions(pki: &Pki, port: u16) -> String {
+    format!(
+        "[permissions]\nendpoints = [\"127.0.0.1:{port}\"]\nfile_roots = [\"{}\"]",
+        pki.dir.display()
+    )
+}
+
+/// Flow parameters naming the broker's port and dev01's key, chain and CA.
+fn client_params(pki: &Pki, port: u16) -> Vec<Pair> {
+    vec![
+        ("port".into(), port.to_string()),
+        ("key".into(), pki.path("dev01.key")),
+        ("chain".into(), pki.path("dev01_chain.pem")),
+        ("ca".into(), pki.path("ca.pem")),
+    ]
+}
+
 #[test]
 fn a_rhai_plugin_speaks_mqtt5_with_user_properties() {
     let pki = Pki::new();
     let broker = Mosquitto::start_tls(&pki);
     let dir = PluginDir::new();
-    let perms = format!(
-        "[permissions]\nendpoints = [\"127.0.0.1:{}\"]\nfile_roots = [\"{}\"]",
-        broker.port,
-        pki.dir.display()
-    );
+    let perms = broker_permissions(&pki, broker.port);
     let script = r#"
 fn onboard(p) {
     let key = certs::load_key(p.key);
@@ -502,13 +512,7 @@ fn onboard(p) {
 fn refresh(conn) { #{} }
 "#;
     let flow = load_flow(&dir, &dir.rhai("v5-flow", "flow", script, &perms));
-    let params: Vec<Pair> = vec![
-        ("port".into(), broker.port.to_string()),
-        ("key".into(), pki.path("dev01.key")),
-        ("chain".into(), pki.path("dev01_chain.pem")),
-        ("ca".into(), pki.path("ca.pem")),
-    ];
-    let conn = flow.onboard(&params).unwrap();
+    let conn = flow.onboard(&client_params(&pki, broker.port)).unwrap();
     assert_eq!(
         conn.attributes,
         vec![
@@ -523,11 +527,7 @@ fn sessions_are_capped_per_plugin_and_freed_when_a_call_fails() {
     let pki = Pki::new();
     let broker = Mosquitto::start_tls(&pki);
     let dir = PluginDir::new();
-    let perms = format!(
-        "[permissions]\nendpoints = [\"127.0.0.1:{}\"]\nfile_roots = [\"{}\"]",
-        broker.port,
-        pki.dir.display()
-    );
+    let perms = broker_permissions(&pki, broker.port);
     // Opens `count` sessions, keeps them in an array, then fails.
     let script = r#"
 fn onboard(p) {
@@ -545,13 +545,9 @@ fn refresh(conn) { #{} }
 "#;
     let flow = load_flow(&dir, &dir.rhai("hoarder", "flow", script, &perms));
     let params = |count: u32| -> Vec<Pair> {
-        vec![
-            ("count".into(), count.to_string()),
-            ("port".into(), broker.port.to_string()),
-            ("key".into(), pki.path("dev01.key")),
-            ("chain".into(), pki.path("dev01_chain.pem")),
-            ("ca".into(), pki.path("ca.pem")),
-        ]
+        let mut params = client_params(&pki, broker.port);
+        params.push(("count".into(), count.to_string()));
+        params
     };
     let e = flow.onboard(&params(9)).unwrap_err();
     assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");

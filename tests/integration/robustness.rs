@@ -2,7 +2,7 @@
 //! truncations, insertions, and corruptions inside the DER so the ASN.1 parsers are reached) go
 //! through every parsing entry point. The same entry point is the cargo-fuzz target in host/fuzz.
 
-use crate::certs_openssl::{openssl, seed_pki};
+use crate::certs_openssl::{legacy_keys, openssl, seed_pki};
 use gatehost::caps::certs::parse_untrusted;
 
 /// xorshift64*: deterministic, so a failure reproduces.
@@ -67,18 +67,7 @@ fn no_input_makes_the_certificate_parsers_panic() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     seed_pki(d);
-    openssl(d, &["genrsa", "-traditional", "-out", "pkcs1.key", "2048"]);
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-out",
-            "sec1.key",
-        ],
-    );
+    legacy_keys(d);
     openssl(
         d,
         &[

@@ -278,10 +278,12 @@ mod refusals {
             1,
         ))
         .unwrap();
-        reply(s, rid)
+        let (status, body, _) = reply(s, rid);
+        (status, body)
     }
 
-    fn reply(s: &mut MqttSession, rid: &str) -> (String, serde_json::Value) {
+    /// The next DPS reply, which must echo `rid`: (status code, body, topic).
+    fn reply(s: &mut MqttSession, rid: &str) -> (String, serde_json::Value, String) {
         let m = s
             .receive(Duration::from_secs(5))
             .unwrap()
@@ -295,7 +297,7 @@ mod refusals {
             .unwrap()
             .to_string();
         assert!(m.topic.contains(&format!("$rid={rid}")), "{}", m.topic);
-        (status, serde_json::from_slice(&m.payload).unwrap())
+        (status, serde_json::from_slice(&m.payload).unwrap(), m.topic)
     }
 
     fn poll(s: &mut MqttSession, rid: &str, op: &str) -> (String, serde_json::Value, String) {
@@ -307,19 +309,7 @@ mod refusals {
             1,
         ))
         .unwrap();
-        let m = s
-            .receive(Duration::from_secs(5))
-            .unwrap()
-            .expect("a DPS reply");
-        let status = m
-            .topic
-            .strip_prefix("$dps/registrations/res/")
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
-        (status, serde_json::from_slice(&m.payload).unwrap(), m.topic)
+        reply(s, rid)
     }
 
     #[test]
@@ -852,6 +842,10 @@ fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
         ("[dps]\n[[dps.enrollments]]\nattestation = \"group-symmetric-key\"\ngroup_key = \"***\"\n", "dps.enrollments[0]: the key is not valid base64"),
         ("[dps]\n[[dps.enrollments]]\nattestation = \"tpm\"\n", "unknown variant `tpm`"),
         ("colour = \"blue\"\n", "unknown field `colour`"),
+        (
+            "[iothub]\n[[iothub.devices]]\ndevice_id = \"d\"\n",
+            "iothub.devices[0] ('d'): give exactly one of primary_key, certificate or ca",
+        ),
     ] {
         std::fs::write(&config, text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
