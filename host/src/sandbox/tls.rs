@@ -23,12 +23,17 @@ impl ClientCertVerifier for AnyClientCertificate {
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         // Trust is decided by the service from the chain; the handshake signatures below still
-        // prove the client holds the certificate's private key.
+        // prove the client holds the certificate's private key. Only well-formed certificates
+        // get that far, so the services can read every one.
+        for (i, der) in std::iter::once(end_entity).chain(intermediates).enumerate() {
+            crate::caps::certs::x509::check_der(der, "the client certificate chain", i)
+                .map_err(|e| rustls::Error::General(e.message))?;
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -141,6 +141,11 @@ pub fn parse_pem_certs(pem_text: &str, source: &str) -> Result<Vec<Vec<u8>>, Plu
     Ok(ders)
 }
 
+/// Check that `der` is one whole, well-formed certificate (`index` counts from 0 in `source`).
+pub fn check_der(der: &[u8], source: &str, index: usize) -> Result<(), PluginError> {
+    parse(der, source, index).map(|_| ())
+}
+
 fn parse<'a>(
     der: &'a [u8],
     source: &str,
