@@ -1,8 +1,11 @@
 //! What each emulated service received, with the identity it authenticated: kept in memory for
-//! tests (`Recorder::wait_for`) and logged as structured lines for `gatehost sandbox`.
+//! tests (`Recorder::wait_for`) and logged as structured lines for `gatehost sandbox`. Memory is
+//! bounded: past [`Recorder::limit`] records the oldest are let go (every record was logged, and
+//! [`Recorder::dropped`] counts them), so a sandbox left running for days does not grow.
 
 use crate::model::Pair;
 use serde::Serialize;
+use std::collections::VecDeque;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,14 +68,52 @@ impl Record {
     }
 }
 
-/// Every record, in arrival order.
-#[derive(Debug, Default)]
+/// How many records a recorder keeps unless told otherwise.
+pub const DEFAULT_LIMIT: usize = 10_000;
+
+/// The newest records, in arrival order.
+#[derive(Debug)]
 pub struct Recorder {
-    records: Mutex<Vec<Record>>,
+    kept: Mutex<Kept>,
     arrived: Condvar,
+    limit: usize,
+}
+
+#[derive(Debug, Default)]
+struct Kept {
+    records: VecDeque<Record>,
+    dropped: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder::with_limit(DEFAULT_LIMIT)
+    }
 }
 
 impl Recorder {
+    /// A recorder that keeps the newest `limit` records (at least one).
+    pub fn with_limit(limit: usize) -> Recorder {
+        Recorder {
+            kept: Mutex::new(Kept::default()),
+            arrived: Condvar::new(),
+            limit: limit.max(1),
+        }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// How many old records were let go to stay within the limit.
+    pub fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn push(&self, record: Record) {
         let body = String::from_utf8_lossy(&record.body);
         tracing::info!(
@@ -87,16 +128,17 @@ impl Recorder {
             "{}",
             record.detail
         );
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
-        records.push(record);
+        let mut kept = self.lock();
+        if kept.records.len() == self.limit {
+            kept.records.pop_front();
+            kept.dropped += 1;
+        }
+        kept.records.push_back(record);
         self.arrived.notify_all();
     }
 
     pub fn all(&self) -> Vec<Record> {
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.lock().records.iter().cloned().collect()
     }
 
     /// Records of one service and event.
@@ -110,20 +152,37 @@ impl Recorder {
     /// The first record (old or new) that `matches`, waiting up to `timeout` for it.
     pub fn wait_for(&self, timeout: Duration, matches: impl Fn(&Record) -> bool) -> Option<Record> {
         let deadline = Instant::now() + timeout;
-        let mut records = self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let mut kept = self.lock();
         loop {
-            if let Some(r) = records.iter().find(|r| matches(r)) {
+            if let Some(r) = kept.records.iter().find(|r| matches(r)) {
                 return Some(r.clone());
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return None;
             }
-            records = self
+            kept = self
                 .arrived
-                .wait_timeout(records, left)
+                .wait_timeout(kept, left)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_records_go_first_and_are_counted() {
+        let recorder = Recorder::with_limit(3);
+        for i in 0..5 {
+            recorder.push(Record::new("dps", "connect", &format!("d{i}")));
+        }
+        let ids: Vec<String> = recorder.all().into_iter().map(|r| r.client_id).collect();
+        assert_eq!(ids, ["d2", "d3", "d4"]);
+        assert_eq!(recorder.dropped(), 2);
+        assert_eq!(Recorder::with_limit(0).limit(), 1);
     }
 }
