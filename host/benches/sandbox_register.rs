@@ -11,7 +11,7 @@ use gatehost::caps::CapContext;
 use gatehost::model::{Message, ProtocolVersion};
 use gatehost::plugins::manifest::Permissions;
 use gatehost::sandbox::config::SandboxConfig;
-use gatehost::sandbox::Sandbox;
+use gatehost::sandbox::{Sandbox, Service};
 use std::time::{Duration, Instant};
 
 const GROUP_KEY: &str = "YmVuY2ggZ3JvdXAga2V5IGZvciB0aGUgc2FuZGJveA==";
@@ -83,7 +83,7 @@ fn main() {
     );
     let config = SandboxConfig::parse(&text, dir.path(), &dir.path().join("sandbox.toml")).unwrap();
     let sandbox = Sandbox::start(&config).unwrap();
-    let port = sandbox.dps_port().unwrap();
+    let port = sandbox.port(Service::Dps).unwrap();
     let ca = sandbox.ca_file().display().to_string();
     let ctx = CapContext::ephemeral(
         "bench",

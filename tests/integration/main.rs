@@ -15,6 +15,8 @@ mod parity;
 mod plugin_certs;
 mod robustness;
 mod sandbox;
+mod sandbox_brokers;
+mod sandbox_rest;
 mod sandboxing;
 mod signatures;
 mod wasm_cache;

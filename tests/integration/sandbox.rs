@@ -4,9 +4,14 @@
 
 use crate::signatures::venv_python;
 use gatehost::caps::crypto;
+use gatehost::caps::mqtt::ConnectOptions;
+use gatehost::caps::tls::TlsOptions;
+use gatehost::caps::CapContext;
+use gatehost::model::ProtocolVersion;
+use gatehost::plugins::manifest::Permissions;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::record::Record;
-use gatehost::sandbox::Sandbox;
+use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -47,6 +52,43 @@ certificate = "pki/x509-single.pem"
     let path = dir.join("sandbox.toml");
     std::fs::write(&path, &text).unwrap();
     Sandbox::start(&SandboxConfig::load(&path).unwrap()).unwrap()
+}
+
+/// A capability context for test clients: any localhost port, files under `dir`.
+pub fn ctx(dir: &Path) -> CapContext {
+    CapContext::ephemeral(
+        "sandbox-test",
+        Permissions {
+            endpoints: vec!["localhost:*".into()],
+            file_roots: vec![dir.display().to_string()],
+            kv_namespace: None,
+        },
+    )
+}
+
+/// MQTT 3.1.1 over TLS to a sandbox service, verifying it with the sandbox CA.
+pub fn options(
+    sandbox: &Sandbox,
+    port: u16,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> ConnectOptions {
+    ConnectOptions {
+        host: "localhost".into(),
+        port,
+        client_id: client_id.into(),
+        username: Some(username.into()),
+        password: Some(password.into()),
+        keep_alive_secs: 30,
+        clean_session: true,
+        protocol: ProtocolVersion::Mqtt311,
+        tls: Some(TlsOptions {
+            ca_file: Some(sandbox.ca_file().display().to_string()),
+            ..Default::default()
+        }),
+        connect_timeout_ms: 5000,
+    }
 }
 
 const SDK_CLIENT: &str = r#"
@@ -101,8 +143,8 @@ client.shutdown()
 /// Run the SDK client; its one JSON line.
 fn sdk_register(sandbox: &Sandbox, args: serde_json::Value) -> serde_json::Value {
     let mut args = args;
-    args["dps_port"] = sandbox.dps_port().unwrap().into();
-    args["hub_port"] = sandbox.iothub_port().unwrap().into();
+    args["dps_port"] = sandbox.port(Service::Dps).unwrap().into();
+    args["hub_port"] = sandbox.port(Service::IotHub).unwrap().into();
     args["ca"] = sandbox.ca_file().display().to_string().into();
     args["scope"] = "0ne00SANDBOX".into();
     let out = Command::new(venv_python())
@@ -210,46 +252,8 @@ fn the_official_python_sdk_registers_and_sends_telemetry() {
 mod refusals {
     use super::*;
     use gatehost::caps::certs;
-    use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
-    use gatehost::caps::tls::TlsOptions;
-    use gatehost::caps::CapContext;
-    use gatehost::model::{ErrorKind, Message, ProtocolVersion};
-    use gatehost::plugins::manifest::Permissions;
-
-    fn ctx(dir: &Path) -> CapContext {
-        CapContext::ephemeral(
-            "sandbox-test",
-            Permissions {
-                endpoints: vec!["localhost:*".into()],
-                file_roots: vec![dir.display().to_string()],
-                kv_namespace: None,
-            },
-        )
-    }
-
-    fn options(
-        sandbox: &Sandbox,
-        port: u16,
-        client_id: &str,
-        username: &str,
-        password: &str,
-    ) -> ConnectOptions {
-        ConnectOptions {
-            host: "localhost".into(),
-            port,
-            client_id: client_id.into(),
-            username: Some(username.into()),
-            password: Some(password.into()),
-            keep_alive_secs: 30,
-            clean_session: true,
-            protocol: ProtocolVersion::Mqtt311,
-            tls: Some(TlsOptions {
-                ca_file: Some(sandbox.ca_file().display().to_string()),
-                ..Default::default()
-            }),
-            connect_timeout_ms: 5000,
-        }
-    }
+    use gatehost::caps::mqtt::MqttSession;
+    use gatehost::model::{ErrorKind, Message};
 
     fn dps_user(id: &str) -> String {
         format!("0ne00SANDBOX/registrations/{id}/api-version=2019-03-31")
@@ -317,7 +321,7 @@ mod refusals {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = start_sandbox(dir.path(), "");
         let ctx = ctx(dir.path());
-        let port = sandbox.dps_port().unwrap();
+        let port = sandbox.port(Service::Dps).unwrap();
 
         let e = MqttSession::connect(&ctx, &options(&sandbox, port, "sym-dev", "sym-dev", "x"))
             .unwrap_err();
@@ -433,7 +437,7 @@ fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
         );
         let sandbox = start_sandbox(dir.path(), &extra);
         let ctx = ctx(dir.path());
-        let port = sandbox.dps_port().unwrap();
+        let port = sandbox.port(Service::Dps).unwrap();
         let session = |id: &str| {
             MqttSession::connect(
                 &ctx,
@@ -505,7 +509,7 @@ fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
         let dir = tempfile::tempdir().unwrap();
         let sandbox = start_sandbox(dir.path(), "");
         let ctx = ctx(dir.path());
-        let port = sandbox.dps_port().unwrap();
+        let port = sandbox.port(Service::Dps).unwrap();
         let derived = crypto::derive_device_key(GROUP_KEY, "listener").unwrap();
         let mut listener = MqttSession::connect(
             &ctx,
@@ -539,7 +543,7 @@ fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
             crypto::sas_token(&format!("localhost/devices/{device}"), key, None, expiry).unwrap();
         options(
             sandbox,
-            sandbox.iothub_port().unwrap(),
+            sandbox.port(Service::IotHub).unwrap(),
             device,
             &format!("localhost/{device}/?api-version=2021-04-12"),
             &token,
@@ -675,7 +679,7 @@ fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
     fn two_hundred_devices_register_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = start_sandbox(dir.path(), "");
-        let port = sandbox.dps_port().unwrap();
+        let port = sandbox.port(Service::Dps).unwrap();
         let failures: Vec<String> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..200)
                 .map(|i| {
@@ -728,7 +732,7 @@ fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
         let dir = tempfile::tempdir().unwrap();
         let sandbox = start_sandbox(dir.path(), "");
         let ctx = ctx(dir.path());
-        let port = sandbox.dps_port().unwrap();
+        let port = sandbox.port(Service::Dps).unwrap();
 
         // Plain TCP garbage where TLS is expected.
         let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -834,6 +838,8 @@ fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
     let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(line["dps"].as_str().unwrap().starts_with("localhost:"));
     assert!(line["iothub"].as_str().unwrap().starts_with("localhost:"));
+    assert!(line["dps-rest"].as_str().unwrap().starts_with("localhost:"));
+    assert!(line.get("aws-iot").is_none());
     assert!(Path::new(line["ca_file"].as_str().unwrap()).exists());
 
     for (text, want) in [
@@ -846,6 +852,13 @@ fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
             "[iothub]\n[[iothub.devices]]\ndevice_id = \"d\"\n",
             "iothub.devices[0] ('d'): give exactly one of primary_key, certificate or ca",
         ),
+        ("[mindconnect]\n[[mindconnect.tenants]]\nname = \"acme\"\nca = \"ca.pem\"\n", "mindconnect: name at least one broker"),
+        ("[mindconnect]\neu1 = {}\n", "mindconnect: add at least one [[mindconnect.tenants]]"),
+        ("[mindconnect]\neu1 = {}\n[[mindconnect.tenants]]\nname = \"ac_me\"\nca = \"ca.pem\"\n", "tenant name 'ac_me' must be 1 to 36 characters without '_'"),
+        ("[mindconnect]\neu1 = {}\n[[mindconnect.tenants]]\nname = \"acme\"\nca = \"missing.pem\"\n", "missing.pem: No such file"),
+        ("[aws_iot]\n[[aws_iot.things]]\nname = \"t\"\nallow = [\"a/#\"]\n", "aws_iot.things[0]: give exactly one of certificate or ca"),
+        ("[aws_iot]\n[[aws_iot.things]]\ncertificate = \"t.pem\"\n", "a thing registered by certificate needs `name`"),
+        ("[aws_iot]\n[[aws_iot.things]]\nca = \"ca.pem\"\nallow = [\"a/#/b\"]\n", "'a/#/b' is not a valid MQTT topic filter"),
     ] {
         std::fs::write(&config, text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
@@ -855,7 +868,9 @@ fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{text}: {stderr}");
-        assert!(stderr.starts_with(&format!("gatehost: {}: ", config.display())), "{stderr}");
+        // Config errors name the config; a file it names that cannot be read names that file.
+        let folder = dir.path().display().to_string();
+        assert!(stderr.starts_with("gatehost: ") && stderr.contains(&folder), "{stderr}");
         assert!(stderr.contains(want), "{text}: {stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }

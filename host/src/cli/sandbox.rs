@@ -2,7 +2,7 @@
 //! listen, and log what they receive until Ctrl-C (or `--for-secs`).
 
 use crate::sandbox::config::SandboxConfig;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Sandbox, Service};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -31,29 +31,47 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let config = SandboxConfig::load(&args.config)?;
     let sandbox = Sandbox::start(&config).context("the sandbox did not start")?;
     let ca = sandbox.ca_file().display().to_string();
-    let endpoint = |port: Option<u16>| port.map(|p| format!("{}:{p}", sandbox.hub_hostname));
-    let dps = endpoint(sandbox.dps_port());
-    let hub = endpoint(sandbox.iothub_port());
+    let host = &sandbox.hub_hostname;
+    let running: Vec<(Service, String)> = Service::ALL
+        .iter()
+        .filter_map(|s| sandbox.port(*s).map(|p| (*s, format!("{host}:{p}"))))
+        .collect();
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"ca_file": ca, "dps": dps, "iothub": hub})
-        );
-    } else {
-        println!("sandbox CA:  {ca}");
-        if let Some(dps) = &dps {
-            let scope = config
-                .dps
-                .as_ref()
-                .map(|d| d.id_scope.as_str())
-                .unwrap_or_default();
-            println!("DPS (MQTT):  {dps}  id scope {scope}");
+        let mut endpoints = serde_json::Map::new();
+        endpoints.insert("ca_file".into(), ca.into());
+        for (service, endpoint) in &running {
+            endpoints.insert(service.name().into(), endpoint.clone().into());
         }
-        if let Some(hub) = &hub {
-            println!("IoT Hub:     {hub}");
+        println!("{}", serde_json::Value::Object(endpoints));
+    } else {
+        println!("sandbox CA:           {ca}");
+        for (service, endpoint) in &running {
+            let note = match service {
+                Service::Dps | Service::DpsRest => config
+                    .dps
+                    .as_ref()
+                    .map(|d| format!("  id scope {}", d.id_scope))
+                    .unwrap_or_default(),
+                _ => String::new(),
+            };
+            println!(
+                "{:<21} {endpoint}{note}",
+                format!("{}:", describe(*service))
+            );
         }
         println!("Logging what each service receives; Ctrl-C stops.");
     }
     sandbox.wait(args.for_secs.map(Duration::from_secs));
     Ok(ExitCode::SUCCESS)
+}
+
+fn describe(service: Service) -> &'static str {
+    match service {
+        Service::Dps => "DPS (MQTT)",
+        Service::DpsRest => "DPS (REST)",
+        Service::IotHub => "IoT Hub",
+        Service::MindConnectEu1 => "MindConnect eu1",
+        Service::MindConnectPrivate => "MindConnect private",
+        Service::AwsIot => "AWS IoT",
+    }
 }

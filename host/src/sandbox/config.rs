@@ -25,6 +25,22 @@
 //! [[iothub.devices]]                   # devices that exist without DPS
 //! device_id = "direct01"
 //! primary_key = "<base64>"             # or certificate = "<device cert>", or ca = "<CA file>"
+//!
+//! [mindconnect]
+//! provision_delay_ms = 3000            # a new agent's connections are closed this long
+//! eu1 = { port = 0 }                   # client-certificate broker (eu1 style)
+//! private = { port = 0 }               # _CertificateBearer + JWT broker (private cloud)
+//! [[mindconnect.tenants]]
+//! name = "acme"                        # client ids are <tenant>_<certificate CN>
+//! ca = "acme-ca.pem"                   # the tenant CA agent certificates chain to
+//!
+//! [aws_iot]
+//! port = 0
+//! [[aws_iot.things]]
+//! name = "press7"                      # the client id the thing connects with
+//! certificate = "press7.pem"           # registered by thumbprint; or ca = "<CA file>" (then
+//!                                      # `name` may be left out: thing name = certificate CN)
+//! allow = ["dt/${iot:ClientId}/#"]     # topic filters it may publish and subscribe to
 //! ```
 
 use super::SandboxError;
@@ -42,6 +58,13 @@ pub struct SandboxConfig {
     pub dps: Option<DpsConfig>,
     #[serde(default)]
     pub iothub: Option<IotHubConfig>,
+    #[serde(default)]
+    pub mindconnect: Option<MindConnectConfig>,
+    #[serde(default)]
+    pub aws_iot: Option<AwsIotConfig>,
+    /// How many records tests and `gatehost sandbox` can look back on (all are logged).
+    #[serde(default = "default_record_limit")]
+    pub record_limit: usize,
     #[serde(skip)]
     pub base_dir: PathBuf,
 }
@@ -49,8 +72,12 @@ pub struct SandboxConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DpsConfig {
+    /// DPS over MQTT.
     #[serde(default)]
     pub port: u16,
+    /// DPS over HTTPS (the REST API), with the same enrollments and operations.
+    #[serde(default)]
+    pub rest_port: u16,
     #[serde(default = "default_scope")]
     pub id_scope: String,
     #[serde(default = "default_assign_delay")]
@@ -143,6 +170,61 @@ pub struct HubDeviceConfig {
     pub ca: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MindConnectConfig {
+    #[serde(default = "default_provision_delay")]
+    pub provision_delay_ms: u64,
+    #[serde(default)]
+    pub eu1: Option<Listener>,
+    #[serde(default)]
+    pub private: Option<Listener>,
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    #[serde(default)]
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    pub name: String,
+    pub ca: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsIotConfig {
+    #[serde(default)]
+    pub port: u16,
+    #[serde(default)]
+    pub things: Vec<ThingConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThingConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub certificate: Option<PathBuf>,
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub allow: Vec<String>,
+}
+
+fn default_provision_delay() -> u64 {
+    3000
+}
+fn default_record_limit() -> usize {
+    super::record::DEFAULT_LIMIT
+}
 fn default_pki_dir() -> PathBuf {
     "state/sandbox-pki".into()
 }
@@ -214,6 +296,8 @@ impl SandboxConfig {
                 ));
             }
         }
+        self.validate_mindconnect()?;
+        self.validate_aws_iot()?;
         let Some(dps) = &self.dps else { return Ok(()) };
         for (i, e) in dps.enrollments.iter().enumerate() {
             let at = format!("dps.enrollments[{i}]");
@@ -265,4 +349,70 @@ impl SandboxConfig {
         }
         Ok(())
     }
+
+    /// A MindConnect section serves at least one broker for at least one tenant, and tenant
+    /// names can be told apart in `<tenant>_<CN>` client ids.
+    fn validate_mindconnect(&self) -> Result<(), String> {
+        let Some(mc) = &self.mindconnect else {
+            return Ok(());
+        };
+        if mc.eu1.is_none() && mc.private.is_none() {
+            return Err(
+                "mindconnect: name at least one broker (eu1 = { port = 0 } or private = { port = 0 })"
+                    .into(),
+            );
+        }
+        if mc.tenants.is_empty() {
+            return Err(
+                "mindconnect: add at least one [[mindconnect.tenants]] with name and ca".into(),
+            );
+        }
+        for (i, t) in mc.tenants.iter().enumerate() {
+            let n = t.name.chars().count();
+            if n == 0 || n > 36 || t.name.contains('_') || t.name.contains('/') {
+                return Err(format!(
+                    "mindconnect.tenants[{i}]: tenant name '{}' must be 1 to 36 characters without '_' or '/'",
+                    t.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every thing is registered one way, has a name to connect as, and valid topic filters.
+    fn validate_aws_iot(&self) -> Result<(), String> {
+        let Some(aws) = &self.aws_iot else {
+            return Ok(());
+        };
+        for (i, t) in aws.things.iter().enumerate() {
+            let at = format!("aws_iot.things[{i}]");
+            match (&t.certificate, &t.ca) {
+                (Some(_), None) if t.name.is_none() => {
+                    return Err(format!(
+                        "{at}: a thing registered by certificate needs `name`"
+                    ))
+                }
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => return Err(format!("{at}: give exactly one of certificate or ca")),
+            }
+            for filter in &t.allow {
+                if !valid_filter(filter) {
+                    return Err(format!("{at}: '{filter}' is not a valid MQTT topic filter"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether `filter` is a well-formed MQTT topic filter: not empty, `#` only as the whole last
+/// level, `+` only as a whole level.
+pub fn valid_filter(filter: &str) -> bool {
+    let levels: Vec<&str> = filter.split('/').collect();
+    !filter.is_empty()
+        && levels.iter().enumerate().all(|(i, level)| {
+            (*level == "#" && i == levels.len() - 1)
+                || *level == "+"
+                || (!level.contains('#') && !level.contains('+'))
+        })
 }

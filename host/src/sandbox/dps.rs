@@ -1,9 +1,11 @@
-//! The emulated Device Provisioning Service over MQTT: enrollments from the config (individual
+//! The emulated Device Provisioning Service: enrollments from the config (individual
 //! and group, symmetric key and X.509), `$dps/registrations/PUT/iotdps-register` and
 //! `GET/iotdps-get-operationstatus` with `$rid` echoed, `202` + `retry-after` while assigning,
 //! then the terminal `assigned` / `failed` / `disabled` state; `401` for a client that did not
 //! authenticate (DPS accepts the MQTT connection and refuses the request, as the real service
 //! does), `429` for more than 5 status polls in 10 s. Assigned devices are added to the hub.
+//! Register and status are transport-free ([`Caller`] in, [`Reply`] out): the MQTT binding is the
+//! [`MqttService`] impl below, the REST binding is `dps_rest.rs`.
 
 use super::auth;
 use super::config::{Attestation, DpsConfig, Enrollment, EnrollmentStatus};
@@ -50,6 +52,39 @@ struct State {
     operations: HashMap<String, Operation>,
     polls: HashMap<String, VecDeque<Instant>>,
     registrations: HashMap<String, Registration>,
+}
+
+/// A DPS answer, whatever the transport: an HTTP-style status, the seconds a client should wait
+/// before asking again, and the JSON body.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<u32>,
+    pub body: Value,
+}
+
+impl Reply {
+    fn new(status: u16, retry_after: Option<u32>, body: Value) -> Reply {
+        Reply {
+            status,
+            retry_after,
+            body,
+        }
+    }
+}
+
+/// Who asks: the registration id, what authenticating it gave, and the transport (`dps` for
+/// MQTT, `dps-rest`) records are filed under.
+pub struct Caller<'a> {
+    pub transport: &'static str,
+    pub registration_id: &'a str,
+    pub auth: &'a Result<Identity, String>,
+}
+
+impl Caller<'_> {
+    fn label(&self) -> Option<&str> {
+        self.auth.as_ref().ok().map(|i| i.label.as_str())
+    }
 }
 
 pub struct Dps {
@@ -100,12 +135,15 @@ impl Dps {
             .find(|(_, e)| e.config.registration_id.as_deref() == Some(registration_id))
     }
 
-    /// Which enrollment the credentials of `request` match, or why none does.
-    fn authenticate(
+    /// Which enrollment the credentials match — a SAS token (MQTT password or REST
+    /// `Authorization` header; empty = none) or the TLS client certificate chain — or why none
+    /// does.
+    pub fn authenticate(
         &self,
-        request: &ConnectRequest<'_>,
         scope: &str,
         registration_id: &str,
+        sas_token: &str,
+        peer_chain: &[Vec<u8>],
     ) -> Result<Identity, String> {
         if scope != self.config.id_scope {
             return Err(format!(
@@ -114,11 +152,10 @@ impl Dps {
             ));
         }
         let now = crypto::now_unix();
-        if !request.password.is_empty() {
+        if !sas_token.is_empty() {
             let resource = format!("{scope}/registrations/{registration_id}");
-            let check = |key: &str| {
-                auth::verify_sas(request.password, &resource, key, Some("registration"), now)
-            };
+            let check =
+                |key: &str| auth::verify_sas(sas_token, &resource, key, Some("registration"), now);
             let label = format!("sas:{registration_id}");
             if let Some((i, e)) = self.individual(registration_id) {
                 let Some(key) = &e.config.primary_key else {
@@ -152,10 +189,10 @@ impl Dps {
             }
             return Err(last);
         }
-        if request.peer_chain.is_empty() {
+        if peer_chain.is_empty() {
             return Err("neither a SAS token nor a client certificate was presented".into());
         }
-        let leaf_cn = crate::caps::certs::x509::info(&request.peer_chain[0]).subject_cn;
+        let leaf_cn = crate::caps::certs::x509::info(&peer_chain[0]).subject_cn;
         if leaf_cn != registration_id {
             return Err(format!(
                 "the client certificate is for '{leaf_cn}', not registration id '{registration_id}'"
@@ -168,14 +205,14 @@ impl Dps {
                     "the enrollment of '{registration_id}' uses a symmetric key, but a client certificate was presented"
                 ));
             };
-            let got = auth::thumbprint(&request.peer_chain[0]);
+            let got = auth::thumbprint(&peer_chain[0]);
             if &got != expected {
                 return Err(format!(
                     "the client certificate's thumbprint {got} is not the enrolled one"
                 ));
             }
             crate::caps::certs::x509::check_validity(
-                &request.peer_chain[0],
+                &peer_chain[0],
                 now as i64,
                 "the client certificate",
             )
@@ -188,7 +225,7 @@ impl Dps {
         let mut last = format!("no enrollment matches registration id '{registration_id}'");
         for (i, e) in self.enrollments.iter().enumerate() {
             let Some(ca) = &e.ca_pem else { continue };
-            match auth::verify_chain(request.peer_chain, std::slice::from_ref(ca), now as i64) {
+            match auth::verify_chain(peer_chain, std::slice::from_ref(ca), now as i64) {
                 Ok(_) => {
                     return Ok(Identity {
                         label,
@@ -201,21 +238,6 @@ impl Dps {
         Err(last)
     }
 
-    fn reply(
-        &self,
-        session: &Session,
-        status: u16,
-        rid: &str,
-        retry_after: Option<u32>,
-        body: Value,
-    ) {
-        let mut topic = format!("$dps/registrations/res/{status}/?$rid={rid}");
-        if let Some(secs) = retry_after {
-            topic.push_str(&format!("&retry-after={secs}"));
-        }
-        session.reply(topic, body.to_string().into_bytes());
-    }
-
     fn error_body(code: u32, message: &str) -> Value {
         json!({
             "errorCode": code,
@@ -225,27 +247,32 @@ impl Dps {
         })
     }
 
-    /// 401 to a client whose connection did not authenticate; the reason goes to the records.
-    fn unauthorized(&self, session: &Session, rid: &str) {
-        let why = session.auth.as_ref().err().cloned().unwrap_or_default();
-        self.recorder
-            .push(Record::new("dps", "unauthorized", &session.client_id).detail(why));
-        let body = Self::error_body(401002, "The device is unauthorized.");
-        self.reply(session, 401, rid, None, body);
+    /// 401 to a caller that did not authenticate; the reason goes to the records.
+    fn unauthorized(&self, caller: &Caller<'_>) -> Reply {
+        let why = caller.auth.as_ref().err().cloned().unwrap_or_default();
+        self.recorder.push(
+            Record::new(caller.transport, "unauthorized", caller.registration_id).detail(why),
+        );
+        Reply::new(
+            401,
+            None,
+            Self::error_body(401002, "The device is unauthorized."),
+        )
     }
 
-    fn register(&self, session: &Session, rid: &str, payload: &[u8]) {
-        let id = &session.client_id;
+    /// Start a registration: `202` with the operation id, or why not.
+    pub fn register(&self, caller: &Caller<'_>, payload: &[u8]) -> Reply {
+        let id = caller.registration_id;
         let record = |event, detail: String| {
             self.recorder.push(
-                Record::new("dps", event, id)
-                    .identity(session.label())
+                Record::new(caller.transport, event, id)
+                    .identity(caller.label())
                     .body(payload)
                     .detail(detail),
             )
         };
-        let Ok(identity) = &session.auth else {
-            return self.unauthorized(session, rid);
+        let Ok(identity) = caller.auth else {
+            return self.unauthorized(caller);
         };
         let body: Value = if payload.iter().all(u8::is_ascii_whitespace) {
             json!({})
@@ -257,10 +284,8 @@ impl Dps {
                         "bad-request",
                         "the register body is not a JSON object".into(),
                     );
-                    return self.reply(
-                        session,
+                    return Reply::new(
                         400,
-                        rid,
                         None,
                         Self::error_body(400004, "The request body is not a JSON object."),
                     );
@@ -268,15 +293,13 @@ impl Dps {
             }
         };
         if let Some(named) = body.get("registrationId") {
-            if named.as_str() != Some(id.as_str()) {
+            if named.as_str() != Some(id) {
                 record(
                     "bad-request",
                     format!("the body names registration id {named}, the connection '{id}'"),
                 );
-                return self.reply(
-                    session,
+                return Reply::new(
                     400,
-                    rid,
                     None,
                     Self::error_body(
                         400004,
@@ -299,30 +322,30 @@ impl Dps {
             .insert(
                 operation_id.clone(),
                 Operation {
-                    registration_id: id.clone(),
+                    registration_id: id.to_string(),
                     enrollment,
                     started: Instant::now(),
                     payload: payload_data,
                 },
             );
         record("register", format!("operation {operation_id} assigning"));
-        self.reply(
-            session,
+        Reply::new(
             202,
-            rid,
             Some(self.config.retry_after_secs),
             json!({"operationId": operation_id, "status": "assigning"}),
-        );
+        )
     }
 
-    fn operation_status(&self, session: &Session, rid: &str, operation_id: &str) {
-        let id = &session.client_id;
-        if session.auth.is_err() {
-            return self.unauthorized(session, rid);
+    /// Where operation `operation_id` stands: `202` while assigning, `200` with the
+    /// registration state when done; `404`, `429` and `401` as DPS answers them.
+    pub fn operation_status(&self, caller: &Caller<'_>, operation_id: &str) -> Reply {
+        let id = caller.registration_id;
+        if caller.auth.is_err() {
+            return self.unauthorized(caller);
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        let polls = state.polls.entry(id.clone()).or_default();
+        let polls = state.polls.entry(id.to_string()).or_default();
         while polls
             .front()
             .is_some_and(|t| now.duration_since(*t) > POLL_WINDOW)
@@ -336,17 +359,15 @@ impl Dps {
                 + 1;
             drop(state);
             self.recorder.push(
-                Record::new("dps", "throttled", id)
-                    .identity(session.label())
+                Record::new(caller.transport, "throttled", id)
+                    .identity(caller.label())
                     .detail(format!(
                         "more than {MAX_POLLS} status polls in {} s",
                         POLL_WINDOW.as_secs()
                     )),
             );
-            return self.reply(
-                session,
+            return Reply::new(
                 429,
-                rid,
                 Some(wait),
                 Self::error_body(429001, "Operations are being throttled for this tenant."),
             );
@@ -355,27 +376,19 @@ impl Dps {
         let Some(op) = state
             .operations
             .get(operation_id)
-            .filter(|op| &op.registration_id == id)
+            .filter(|op| op.registration_id == id)
         else {
             drop(state);
             self.recorder.push(
-                Record::new("dps", "not-found", id)
+                Record::new(caller.transport, "not-found", id)
                     .detail(format!("unknown operation {operation_id}")),
             );
-            return self.reply(
-                session,
-                404,
-                rid,
-                None,
-                Self::error_body(404201, "Operation not found."),
-            );
+            return Reply::new(404, None, Self::error_body(404201, "Operation not found."));
         };
         if op.started.elapsed() < Duration::from_millis(self.config.assign_delay_ms) {
             drop(state);
-            return self.reply(
-                session,
+            return Reply::new(
                 202,
-                rid,
                 Some(self.config.retry_after_secs),
                 json!({"operationId": operation_id, "status": "assigning"}),
             );
@@ -385,7 +398,7 @@ impl Dps {
         let now_text = now_utc();
         let registration = state
             .registrations
-            .entry(id.clone())
+            .entry(id.to_string())
             .or_insert(Registration {
                 created: now_text.clone(),
                 etag: 0,
@@ -414,7 +427,7 @@ impl Dps {
                 }),
             )
         } else {
-            let device_id = e.device_id.clone().unwrap_or_else(|| id.clone());
+            let device_id = e.device_id.clone().unwrap_or_else(|| id.to_string());
             let device_auth = match e.attestation {
                 Attestation::SymmetricKey => {
                     DeviceAuth::SymmetricKey(e.primary_key.clone().unwrap_or_default())
@@ -443,7 +456,7 @@ impl Dps {
         };
         self.recorder.push(
             Record::new(
-                "dps",
+                caller.transport,
                 if status == "assigned" {
                     "assigned"
                 } else {
@@ -451,17 +464,15 @@ impl Dps {
                 },
                 id,
             )
-            .identity(session.label())
+            .identity(caller.label())
             .body(state_body.to_string().as_bytes())
             .detail(format!("registration {status}")),
         );
-        self.reply(
-            session,
+        Reply::new(
             200,
-            rid,
             None,
             json!({"operationId": operation_id, "status": status, "registrationState": state_body}),
-        );
+        )
     }
 }
 
@@ -490,7 +501,12 @@ impl MqttService for Dps {
         if let Some(refusal) = request.client_id_refusal(registration_id, "registration id") {
             return refusal;
         }
-        ConnectVerdict::Accept(self.authenticate(request, scope, registration_id))
+        ConnectVerdict::Accept(self.authenticate(
+            scope,
+            registration_id,
+            request.password,
+            request.peer_chain,
+        ))
     }
 
     fn subscribe(&self, _session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
@@ -509,24 +525,32 @@ impl MqttService for Dps {
                 "published to '{topic}' without a $rid; closed"
             ));
         };
-        match request {
-            "$dps/registrations/PUT/iotdps-register" => {
-                self.register(session, rid, &publish.payload)
-            }
+        let caller = Caller {
+            transport: "dps",
+            registration_id: &session.client_id,
+            auth: &session.auth,
+        };
+        let reply = match request {
+            "$dps/registrations/PUT/iotdps-register" => self.register(&caller, &publish.payload),
             "$dps/registrations/GET/iotdps-get-operationstatus" => {
                 let Some(op) = query_value(query, "operationId") else {
                     return PublishVerdict::Disconnect(format!(
                         "polled '{topic}' without an operationId; closed"
                     ));
                 };
-                self.operation_status(session, rid, op)
+                self.operation_status(&caller, op)
             }
             _ => {
                 return PublishVerdict::Disconnect(format!(
                     "published to '{topic}', which DPS does not serve; closed"
                 ))
             }
+        };
+        let mut reply_topic = format!("$dps/registrations/res/{}/?$rid={rid}", reply.status);
+        if let Some(secs) = reply.retry_after {
+            reply_topic.push_str(&format!("&retry-after={secs}"));
         }
+        session.reply(reply_topic, reply.body.to_string().into_bytes());
         PublishVerdict::Accept
     }
 }

@@ -1,11 +1,16 @@
 //! Local emulators of the providers gatehost onboards devices to, for tests, the quickstart and
-//! `gatehost sandbox`: DPS and IoT Hub over MQTT/TLS so far. One [`Sandbox`] owns a tokio runtime,
-//! the sandbox PKI, the services the config asks for, and the [`Recorder`] of what they received.
+//! `gatehost sandbox`: DPS (MQTT and REST), IoT Hub, the MindConnect eu1 and private-cloud
+//! brokers and AWS IoT Core. One [`Sandbox`] owns a tokio runtime, the sandbox PKI, the services
+//! the config asks for, and the [`Recorder`] of what they received.
 
 pub mod auth;
+pub mod aws_iot;
 pub mod config;
 pub mod dps;
+pub mod dps_rest;
 pub mod iothub;
+pub mod jwt;
+pub mod mindconnect;
 pub mod mqtt_server;
 pub mod pki;
 pub mod record;
@@ -15,11 +20,47 @@ use crate::model::{Pair, PluginError};
 use config::{Attestation, SandboxConfig};
 use dps::{Dps, LoadedEnrollment};
 use iothub::{DeviceAuth, DeviceRegistry, IotHub};
-use mqtt_server::MqttServer;
+use mqtt_server::{MqttServer, MqttService};
 use pki::SandboxPki;
 use record::Recorder;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The emulated services, as `gatehost sandbox` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Dps,
+    DpsRest,
+    IotHub,
+    MindConnectEu1,
+    MindConnectPrivate,
+    AwsIot,
+}
+
+impl Service {
+    pub const ALL: [Service; 6] = [
+        Service::Dps,
+        Service::DpsRest,
+        Service::IotHub,
+        Service::MindConnectEu1,
+        Service::MindConnectPrivate,
+        Service::AwsIot,
+    ];
+
+    /// The name records and `gatehost sandbox --json` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Service::Dps => "dps",
+            Service::DpsRest => "dps-rest",
+            Service::IotHub => "iothub",
+            Service::MindConnectEu1 => "mindconnect-eu1",
+            Service::MindConnectPrivate => "mindconnect-private",
+            Service::AwsIot => "aws-iot",
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -63,8 +104,8 @@ pub struct Sandbox {
     pub recorder: Arc<Recorder>,
     pub devices: Arc<DeviceRegistry>,
     pub hub_hostname: String,
-    dps: Option<MqttServer>,
-    iothub: Option<MqttServer>,
+    brokers: HashMap<Service, MqttServer>,
+    rest_port: Option<u16>,
 }
 
 impl Sandbox {
@@ -73,7 +114,7 @@ impl Sandbox {
     pub fn start(config: &SandboxConfig) -> Result<Sandbox, SandboxError> {
         let pki = SandboxPki::open(&config.resolve(&config.pki_dir))?;
         let tls = pki.server_config()?;
-        let recorder = Arc::new(Recorder::default());
+        let recorder = Arc::new(Recorder::with_limit(config.record_limit));
         let devices = Arc::new(DeviceRegistry::default());
         let hub_config = config
             .iothub
@@ -84,57 +125,86 @@ impl Sandbox {
                 devices.upsert(&d.device_id, hub_device_auth(config, d)?);
             }
         }
-        let enrollments = match &config.dps {
-            Some(dps) => load_enrollments(config, &dps.enrollments)?,
-            None => Vec::new(),
-        };
+        let hub_hostname = hub_config
+            .as_ref()
+            .map(|h| h.hostname.clone())
+            .unwrap_or_else(|| "localhost".into());
+
+        // Every service decided (and its files read) before anything listens.
+        let mut services: Vec<(Service, u16, Arc<dyn MqttService>)> = Vec::new();
+        let mut dps_service = None;
+        if let Some(hub) = &hub_config {
+            let service = IotHub::new(hub.hostname.clone(), devices.clone(), recorder.clone());
+            services.push((Service::IotHub, hub.port, Arc::new(service)));
+        }
+        if let Some(dps_config) = &config.dps {
+            let service = Arc::new(Dps::new(
+                dps_config.clone(),
+                load_enrollments(config, &dps_config.enrollments)?,
+                hub_hostname.clone(),
+                devices.clone(),
+                recorder.clone(),
+            ));
+            dps_service = Some((dps_config.rest_port, service.clone()));
+            services.push((Service::Dps, dps_config.port, service));
+        }
+        if let Some(mc) = &config.mindconnect {
+            let tenants = load_tenants(config, &mc.tenants)?;
+            let delay = Duration::from_millis(mc.provision_delay_ms);
+            let brokers = [
+                (Service::MindConnectEu1, mindconnect::Flavor::Eu1, &mc.eu1),
+                (
+                    Service::MindConnectPrivate,
+                    mindconnect::Flavor::PrivateCloud,
+                    &mc.private,
+                ),
+            ];
+            for (which, flavor, listener) in brokers {
+                if let Some(listener) = listener {
+                    let service = mindconnect::MindConnect::new(
+                        flavor,
+                        tenants.clone(),
+                        delay,
+                        recorder.clone(),
+                    );
+                    services.push((which, listener.port, Arc::new(service)));
+                }
+            }
+        }
+        if let Some(aws) = &config.aws_iot {
+            let things = load_things(config, &aws.things)?;
+            let service = aws_iot::AwsIot::new(things, recorder.clone());
+            services.push((Service::AwsIot, aws.port, Arc::new(service)));
+        }
+
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("gatehost-sandbox")
             .enable_all()
             .build()
             .map_err(SandboxError::Runtime)?;
-        let hub_hostname = hub_config
-            .as_ref()
-            .map(|h| h.hostname.clone())
-            .unwrap_or_else(|| "localhost".into());
         let listen = |port: u16| format!("{}:{port}", config.listen);
-        let (iothub, dps) = runtime.block_on(async {
-            let iothub = match &hub_config {
-                Some(hub) => {
-                    let service = Arc::new(IotHub::new(
-                        hub.hostname.clone(),
-                        devices.clone(),
-                        recorder.clone(),
-                    ));
-                    let addr = listen(hub.port);
+        let (brokers, rest_port) = runtime.block_on(async {
+            let mut brokers = HashMap::new();
+            for (which, port, service) in services {
+                let addr = listen(port);
+                let server = MqttServer::start(&addr, tls.clone(), service, recorder.clone())
+                    .await
+                    .map_err(|source| SandboxError::Listen { addr, source })?;
+                brokers.insert(which, server);
+            }
+            let rest_port = match dps_service {
+                Some((port, dps)) => {
+                    let addr = listen(port);
                     Some(
-                        MqttServer::start(&addr, tls.clone(), service, recorder.clone())
+                        dps_rest::serve(&addr, tls.clone(), dps, recorder.clone())
                             .await
                             .map_err(|source| SandboxError::Listen { addr, source })?,
                     )
                 }
                 None => None,
             };
-            let dps = match &config.dps {
-                Some(dps_config) => {
-                    let service = Arc::new(Dps::new(
-                        dps_config.clone(),
-                        enrollments,
-                        hub_hostname.clone(),
-                        devices.clone(),
-                        recorder.clone(),
-                    ));
-                    let addr = listen(dps_config.port);
-                    Some(
-                        MqttServer::start(&addr, tls.clone(), service, recorder.clone())
-                            .await
-                            .map_err(|source| SandboxError::Listen { addr, source })?,
-                    )
-                }
-                None => None,
-            };
-            Ok::<_, SandboxError>((iothub, dps))
+            Ok::<_, SandboxError>((brokers, rest_port))
         })?;
         Ok(Sandbox {
             runtime: Some(runtime),
@@ -142,8 +212,8 @@ impl Sandbox {
             recorder,
             devices,
             hub_hostname,
-            dps,
-            iothub,
+            brokers,
+            rest_port,
         })
     }
 
@@ -152,18 +222,34 @@ impl Sandbox {
         self.pki.ca_file()
     }
 
-    pub fn dps_port(&self) -> Option<u16> {
-        self.dps.as_ref().map(|s| s.port)
+    /// The port `service` listens on, if it was started.
+    pub fn port(&self, service: Service) -> Option<u16> {
+        match service {
+            Service::DpsRest => self.rest_port,
+            broker => self.brokers.get(&broker).map(|s| s.port),
+        }
     }
 
-    pub fn iothub_port(&self) -> Option<u16> {
-        self.iothub.as_ref().map(|s| s.port)
+    /// Publish as the broker of `service` to every client subscribed to `topic` (how a test or
+    /// the cloud side sends to MindConnect agents and AWS IoT things). False when that service
+    /// is not running or serves no such messages.
+    pub fn publish(&self, service: Service, topic: &str, payload: &[u8]) -> bool {
+        let Some(broker) = self.brokers.get(&service) else {
+            return false;
+        };
+        broker.publish(topic, payload, 1);
+        self.recorder.push(
+            record::Record::new(service.name(), "cloud-publish", "")
+                .topic(topic)
+                .body(payload),
+        );
+        true
     }
 
     /// Send a cloud-to-device message (QoS 1) to a connected device subscribed to
     /// `devices/<id>/messages/devicebound/#`. False when the device is not connected.
     pub fn send_c2d(&self, device_id: &str, payload: &[u8], properties: &[Pair]) -> bool {
-        let Some(hub) = &self.iothub else {
+        let Some(hub) = self.brokers.get(&Service::IotHub) else {
             return false;
         };
         let topic = IotHub::c2d_topic(device_id, properties);
@@ -198,8 +284,8 @@ impl Sandbox {
 
     /// Whether `device_id` has a live IoT Hub connection.
     pub fn hub_connected(&self, device_id: &str) -> bool {
-        self.iothub
-            .as_ref()
+        self.brokers
+            .get(&Service::IotHub)
             .is_some_and(|h| h.is_connected(device_id))
     }
 }
@@ -246,6 +332,49 @@ fn load_enrollments(
                 config: e.clone(),
                 thumbprint,
                 ca_pem,
+            })
+        })
+        .collect()
+}
+
+fn load_tenants(
+    config: &SandboxConfig,
+    tenants: &[config::TenantConfig],
+) -> Result<Vec<mindconnect::Tenant>, SandboxError> {
+    tenants
+        .iter()
+        .map(|t| {
+            let ca_pem = read_pem(config, &t.ca)?;
+            crate::caps::certs::x509::parse_pem_certs(&ca_pem, &t.ca.display().to_string())?;
+            Ok(mindconnect::Tenant {
+                name: t.name.clone(),
+                ca_pem,
+            })
+        })
+        .collect()
+}
+
+fn load_things(
+    config: &SandboxConfig,
+    things: &[config::ThingConfig],
+) -> Result<Vec<aws_iot::Thing>, SandboxError> {
+    things
+        .iter()
+        .map(|t| {
+            // `SandboxConfig::validate` made sure exactly one of the two is given.
+            let registration = match (&t.certificate, &t.ca) {
+                (Some(cert), _) => aws_iot::Registration::Thumbprint(thumbprint_of(config, cert)?),
+                (_, ca) => {
+                    let ca = ca.as_deref().unwrap_or(Path::new(""));
+                    let pem = read_pem(config, ca)?;
+                    crate::caps::certs::x509::parse_pem_certs(&pem, &ca.display().to_string())?;
+                    aws_iot::Registration::CertificateAuthority(pem)
+                }
+            };
+            Ok(aws_iot::Thing {
+                name: t.name.clone(),
+                registration,
+                allow: t.allow.clone(),
             })
         })
         .collect()

@@ -72,6 +72,8 @@ pub enum ConnectVerdict {
 pub enum PublishVerdict {
     /// Acknowledge (QoS 1) and carry on.
     Accept,
+    /// Acknowledge, and deliver the message to every client subscribed to its topic (a broker).
+    Route,
     /// Close the connection, as IoT Hub does on a publish to a topic it does not serve.
     Disconnect(String),
 }
@@ -124,6 +126,29 @@ struct Clients {
     by_id: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Command>)>>,
 }
 
+impl Clients {
+    /// Offer a message to every connected client; each delivers it if it subscribed to a
+    /// matching filter.
+    fn broadcast(&self, topic: &str, payload: &[u8], qos: QoS) {
+        let clients = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, tx) in clients.values() {
+            let _ = tx.send(Command::Publish {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+                qos,
+            });
+        }
+    }
+}
+
+fn qos_of(level: u8) -> QoS {
+    if level == 0 {
+        QoS::AtMostOnce
+    } else {
+        QoS::AtLeastOnce
+    }
+}
+
 /// A running server.
 pub struct MqttServer {
     pub port: u16,
@@ -173,13 +198,15 @@ impl MqttServer {
         tx.send(Command::Publish {
             topic: topic.to_string(),
             payload: payload.to_vec(),
-            qos: if qos == 0 {
-                QoS::AtMostOnce
-            } else {
-                QoS::AtLeastOnce
-            },
+            qos: qos_of(qos),
         })
         .is_ok()
+    }
+
+    /// Publish to every connected client subscribed to `topic` (QoS 0 or 1), as a broker's
+    /// own message.
+    pub fn publish(&self, topic: &str, payload: &[u8], qos: u8) {
+        self.clients.broadcast(topic, payload, qos_of(qos));
     }
 
     /// Whether `client_id` is connected now.
@@ -466,16 +493,18 @@ impl Connection {
                                 p.topic
                             );
                         }
-                        match self.service.publish(session, &p) {
-                            PublishVerdict::Accept => {
-                                if p.qos == QoS::AtLeastOnce
-                                    && !write_packet(writer, Packet::PubAck(PubAck::new(p.pkid)))
-                                        .await
-                                {
-                                    return "the connection broke".into();
-                                }
-                            }
+                        let route = match self.service.publish(session, &p) {
+                            PublishVerdict::Accept => false,
+                            PublishVerdict::Route => true,
                             PublishVerdict::Disconnect(why) => return why,
+                        };
+                        if p.qos == QoS::AtLeastOnce
+                            && !write_packet(writer, Packet::PubAck(PubAck::new(p.pkid))).await
+                        {
+                            return "the connection broke".into();
+                        }
+                        if route {
+                            self.clients.broadcast(&p.topic, &p.payload, p.qos);
                         }
                     }
                     Packet::Subscribe(s) => {
@@ -484,11 +513,7 @@ impl Connection {
                             match self.service.subscribe(session, &f.path, f.qos as u8) {
                                 Ok(granted) => {
                                     filters.push(f.path.clone());
-                                    codes.push(SubscribeReasonCode::Success(if granted == 0 {
-                                        QoS::AtMostOnce
-                                    } else {
-                                        QoS::AtLeastOnce
-                                    }));
+                                    codes.push(SubscribeReasonCode::Success(qos_of(granted)));
                                 }
                                 Err(why) => {
                                     self.recorder.push(
