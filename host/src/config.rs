@@ -60,6 +60,10 @@ pub struct Config {
     /// Per-plugin narrowing of the permissions its manifest declares.
     #[serde(default)]
     pub permissions: std::collections::BTreeMap<String, GatewayPermissions>,
+    /// A sandbox config (`sandbox.toml`) whose provider emulators `gatehost run` starts
+    /// in-process, for trying flows and rules without a cloud account.
+    #[serde(default)]
+    pub sandbox: Option<PathBuf>,
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -255,6 +259,11 @@ impl Config {
                 "local.listen '{}' must be an address like 127.0.0.1:1883",
                 self.local.listen
             ));
+        }
+        if let Some(sandbox) = &self.sandbox {
+            if let Err(e) = crate::sandbox::config::SandboxConfig::load(&self.resolve(sandbox)) {
+                problems.push(format!("sandbox: {e}"));
+            }
         }
         let mut names = std::collections::BTreeSet::new();
         for device in &self.devices {

@@ -875,3 +875,60 @@ fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
     }
 }
+
+#[test]
+fn gatehost_run_starts_the_configured_sandbox_in_process() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sandbox.toml"), "pki_dir = \"pki\"\n[dps]\n").unwrap();
+    let config = dir.path().join("gatehost.toml");
+    std::fs::write(
+        &config,
+        "state_dir = \"state\"\nplugin_dirs = []\nsandbox = \"sandbox.toml\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let mut hub_port = None;
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
+        if let Some(rest) = line.split("IoT Hub:").nth(1) {
+            hub_port = rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+        }
+        let done = line.contains("serving the sandbox until Ctrl-C");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    let port = hub_port.unwrap_or_else(|| panic!("no IoT Hub endpoint in {seen:#?}"));
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    assert!(seen.iter().any(|l| l.contains("DPS (REST):")), "{seen:#?}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // `gatehost check` reads the sandbox config too.
+    std::fs::write(dir.path().join("sandbox.toml"), "[dps]\nport = \"x\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sandbox: ") && stderr.contains("sandbox.toml: TOML parse error"),
+        "{stderr}"
+    );
+}

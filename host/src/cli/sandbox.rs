@@ -30,39 +30,59 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     }
     let config = SandboxConfig::load(&args.config)?;
     let sandbox = Sandbox::start(&config).context("the sandbox did not start")?;
-    let ca = sandbox.ca_file().display().to_string();
-    let host = &sandbox.hub_hostname;
-    let running: Vec<(Service, String)> = Service::ALL
-        .iter()
-        .filter_map(|s| sandbox.port(*s).map(|p| (*s, format!("{host}:{p}"))))
-        .collect();
     if args.json {
-        let mut endpoints = serde_json::Map::new();
-        endpoints.insert("ca_file".into(), ca.into());
-        for (service, endpoint) in &running {
-            endpoints.insert(service.name().into(), endpoint.clone().into());
-        }
-        println!("{}", serde_json::Value::Object(endpoints));
+        println!("{}", endpoints_json(&sandbox));
     } else {
-        println!("sandbox CA:           {ca}");
-        for (service, endpoint) in &running {
-            let note = match service {
-                Service::Dps | Service::DpsRest => config
-                    .dps
-                    .as_ref()
-                    .map(|d| format!("  id scope {}", d.id_scope))
-                    .unwrap_or_default(),
-                _ => String::new(),
-            };
-            println!(
-                "{:<21} {endpoint}{note}",
-                format!("{}:", describe(*service))
-            );
+        for line in endpoint_lines(&sandbox, &config) {
+            println!("{line}");
         }
         println!("Logging what each service receives; Ctrl-C stops.");
     }
     sandbox.wait(args.for_secs.map(Duration::from_secs));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where each running service listens, and the CA that verifies them, as one JSON object.
+pub fn endpoints_json(sandbox: &Sandbox) -> serde_json::Value {
+    let mut endpoints = serde_json::Map::new();
+    endpoints.insert(
+        "ca_file".into(),
+        sandbox.ca_file().display().to_string().into(),
+    );
+    for (service, endpoint) in running(sandbox) {
+        endpoints.insert(service.name().into(), endpoint.into());
+    }
+    serde_json::Value::Object(endpoints)
+}
+
+/// The same for people: one line per service.
+pub fn endpoint_lines(sandbox: &Sandbox, config: &SandboxConfig) -> Vec<String> {
+    let mut lines = vec![format!(
+        "sandbox CA:           {}",
+        sandbox.ca_file().display()
+    )];
+    for (service, endpoint) in running(sandbox) {
+        let note = match (service, &config.dps) {
+            (Service::Dps | Service::DpsRest, Some(dps)) => format!("  id scope {}", dps.id_scope),
+            _ => String::new(),
+        };
+        lines.push(format!(
+            "{:<21} {endpoint}{note}",
+            format!("{}:", describe(service))
+        ));
+    }
+    lines
+}
+
+fn running(sandbox: &Sandbox) -> Vec<(Service, String)> {
+    Service::ALL
+        .iter()
+        .filter_map(|s| {
+            sandbox
+                .port(*s)
+                .map(|p| (*s, format!("{}:{p}", sandbox.hub_hostname)))
+        })
+        .collect()
 }
 
 fn describe(service: Service) -> &'static str {
