@@ -9,6 +9,7 @@ pub mod json;
 pub mod kv;
 pub mod log;
 pub mod mqtt;
+pub mod time;
 pub mod tls;
 
 use crate::model::{ErrorKind, PluginError};
@@ -217,4 +218,5 @@ pub fn register_rhai(engine: &mut rhai::Engine, ctx: &CapContext) {
     certs::rhai::register(engine, ctx);
     mqtt::rhai::register(engine, ctx);
     http::rhai::register(engine, ctx);
+    time::rhai::register(engine, ctx);
 }

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! A flow plugin implements `gatehost_sdk::flow::Guest` and ends with `gatehost_sdk::export_flow!(MyFlow);`.
-//! Host functions live under `gatehost_sdk::host` (`log`, `kv`, `json`, `crypto`, `certs`, `mqtt`, `http`).
+//! Host functions live under `gatehost_sdk::host` (`log`, `kv`, `json`, `crypto`, `certs`, `mqtt`, `http`, `time`).
 
 /// Bindings of the `rule` world (and of every host interface, which both worlds share).
 #[allow(clippy::too_many_arguments)] // generated code: one argument per WIT parameter
@@ -46,6 +46,7 @@ pub mod flow {
             "gatehost:plugin/certs@0.1.0": crate::rule::gatehost::plugin::certs,
             "gatehost:plugin/mqtt@0.1.0": crate::rule::gatehost::plugin::mqtt,
             "gatehost:plugin/http@0.1.0": crate::rule::gatehost::plugin::http,
+            "gatehost:plugin/time@0.1.0": crate::rule::gatehost::plugin::time,
         },
     });
     pub use crate::rule::gatehost::plugin::types::{
@@ -55,7 +56,9 @@ pub mod flow {
 
 /// The host API, one module per WIT interface.
 pub mod host {
-    pub use crate::rule::gatehost::plugin::{certs, crypto, http, json, kv, log, mqtt, types};
+    pub use crate::rule::gatehost::plugin::{
+        certs, crypto, http, json, kv, log, mqtt, time, types,
+    };
 }
 
 pub use rule::gatehost::plugin::types::{Error, ErrorKind};
