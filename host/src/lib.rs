@@ -10,5 +10,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod onboard;
 pub mod plugins;
 pub mod sandbox;

@@ -222,7 +222,6 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn unimplemented_commands_say_so_and_exit_two() {
     for args in [
-        vec!["onboard", "press7"],
         vec!["plugin", "pack", "dir"],
         vec!["plugin", "keygen", "--out", "x"],
     ] {

@@ -11,6 +11,7 @@ mod engine_limits;
 mod flows;
 mod net_http;
 mod net_mqtt;
+mod onboard;
 mod parity;
 mod plugin_certs;
 mod robustness;

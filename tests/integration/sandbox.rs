@@ -880,7 +880,11 @@ fn gatehost_sandbox_starts_from_a_config_and_refuses_bad_ones() {
 fn gatehost_run_starts_the_configured_sandbox_in_process() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("sandbox.toml"), "pki_dir = \"pki\"\n[dps]\n").unwrap();
+    std::fs::write(
+        dir.path().join("sandbox.toml"),
+        "pki_dir = \"pki\"\n[dps]\n",
+    )
+    .unwrap();
     let config = dir.path().join("gatehost.toml");
     std::fs::write(
         &config,
@@ -904,7 +908,11 @@ fn gatehost_run_starts_the_configured_sandbox_in_process() {
     let mut hub_port = None;
     while let Ok(line) = rx.recv_timeout(Duration::from_secs(20)) {
         if let Some(rest) = line.split("IoT Hub:").nth(1) {
-            hub_port = rest.trim().rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            hub_port = rest
+                .trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok());
         }
         let done = line.contains("serving the sandbox until Ctrl-C");
         seen.push(line);

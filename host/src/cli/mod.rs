@@ -3,6 +3,7 @@
 
 mod certs;
 mod check;
+mod onboard;
 mod plugin;
 mod rule;
 mod run;
@@ -59,9 +60,11 @@ pub enum Command {
     /// Run the gateway: onboard devices, run the bridge, hot reload.
     #[command(after_help = "Example:\n  gatehost run --config examples/quickstart.toml")]
     Run(run::RunArgs),
-    /// Run one device's onboarding flow and print its connection as JSON.
-    #[command(after_help = "Example:\n  gatehost onboard press7 --config gatehost.toml")]
-    Onboard(NotYet),
+    /// Run one device's onboarding flow (or reuse its kept connection) and print the connection.
+    #[command(
+        after_help = "Example:\n  gatehost onboard press7 --config gatehost.toml\n  gatehost onboard press7 --force --json"
+    )]
+    Onboard(onboard::OnboardArgs),
     /// Validate the config, the plugins and their permissions; exit non-zero on any error.
     #[command(after_help = "Example:\n  gatehost check --config gatehost.toml")]
     Check(check::CheckArgs),
@@ -77,7 +80,7 @@ pub enum Command {
     /// Azure SAS tokens, derived device keys and JWTs.
     #[command(subcommand)]
     Sign(sign::SignCommand),
-    /// Start the local provider emulators (DPS and IoT Hub over MQTT so far).
+    /// Start the local provider emulators (DPS, IoT Hub, MindConnect, AWS IoT).
     #[command(after_help = "Example:\n  gatehost sandbox --config sandbox.toml")]
     Sandbox(sandbox::SandboxArgs),
 }
@@ -113,7 +116,7 @@ pub fn init_tracing(format: LogFormat) {
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
-        Command::Onboard(_) => not_yet("onboard"),
+        Command::Onboard(args) => onboard::run(args),
         Command::Check(args) => check::run(args),
         Command::Rule(cmd) => rule::run(cmd),
         Command::Plugin(cmd) => plugin::run(cmd),

@@ -115,6 +115,56 @@ impl ConnectSpec {
     }
 }
 
+/// The options to open a flow's `connection` with fresh `credentials` (from `refresh`): the
+/// client certificate's key is opened under `ctx` (the flow's file roots), the credentials'
+/// username and password win over the connection's.
+pub fn connection_options(
+    ctx: &CapContext,
+    conn: &crate::model::Connection,
+    credentials: &crate::model::Credentials,
+) -> Result<ConnectOptions, PluginError> {
+    use crate::model::Auth;
+    let (certificate, password) = match &conn.auth {
+        Auth::None => (None, None),
+        Auth::Password { password } => (None, Some(password)),
+        Auth::ClientCertificate(c) => (Some(c), None),
+        Auth::CertificateAndPassword {
+            certificate,
+            password,
+        } => (Some(certificate), Some(password)),
+    };
+    let client_certificate = match certificate {
+        Some(c) => Some((
+            c.chain_file.clone(),
+            super::certs::open_key(ctx, &c.key_ref)?,
+        )),
+        None => None,
+    };
+    Ok(ConnectOptions {
+        host: conn.host.clone(),
+        port: conn.port,
+        client_id: conn.client_id.clone(),
+        username: credentials
+            .username
+            .clone()
+            .or_else(|| conn.username.clone()),
+        password: credentials
+            .password
+            .clone()
+            .or_else(|| password.filter(|p| !p.is_empty()).cloned()),
+        keep_alive_secs: conn.keep_alive_secs,
+        clean_session: true,
+        protocol: conn.protocol,
+        tls: Some(TlsOptions {
+            ca_file: conn.ca_file.clone(),
+            client_certificate,
+            server_name: conn.server_name.clone(),
+            alpn: conn.alpn.clone(),
+        }),
+        connect_timeout_ms: 0,
+    })
+}
+
 /// An open MQTT session. Dropping it disconnects and frees the plugin's session slot.
 pub struct MqttSession {
     link: Link,

@@ -1,0 +1,195 @@
+//! Onboarding a configured device: run its flow, and keep the resulting connection in the state
+//! directory (`<state>/devices/<name>.json`) so a restart reconnects without registering again.
+//! A persisted connection is reused while the device's flow and parameters are unchanged;
+//! secrets (SAS tokens, JWTs) are never written — `refresh` mints them for every connection.
+
+use crate::config::{Config, DeviceConfig};
+use crate::model::{Auth, Connection, PluginError};
+use crate::plugins::registry::{Registry, RegistryError};
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnboardError {
+    #[error("no device '{0}' in the config ([[devices]] name = ...)")]
+    UnknownDevice(String),
+    #[error("{0}")]
+    Params(String),
+    #[error("{0}")]
+    Plugin(#[from] RegistryError),
+    #[error("device '{device}': flow '{flow}' failed: {source}")]
+    Flow {
+        device: String,
+        flow: String,
+        source: PluginError,
+    },
+    #[error("{path}: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+/// What is kept about an onboarded device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Onboarded {
+    pub device: String,
+    pub flow: String,
+    /// SHA-256 of the flow name and parameters the connection was made with.
+    pub params_digest: String,
+    /// Unix seconds of the registration.
+    pub onboarded_at: u64,
+    /// The connection, with any password blanked: refresh before connecting.
+    pub connection: Connection,
+}
+
+/// The result of [`onboard`]: the connection, and whether the flow ran (false = reused).
+#[derive(Debug)]
+pub struct Outcome {
+    pub onboarded: Onboarded,
+    pub registered: bool,
+}
+
+/// The device `name` of the config, as the flow will see it.
+pub fn device<'a>(config: &'a Config, name: &str) -> Result<&'a DeviceConfig, OnboardError> {
+    config
+        .devices
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| OnboardError::UnknownDevice(name.to_string()))
+}
+
+/// Onboard `device`: reuse its persisted connection unless `force`, the state is missing, or
+/// the flow or parameters changed; otherwise run the flow and persist the result.
+pub fn onboard(
+    config: &Config,
+    registry: &Registry,
+    device: &DeviceConfig,
+    force: bool,
+) -> Result<Outcome, OnboardError> {
+    let params = device.param_pairs().map_err(OnboardError::Params)?;
+    let digest = params_digest(&device.flow, &params);
+    let path = state_path(config, &device.name);
+    if !force {
+        if let Some(kept) = read_state(&path)? {
+            if kept.params_digest == digest {
+                return Ok(Outcome {
+                    onboarded: kept,
+                    registered: false,
+                });
+            }
+            tracing::info!(device = %device.name, "the flow or its parameters changed since the last onboarding; registering again");
+        }
+    }
+    let flow = registry.flow(&device.flow)?;
+    let connection = flow.onboard(&params).map_err(|source| OnboardError::Flow {
+        device: device.name.clone(),
+        flow: device.flow.clone(),
+        source,
+    })?;
+    let onboarded = Onboarded {
+        device: device.name.clone(),
+        flow: device.flow.clone(),
+        params_digest: digest,
+        onboarded_at: crate::caps::crypto::now_unix(),
+        connection: without_secrets(connection),
+    };
+    write_state(&path, &onboarded)?;
+    Ok(Outcome {
+        onboarded,
+        registered: true,
+    })
+}
+
+/// Where a device's connection is kept.
+pub fn state_path(config: &Config, device: &str) -> PathBuf {
+    config.state_dir().join("devices").join(format!(
+        "{}.json",
+        crate::caps::crypto::percent_encode(device)
+    ))
+}
+
+fn params_digest(flow: &str, params: &[crate::model::Pair]) -> String {
+    let mut hash = sha2::Sha256::new();
+    hash.update(flow.as_bytes());
+    for (k, v) in params {
+        hash.update([0]);
+        hash.update(k.as_bytes());
+        hash.update([0]);
+        hash.update(v.as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
+fn without_secrets(mut connection: Connection) -> Connection {
+    connection.auth = match connection.auth {
+        Auth::Password { .. } => Auth::Password {
+            password: String::new(),
+        },
+        Auth::CertificateAndPassword { certificate, .. } => Auth::CertificateAndPassword {
+            certificate,
+            password: String::new(),
+        },
+        other => other,
+    };
+    connection
+}
+
+fn read_state(path: &Path) -> Result<Option<Onboarded>, OnboardError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(OnboardError::State {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    };
+    match serde_json::from_str(&text) {
+        Ok(kept) => Ok(Some(kept)),
+        Err(e) => {
+            // A damaged state file is not fatal: the device registers again.
+            tracing::warn!(path = %path.display(), "ignoring a damaged onboarding state file: {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// Write the state atomically (temp file, then rename), so a crash leaves the old or the new.
+fn write_state(path: &Path, onboarded: &Onboarded) -> Result<(), OnboardError> {
+    let err = |message: String| OnboardError::State {
+        path: path.to_path_buf(),
+        message,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
+    }
+    let text = serde_json::to_string_pretty(onboarded).map_err(|e| err(e.to_string()))?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text).map_err(|e| err(e.to_string()))?;
+    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_blanked_and_digests_follow_params() {
+        let conn: Connection = serde_json::from_str(
+            r#"{"host":"h","port":1,"client_id":"c","auth":{"kind":"password","password":"SharedAccessSignature x"}}"#,
+        )
+        .unwrap();
+        let kept = without_secrets(conn);
+        assert_eq!(
+            kept.auth,
+            Auth::Password {
+                password: String::new()
+            }
+        );
+        let a = params_digest("f", &[("k".into(), "v".into())]);
+        assert_ne!(a, params_digest("f", &[("k".into(), "w".into())]));
+        assert_ne!(a, params_digest("g", &[("k".into(), "v".into())]));
+        assert_eq!(a, params_digest("f", &[("k".into(), "v".into())]));
+    }
+}
