@@ -142,6 +142,20 @@ fn assert_turned_away(sandbox: &Sandbox, service: Service, client_id: &str, why:
     );
 }
 
+/// A publish to `topic` closes the session, and the sandbox recorded why (`why`).
+fn assert_publish_closes(sandbox: &Sandbox, session: &mut MqttSession, topic: &str, why: &str) {
+    let e = session.publish(&Message::new(topic, "x", 1)).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Closed, "{e}");
+    let recorded = sandbox.recorder.wait_for(Duration::from_secs(3), |r| {
+        r.event == "disconnect" && r.detail.contains(why)
+    });
+    assert!(
+        recorded.is_some(),
+        "no disconnect for '{why}': {:#?}",
+        sandbox.recorder.all()
+    );
+}
+
 /// Tenant `acme` with agents `agent1` and `agent9`, and a CA no tenant has with agent `stray`.
 fn mindconnect_fixture(dir: &Path) {
     openssl_ca(dir, "acme-ca");
@@ -221,16 +235,12 @@ fn mindconnect_eu1_provisions_new_agents_then_serves_only_their_topics() {
         (command.topic.as_str(), command.payload.as_slice()),
         ("tc/acme/acme_agent1/o/cmd", &b"start"[..])
     );
-    let e = agent
-        .publish(&Message::new("tc/acme/acme_agent9/i/amo_v3/ms", "x", 1))
-        .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Closed, "{e}");
-    assert!(sandbox
-        .recorder
-        .wait_for(Duration::from_secs(3), |r| r.event == "disconnect"
-            && r.detail
-                .contains("may publish only under 'tc/acme/acme_agent1/i/'"))
-        .is_some());
+    assert_publish_closes(
+        &sandbox,
+        &mut agent,
+        "tc/acme/acme_agent9/i/amo_v3/ms",
+        "may publish only under 'tc/acme/acme_agent1/i/'",
+    );
 
     // Client id not <tenant>_<CN>, a CA the tenant does not have, no certificate at all.
     assert!(MqttSession::connect(&ctx, &eu1("acme_agent9", "agent1")).is_err());
@@ -474,16 +484,12 @@ allow = ["dt/+/#"]
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Closed, "{e}");
     let mut press7 = MqttSession::connect(&ctx, &thing("press7", "press7")).unwrap();
-    let e = press7
-        .publish(&Message::new("dt/press8/temp", "1", 1))
-        .unwrap_err();
-    assert_eq!(e.kind, ErrorKind::Closed, "{e}");
-    assert!(sandbox
-        .recorder
-        .wait_for(Duration::from_secs(3), |r| r.event == "disconnect"
-            && r.detail
-                .contains("does not allow publishing to 'dt/press8/temp'"))
-        .is_some());
+    assert_publish_closes(
+        &sandbox,
+        &mut press7,
+        "dt/press8/temp",
+        "does not allow publishing to 'dt/press8/temp'",
+    );
 
     // A client id that is not the thing, an unregistered CA, no certificate.
     assert!(MqttSession::connect(&ctx, &thing("press8", "press7")).is_err());
