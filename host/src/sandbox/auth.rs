@@ -90,16 +90,12 @@ pub fn verify_sas(
 }
 
 /// Check that `chain` (DER, leaf first, as presented in the TLS handshake) leads to one of the
-/// `cas` (PEM text each) and is valid at `now`; the leaf's Common Name.
-pub fn verify_chain(chain: &[Vec<u8>], cas: &[String], now: i64) -> Result<String, String> {
+/// `cas` (DER, read once when the sandbox starts) and is valid at `now`; the leaf's Common Name.
+pub fn verify_chain(chain: &[Vec<u8>], cas: &[Vec<u8>], now: i64) -> Result<String, String> {
     let leaf = chain.first().ok_or("no client certificate was presented")?;
-    let mut anchors = Vec::new();
-    for ca in cas {
-        anchors.extend(x509::parse_pem_certs(ca, "the enrollment CA").map_err(|e| e.message)?);
-    }
     x509::verify_chain(
         chain,
-        &anchors,
+        cas,
         now,
         "the client certificate chain",
         "the enrollment's CAs",

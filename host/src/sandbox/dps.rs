@@ -31,8 +31,8 @@ pub struct LoadedEnrollment {
     pub config: Enrollment,
     /// Individual X.509: the enrolled certificate's thumbprint.
     pub thumbprint: Option<String>,
-    /// Group X.509: the CA (PEM).
-    pub ca_pem: Option<String>,
+    /// Group X.509: the CA certificates (DER).
+    pub ca: Option<Vec<Vec<u8>>>,
 }
 
 struct Operation {
@@ -224,8 +224,8 @@ impl Dps {
         }
         let mut last = format!("no enrollment matches registration id '{registration_id}'");
         for (i, e) in self.enrollments.iter().enumerate() {
-            let Some(ca) = &e.ca_pem else { continue };
-            match auth::verify_chain(peer_chain, std::slice::from_ref(ca), now as i64) {
+            let Some(ca) = &e.ca else { continue };
+            match auth::verify_chain(peer_chain, ca, now as i64) {
                 Ok(_) => {
                     return Ok(Identity {
                         label,
@@ -439,9 +439,9 @@ impl Dps {
                 Attestation::X509 => {
                     DeviceAuth::Thumbprint(enrollment.thumbprint.clone().unwrap_or_default())
                 }
-                Attestation::GroupX509 => DeviceAuth::CertificateAuthority(
-                    enrollment.ca_pem.clone().into_iter().collect(),
-                ),
+                Attestation::GroupX509 => {
+                    DeviceAuth::CertificateAuthority(enrollment.ca.clone().unwrap_or_default())
+                }
             };
             self.devices.upsert(&device_id, device_auth);
             let mut state = json!({

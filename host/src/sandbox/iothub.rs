@@ -25,8 +25,8 @@ pub enum DeviceAuth {
     SymmetricKey(String),
     /// A client certificate with this SHA-256 thumbprint.
     Thumbprint(String),
-    /// A client certificate issued (for this device id) by one of these CAs (PEM).
-    CertificateAuthority(Vec<String>),
+    /// A client certificate issued (for this device id) by one of these CA certificates (DER).
+    CertificateAuthority(Vec<Vec<u8>>),
 }
 
 /// The hub's device registry, shared with DPS (which adds devices when it assigns them).

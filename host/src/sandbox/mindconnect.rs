@@ -30,11 +30,11 @@ pub enum Flavor {
     PrivateCloud,
 }
 
-/// A tenant: its name and the CA its agent certificates are issued by (PEM).
+/// A tenant: its name and the CA its agent certificates are issued by (DER).
 #[derive(Debug, Clone)]
 pub struct Tenant {
     pub name: String,
-    pub ca_pem: String,
+    pub ca: Vec<Vec<u8>>,
 }
 
 /// Who an agent proved to be.
@@ -72,7 +72,7 @@ impl MindConnect {
     fn agent_of_chain(&self, chain: &[Vec<u8>], now: i64) -> Result<Agent, String> {
         let mut last = "no client certificate was presented".to_string();
         for tenant in &self.tenants {
-            match super::auth::verify_chain(chain, std::slice::from_ref(&tenant.ca_pem), now) {
+            match super::auth::verify_chain(chain, &tenant.ca, now) {
                 Ok(common_name) => {
                     return Ok(Agent {
                         tenant: tenant.name.clone(),

@@ -303,10 +303,17 @@ fn read_pem(config: &SandboxConfig, path: &Path) -> Result<String, SandboxError>
     std::fs::read_to_string(&path).map_err(|e| SandboxError::io(&path, e))
 }
 
-fn thumbprint_of(config: &SandboxConfig, path: &Path) -> Result<String, SandboxError> {
+/// The certificates (DER) of a CA file the config names, checked once at start.
+fn read_ca(config: &SandboxConfig, path: &Path) -> Result<Vec<Vec<u8>>, SandboxError> {
     let pem = read_pem(config, path)?;
-    let der = crate::caps::certs::x509::parse_pem_certs(&pem, &path.display().to_string())?;
-    Ok(auth::thumbprint(&der[0]))
+    Ok(crate::caps::certs::x509::parse_pem_certs(
+        &pem,
+        &config.resolve(path).display().to_string(),
+    )?)
+}
+
+fn thumbprint_of(config: &SandboxConfig, path: &Path) -> Result<String, SandboxError> {
+    Ok(auth::thumbprint(&read_ca(config, path)?[0]))
 }
 
 fn load_enrollments(
@@ -320,18 +327,14 @@ fn load_enrollments(
                 (Attestation::X509, Some(path)) => Some(thumbprint_of(config, path)?),
                 _ => None,
             };
-            let ca_pem = match (&e.attestation, &e.ca) {
-                (Attestation::GroupX509, Some(path)) => {
-                    let pem = read_pem(config, path)?;
-                    crate::caps::certs::x509::parse_pem_certs(&pem, &path.display().to_string())?;
-                    Some(pem)
-                }
+            let ca = match (&e.attestation, &e.ca) {
+                (Attestation::GroupX509, Some(path)) => Some(read_ca(config, path)?),
                 _ => None,
             };
             Ok(LoadedEnrollment {
                 config: e.clone(),
                 thumbprint,
-                ca_pem,
+                ca,
             })
         })
         .collect()
@@ -344,11 +347,9 @@ fn load_tenants(
     tenants
         .iter()
         .map(|t| {
-            let ca_pem = read_pem(config, &t.ca)?;
-            crate::caps::certs::x509::parse_pem_certs(&ca_pem, &t.ca.display().to_string())?;
             Ok(mindconnect::Tenant {
                 name: t.name.clone(),
-                ca_pem,
+                ca: read_ca(config, &t.ca)?,
             })
         })
         .collect()
@@ -364,12 +365,10 @@ fn load_things(
             // `SandboxConfig::validate` made sure exactly one of the two is given.
             let registration = match (&t.certificate, &t.ca) {
                 (Some(cert), _) => aws_iot::Registration::Thumbprint(thumbprint_of(config, cert)?),
-                (_, ca) => {
-                    let ca = ca.as_deref().unwrap_or(Path::new(""));
-                    let pem = read_pem(config, ca)?;
-                    crate::caps::certs::x509::parse_pem_certs(&pem, &ca.display().to_string())?;
-                    aws_iot::Registration::CertificateAuthority(pem)
-                }
+                (_, ca) => aws_iot::Registration::CertificateAuthority(read_ca(
+                    config,
+                    ca.as_deref().unwrap_or(Path::new("")),
+                )?),
             };
             Ok(aws_iot::Thing {
                 name: t.name.clone(),
@@ -388,9 +387,9 @@ fn hub_device_auth(
     Ok(match (&d.primary_key, &d.certificate, &d.ca) {
         (Some(key), _, _) => DeviceAuth::SymmetricKey(key.clone()),
         (_, Some(cert), _) => DeviceAuth::Thumbprint(thumbprint_of(config, cert)?),
-        (_, _, ca) => {
-            let ca = ca.as_deref().unwrap_or(Path::new(""));
-            DeviceAuth::CertificateAuthority(vec![read_pem(config, ca)?])
-        }
+        (_, _, ca) => DeviceAuth::CertificateAuthority(read_ca(
+            config,
+            ca.as_deref().unwrap_or(Path::new("")),
+        )?),
     })
 }

@@ -287,13 +287,16 @@ async fn write_packet<W: AsyncWriteExt + Unpin>(writer: &mut W, packet: Packet) 
     writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok()
 }
 
-/// Does `topic` match the subscription `filter` (`+` one level, `#` the rest)?
+/// Does `topic` match the subscription `filter` (`+` one level, `#` the rest)? Given a filter
+/// as `topic`, whether `filter` covers every topic that filter can match (how a policy's allowed
+/// filter judges a requested subscription).
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
     let mut t = topic.split('/');
     loop {
         match (f.next(), t.next()) {
             (Some("#"), _) => return true,
+            (Some(_), Some("#")) => return false,
             (Some("+"), Some(_)) => {}
             (Some(a), Some(b)) if a == b => {}
             (None, None) => return true,
@@ -608,5 +611,15 @@ mod tests {
         assert!(!filter_matches("a/+/c", "a/b/d"));
         assert!(!filter_matches("a/b", "a/b/c"));
         assert!(filter_matches("a/#", "a"));
+        assert!(filter_matches("dt/press7/#", "dt/press7/temp"));
+        // Filters against filters: does the first cover the second?
+        assert!(filter_matches("dt/press7/#", "dt/press7/+"));
+        assert!(filter_matches("dt/press7/#", "dt/press7/#"));
+        assert!(filter_matches("dt/+/temp", "dt/press7/temp"));
+        assert!(filter_matches("dt/+/temp", "dt/+/temp"));
+        assert!(!filter_matches("dt/+/temp", "dt/#"));
+        assert!(!filter_matches("dt/press7/temp", "dt/press7/+"));
+        assert!(!filter_matches("dt/press7/#", "dt/press8/temp"));
+        assert!(!filter_matches("dt/press7", "dt/press7/temp"));
     }
 }
