@@ -1,21 +1,18 @@
 //! The flow world in both engines: the same flow logic gives the same connection and the same
 //! errors, and host capabilities (here the SAS token) behave alike in Rhai and WASM.
 
-use crate::support::{repo_root, wasm, PluginDir};
+use crate::support::{flow_of, repo_root, wasm, PluginDir};
 use gatehost::caps::crypto;
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{Auth, ErrorKind, Pair};
-use gatehost::plugins::registry::{PluginHandle, Registry};
+use gatehost::plugins::registry::Registry;
 use std::sync::Arc;
 
 fn flows() -> (Arc<dyn FlowPlugin>, Arc<dyn FlowPlugin>) {
     let dir = PluginDir::new();
     let wasm_manifest = dir.wasm("echo-flow-wasm", "flow", &wasm("fixture_echo_flow"), "");
     let rhai_manifest = repo_root().join("tests/fixtures/rhai/echo-flow.toml");
-    let load = |m: &std::path::Path| match Registry::load_path(dir.env(), m).unwrap().handle {
-        PluginHandle::Flow(f) => f,
-        PluginHandle::Rule(_) => panic!("not a flow"),
-    };
+    let load = |m: &std::path::Path| flow_of(Registry::load_path(dir.env(), m).unwrap());
     (load(&rhai_manifest), load(&wasm_manifest))
 }
 
@@ -79,9 +76,7 @@ fn a_rhai_flow_that_returns_a_malformed_connection_is_named() {
         "fn onboard(p) { #{ host: \"h\", port: 8883, client_id: \"c\", auth: #{ kind: \"password\", password: \"x\" }, prot: 1 } }\nfn refresh(c) { #{} }",
         "",
     );
-    let PluginHandle::Flow(flow) = Registry::load_path(dir.env(), &m).unwrap().handle else {
-        panic!("not a flow")
-    };
+    let flow = flow_of(Registry::load_path(dir.env(), &m).unwrap());
     let e = flow.onboard(&[]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Plugin);
     assert!(
@@ -101,9 +96,7 @@ fn a_host_that_does_not_resolve_is_an_io_error_naming_the_endpoint() {
         "fn onboard(p) { mqtt::connect(#{ host: \"gateway.invalid\", port: 8883, client_id: \"c\", protocol: \"mqtt5\", connect_timeout_ms: 5000 }) }\nfn refresh(c) { #{} }",
         "[permissions]\nendpoints = [\"gateway.invalid:8883\"]",
     );
-    let PluginHandle::Flow(flow) = Registry::load_path(dir.env(), &m).unwrap().handle else {
-        panic!("not a flow")
-    };
+    let flow = flow_of(Registry::load_path(dir.env(), &m).unwrap());
     let e = flow.onboard(&[]).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Io, "{e}");
     assert!(e.message.contains("gateway.invalid:8883"), "{e}");

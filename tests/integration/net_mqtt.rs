@@ -2,7 +2,7 @@
 //! `require_certificate true`, and certificates made by gatehost's own certs capability.
 
 use crate::broker::{free_port, Mosquitto, Pki};
-use crate::support::{repo_root, wasm, PluginDir};
+use crate::support::{flow_of, repo_root, wasm, PluginDir};
 use gatehost::caps::certs;
 use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
 use gatehost::caps::tls::TlsOptions;
@@ -10,7 +10,7 @@ use gatehost::caps::CapContext;
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{ErrorKind, Message, Pair, PluginError, ProtocolVersion};
 use gatehost::plugins::manifest::Permissions;
-use gatehost::plugins::registry::{PluginHandle, Registry};
+use gatehost::plugins::registry::Registry;
 use std::io::Read;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -53,10 +53,7 @@ fn connect_err(ctx: &CapContext, o: &ConnectOptions) -> PluginError {
 }
 
 fn load_flow(dir: &PluginDir, manifest: &std::path::Path) -> Arc<dyn FlowPlugin> {
-    match Registry::load_path(dir.env(), manifest).unwrap().handle {
-        PluginHandle::Flow(f) => f,
-        PluginHandle::Rule(_) => panic!("not a flow"),
-    }
+    flow_of(Registry::load_path(dir.env(), manifest).unwrap())
 }
 
 #[test]
@@ -595,10 +592,7 @@ fn mqtt_flow_params(pki: &Pki, port: u16, ca: &str) -> Vec<Pair> {
 }
 
 fn flow_in(env: gatehost::plugins::registry::PluginEnv) -> Arc<dyn FlowPlugin> {
-    match Registry::load_named(env, "mqtt-flow").unwrap().handle {
-        PluginHandle::Flow(f) => f,
-        PluginHandle::Rule(_) => panic!("not a flow"),
-    }
+    flow_of(Registry::load_named(env, "mqtt-flow").unwrap())
 }
 
 #[test]

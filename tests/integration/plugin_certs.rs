@@ -3,18 +3,15 @@
 
 use crate::certs_openssl::openssl;
 use crate::signatures::pyjwt_verify;
-use crate::support::{load_rule, repo_root, wasm, PluginDir};
+use crate::support::{flow_of, load_rule, repo_root, wasm, PluginDir};
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{Auth, Connection, ErrorKind, Message, Pair};
-use gatehost::plugins::registry::{PluginHandle, Registry};
+use gatehost::plugins::registry::Registry;
 use std::path::Path;
 use std::sync::Arc;
 
 fn load_flow(dir: &PluginDir, manifest: &Path) -> Arc<dyn FlowPlugin> {
-    match Registry::load_path(dir.env(), manifest).unwrap().handle {
-        PluginHandle::Flow(f) => f,
-        PluginHandle::Rule(_) => panic!("not a flow"),
-    }
+    flow_of(Registry::load_path(dir.env(), manifest).unwrap())
 }
 
 fn attr<'a>(conn: &'a Connection, name: &str) -> &'a str {

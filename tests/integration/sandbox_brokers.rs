@@ -2,6 +2,7 @@
 //! capability, with agent and thing certificates made by the real `openssl` CLI: provisioning
 //! closes, certificate and JWT authentication, per-client topics, and every refusal path.
 
+use crate::certs_openssl::openssl;
 use crate::sandbox::{ctx, options};
 use gatehost::caps::certs;
 use gatehost::caps::crypto;
@@ -11,21 +12,7 @@ use gatehost::model::{ErrorKind, Message};
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A CA `<name>.pem`/`.key` made by openssl.
 fn openssl_ca(dir: &Path, name: &str) {

@@ -142,3 +142,15 @@ pub fn run(cmd: &mut Command) -> Output {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// The flow of a loaded plugin (the test fails when it is a rule).
+pub fn flow_of(
+    plugin: gatehost::plugins::registry::LoadedPlugin,
+) -> std::sync::Arc<dyn gatehost::engine::FlowPlugin> {
+    match plugin.handle {
+        gatehost::plugins::registry::PluginHandle::Flow(f) => f,
+        gatehost::plugins::registry::PluginHandle::Rule(_) => {
+            panic!("{} is a rule, not a flow", plugin.info.manifest.name)
+        }
+    }
+}
