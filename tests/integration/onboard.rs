@@ -111,13 +111,12 @@ fn onboarded(config: &Path, device: &str, extra: &[&str]) -> serde_json::Value {
 /// Connect to the hub with the kept connection and fresh credentials, and send one message.
 fn send_telemetry(dir: &Path, config_path: &Path, device: &str) -> String {
     let config = Config::load(config_path, true).unwrap();
-    let path = onboard::state_path(&config, device);
-    let kept: Onboarded = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let text = std::fs::read_to_string(onboard::state_path(&config, device)).unwrap();
     assert!(
         !text.contains("SharedAccessSignature"),
         "a secret was kept: {text}"
     );
+    let kept: Onboarded = serde_json::from_str(&text).unwrap();
     let device_config = onboard::device(&config, device).unwrap();
     let registry = Registry::load(config.device_env(device_config, true));
     let credentials = registry

@@ -396,23 +396,11 @@ impl SandboxConfig {
                 _ => return Err(format!("{at}: give exactly one of certificate or ca")),
             }
             for filter in &t.allow {
-                if !valid_filter(filter) {
-                    return Err(format!("{at}: '{filter}' is not a valid MQTT topic filter"));
-                }
+                crate::model::validate_topic_filter(filter).map_err(|why| {
+                    format!("{at}: '{filter}' is not a valid MQTT topic filter: it {why}")
+                })?;
             }
         }
         Ok(())
     }
-}
-
-/// Whether `filter` is a well-formed MQTT topic filter: not empty, `#` only as the whole last
-/// level, `+` only as a whole level.
-pub fn valid_filter(filter: &str) -> bool {
-    let levels: Vec<&str> = filter.split('/').collect();
-    !filter.is_empty()
-        && levels.iter().enumerate().all(|(i, level)| {
-            (*level == "#" && i == levels.len() - 1)
-                || *level == "+"
-                || (!level.contains('#') && !level.contains('+'))
-        })
 }

@@ -81,18 +81,12 @@ pub async fn serve(
     Ok(port)
 }
 
-/// The request, as far as DPS cares.
+/// The request, as far as DPS cares: register (no operation id) or operation status.
 #[derive(Debug, PartialEq)]
-enum Route {
-    Register {
-        scope: String,
-        registration_id: String,
-    },
-    OperationStatus {
-        scope: String,
-        registration_id: String,
-        operation_id: String,
-    },
+struct Route {
+    scope: String,
+    registration_id: String,
+    operation_id: Option<String>,
 }
 
 /// Match a method and path against the two operations; the HTTP error otherwise.
@@ -107,40 +101,30 @@ fn route(method: &Method, path: &str) -> Result<Route, (StatusCode, String)> {
         })
         .collect();
     let parts: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let (found, wanted) = match parts[..] {
-        [scope, "registrations", id, "register"] if !scope.is_empty() && !id.is_empty() => (
-            Route::Register {
-                scope: scope.into(),
-                registration_id: id.into(),
-            },
-            Method::PUT,
-        ),
-        [scope, "registrations", id, "operations", op]
-            if !scope.is_empty() && !id.is_empty() && !op.is_empty() =>
-        {
-            (
-                Route::OperationStatus {
-                    scope: scope.into(),
-                    registration_id: id.into(),
-                    operation_id: op.into(),
-                },
-                Method::GET,
-            )
+    let (scope, id, operation_id, wanted) = match parts[..] {
+        [scope, "registrations", id, "register"] => (scope, id, None, Method::PUT),
+        [scope, "registrations", id, "operations", op] if !op.is_empty() => {
+            (scope, id, Some(op.to_string()), Method::GET)
         }
-        _ => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("no DPS operation at '{path}'"),
-            ))
-        }
+        _ => ("", "", None, Method::PUT),
     };
+    if scope.is_empty() || id.is_empty() {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no DPS operation at '{path}'"),
+        ));
+    }
     if *method != wanted {
         return Err((
             StatusCode::METHOD_NOT_ALLOWED,
             format!("'{path}' takes {wanted}, not {method}"),
         ));
     }
-    Ok(found)
+    Ok(Route {
+        scope: scope.to_string(),
+        registration_id: id.to_string(),
+        operation_id,
+    })
 }
 
 async fn handle(
@@ -181,29 +165,15 @@ async fn handle(
             )
         }
     };
-    let reply = match &route {
-        Route::Register {
-            scope,
-            registration_id,
-        }
-        | Route::OperationStatus {
-            scope,
-            registration_id,
-            ..
-        } => {
-            let auth = dps.authenticate(scope, registration_id, &sas, chain);
-            let caller = Caller {
-                transport: SERVICE,
-                registration_id,
-                auth: &auth,
-            };
-            match &route {
-                Route::Register { .. } => dps.register(&caller, &body),
-                Route::OperationStatus { operation_id, .. } => {
-                    dps.operation_status(&caller, operation_id)
-                }
-            }
-        }
+    let auth = dps.authenticate(&route.scope, &route.registration_id, &sas, chain);
+    let caller = Caller {
+        transport: SERVICE,
+        registration_id: &route.registration_id,
+        auth: &auth,
+    };
+    let reply = match &route.operation_id {
+        None => dps.register(&caller, &body),
+        Some(operation_id) => dps.operation_status(&caller, operation_id),
     };
     json_response(reply)
 }
@@ -243,17 +213,18 @@ mod tests {
     fn paths_route_to_the_two_operations() {
         assert_eq!(
             route(&Method::PUT, "/0ne00SANDBOX/registrations/dev%2D1/register"),
-            Ok(Route::Register {
+            Ok(Route {
                 scope: "0ne00SANDBOX".into(),
-                registration_id: "dev-1".into()
+                registration_id: "dev-1".into(),
+                operation_id: None
             })
         );
         assert_eq!(
             route(&Method::GET, "/s/registrations/d/operations/4.abc"),
-            Ok(Route::OperationStatus {
+            Ok(Route {
                 scope: "s".into(),
                 registration_id: "d".into(),
-                operation_id: "4.abc".into()
+                operation_id: Some("4.abc".into())
             })
         );
         assert_eq!(
