@@ -198,6 +198,11 @@ fn the_azure_dps_flow_onboards_every_attestation_and_keeps_the_connection() {
     assert_eq!(registrations("sym-dev"), 1);
     assert_eq!(onboarded(&config, "sym", &["--force"])["registered"], true);
     assert_eq!(registrations("sym-dev"), 2);
+    // A damaged state file is not trusted: the device registers again.
+    let kept = onboard::state_path(&Config::load(&config, true).unwrap(), "sym");
+    std::fs::write(&kept, "{ not json").unwrap();
+    assert_eq!(onboarded(&config, "sym", &[])["registered"], true);
+    assert_eq!(registrations("sym-dev"), 3);
     // A changed parameter registers again by itself.
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
@@ -210,7 +215,7 @@ fn the_azure_dps_flow_onboards_every_attestation_and_keeps_the_connection() {
     )
     .unwrap();
     assert_eq!(onboarded(&config, "sym", &[])["registered"], true);
-    assert_eq!(registrations("sym-dev"), 3);
+    assert_eq!(registrations("sym-dev"), 4);
 }
 
 #[test]

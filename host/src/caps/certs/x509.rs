@@ -166,7 +166,7 @@ fn parse<'a>(
 
 fn parsed(der: &[u8]) -> X509Certificate<'_> {
     X509Certificate::from_der(der)
-        .expect("only DER checked by parse_pem_certs reaches here")
+        .expect("only DER checked by parse_pem_certs or check_der reaches here")
         .1
 }
 
