@@ -21,6 +21,15 @@
 //! id_scope = "0ne00055505"
 //! registration_id = "press7"
 //! # insecure_skip_verify = true                  # lab only: accept any server certificate
+//! # deadline_secs = 300                          # give up onboarding (with retries) after this
+//!
+//! [[device_templates]]                           # zero-touch: devices not listed above
+//! match = "line7-*"                              # device names it instantiates (`*` = any text)
+//! flow = "azure-dps"
+//! [device_templates.params]
+//! id_scope = "0ne00055505"
+//! registration_id = "{device}"                   # `{device}` becomes the device's name
+//! group_key = "<base64 enrollment group key>"
 //!
 //! [permissions.azure-dps]                        # optional: narrow what a plugin declares
 //! endpoints = ["global.azure-devices-provisioning.net:8883", "*.azure-devices.net:8883"]
@@ -55,6 +64,9 @@ pub struct Config {
     pub local: LocalConfig,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
+    /// Zero-touch: flows and parameters for devices not listed in `devices`, by name pattern.
+    #[serde(default)]
+    pub device_templates: Vec<DeviceTemplate>,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
     /// Per-plugin narrowing of the permissions its manifest declares.
@@ -108,6 +120,89 @@ pub struct DeviceConfig {
     /// every connect). For lab set-ups only; a plugin cannot ask for this.
     #[serde(default)]
     pub insecure_skip_verify: bool,
+    /// How long onboarding may take, retries included (default 300 s).
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+}
+
+/// A device template: the flow and parameters of every device whose name matches `match`,
+/// with `{device}` in a string parameter replaced by the device's name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTemplate {
+    /// A device-name pattern; `*` stands for any run of characters.
+    #[serde(rename = "match", default = "any_name")]
+    pub pattern: String,
+    pub flow: String,
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    #[serde(default)]
+    pub deadline_secs: Option<u64>,
+}
+
+fn any_name() -> String {
+    "*".into()
+}
+
+/// The default onboarding deadline of a device.
+pub const DEFAULT_DEADLINE_SECS: u64 = 300;
+
+impl DeviceTemplate {
+    /// Whether `name` matches the pattern (`*` = any run of characters, the rest literal).
+    pub fn matches(&self, name: &str) -> bool {
+        glob_matches(&self.pattern, name)
+    }
+
+    /// The device `name` as this template describes it. The name must be usable as a
+    /// registration or client id: 1..=128 of `A-Z a-z 0-9 - . _ :`.
+    pub fn instantiate(&self, name: &str) -> Result<DeviceConfig, String> {
+        let valid = |c: char| c.is_ascii_alphanumeric() || "-._:".contains(c);
+        if name.is_empty() || name.len() > 128 || !name.chars().all(valid) {
+            return Err(format!(
+                "device name '{name}' cannot instantiate a template: use 1 to 128 of A-Z a-z 0-9 - . _ :"
+            ));
+        }
+        let params = self
+            .params
+            .iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    toml::Value::String(s) => toml::Value::String(s.replace("{device}", name)),
+                    other => other.clone(),
+                };
+                (k.clone(), v)
+            })
+            .collect();
+        Ok(DeviceConfig {
+            name: name.to_string(),
+            flow: self.flow.clone(),
+            params,
+            insecure_skip_verify: self.insecure_skip_verify,
+            deadline_secs: self.deadline_secs,
+        })
+    }
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob_matches(pattern: &str, text: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -270,16 +365,37 @@ impl Config {
             if !names.insert(("device", device.name.as_str())) {
                 problems.push(format!("device '{}' is defined twice", device.name));
             }
-            if let Err(e) = device.param_pairs() {
-                problems.push(e);
+            let params = device.param_pairs();
+            if let Err(e) = &params {
+                problems.push(e.clone());
             }
             match registry.get(&device.flow) {
                 Ok(p) if p.info.manifest.kind != PluginKind::Flow => problems.push(format!(
                     "device '{}': plugin '{}' is a {}, not a flow",
                     device.name, device.flow, p.info.manifest.kind
                 )),
-                Ok(_) => {}
+                Ok(p) => {
+                    if let (Some(declared), Ok(params)) = (&p.info.manifest.params, &params) {
+                        if let Err(why) = declared.apply(params) {
+                            problems.push(format!("device '{}': {why}", device.name));
+                        }
+                    }
+                }
                 Err(e) => problems.push(format!("device '{}': {e}", device.name)),
+            }
+        }
+        for template in &self.device_templates {
+            let name = format!("device template '{}'", template.pattern);
+            match registry.get(&template.flow) {
+                Ok(p) if p.info.manifest.kind != PluginKind::Flow => problems.push(format!(
+                    "{name}: plugin '{}' is a {}, not a flow",
+                    template.flow, p.info.manifest.kind
+                )),
+                Ok(_) => {}
+                Err(e) => problems.push(format!("{name}: {e}")),
+            }
+            if let Err(e) = template.instantiate("x").and_then(|d| d.param_pairs()) {
+                problems.push(format!("{name}: {e}"));
             }
         }
         for rule in &self.rules {
@@ -323,6 +439,11 @@ impl Config {
 }
 
 impl DeviceConfig {
+    /// How long onboarding may take, retries included.
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.deadline_secs.unwrap_or(DEFAULT_DEADLINE_SECS))
+    }
+
     /// Flow parameters as strings: strings as written, numbers and booleans in their TOML form.
     pub fn param_pairs(&self) -> Result<Vec<Pair>, String> {
         self.params
@@ -385,6 +506,33 @@ mod tests {
                 ("c".into(), "true".into())
             ]
         );
+    }
+
+    #[test]
+    fn templates_match_names_and_fill_in_the_device() {
+        let c = Config::parse(
+            "[[device_templates]]\nmatch = \"line7-*-a\"\nflow = \"f\"\n[device_templates.params]\nregistration_id = \"{device}\"\nn = 3\n",
+            Path::new("g.toml"),
+        )
+        .unwrap();
+        let t = &c.device_templates[0];
+        assert!(t.matches("line7-dev3-a"));
+        assert!(t.matches("line7--a"));
+        assert!(!t.matches("line7-dev3-b"));
+        assert!(!t.matches("line8-x-a"));
+        let d = t.instantiate("line7-dev3-a").unwrap();
+        assert_eq!(
+            d.param_pairs().unwrap(),
+            vec![
+                ("n".to_string(), "3".to_string()),
+                ("registration_id".to_string(), "line7-dev3-a".to_string())
+            ]
+        );
+        let e = t.instantiate("line7 dev/a").unwrap_err();
+        assert!(e.contains("cannot instantiate a template"), "{e}");
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("a*b*c", "aXbYc"));
+        assert!(!glob_matches("a*b*c", "aXcYb"));
     }
 
     #[test]

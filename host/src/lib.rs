@@ -12,4 +12,5 @@ pub mod engine;
 pub mod model;
 pub mod onboard;
 pub mod plugins;
+pub mod retry;
 pub mod sandbox;

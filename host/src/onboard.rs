@@ -4,15 +4,16 @@
 //! secrets (SAS tokens, JWTs) are never written — `refresh` mints them for every connection.
 
 use crate::config::{Config, DeviceConfig};
-use crate::model::{Auth, Connection, PluginError};
+use crate::model::{Auth, Connection, Pair, PluginError};
 use crate::plugins::registry::{Registry, RegistryError};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OnboardError {
-    #[error("no device '{0}' in the config ([[devices]] name = ...)")]
+    #[error("no device '{0}' in the config ([[devices]] name = ...), and no [[device_templates]] match it")]
     UnknownDevice(String),
     #[error("{0}")]
     Params(String),
@@ -22,6 +23,14 @@ pub enum OnboardError {
     Flow {
         device: String,
         flow: String,
+        source: PluginError,
+    },
+    #[error("device '{device}': flow '{flow}' gave up after {attempts} attempts in {secs} s (deadline_secs); the last one failed: {source}")]
+    Deadline {
+        device: String,
+        flow: String,
+        attempts: u32,
+        secs: u64,
         source: PluginError,
     },
     #[error("{path}: {message}")]
@@ -42,20 +51,25 @@ pub struct Onboarded {
     pub connection: Connection,
 }
 
-/// The result of [`onboard`]: the connection, and whether the flow ran (false = reused).
+/// The result of [`onboard`]: the connection, whether the flow ran (false = reused), and how
+/// many times it ran.
 #[derive(Debug)]
 pub struct Outcome {
     pub onboarded: Onboarded,
     pub registered: bool,
+    pub attempts: u32,
 }
 
-/// The device `name` of the config, as the flow will see it.
-pub fn device<'a>(config: &'a Config, name: &str) -> Result<&'a DeviceConfig, OnboardError> {
-    config
-        .devices
-        .iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| OnboardError::UnknownDevice(name.to_string()))
+/// The device `name`, as the flow will see it: listed in `[[devices]]`, or instantiated from
+/// the first `[[device_templates]]` entry whose pattern matches the name (zero-touch).
+pub fn device(config: &Config, name: &str) -> Result<DeviceConfig, OnboardError> {
+    if let Some(listed) = config.devices.iter().find(|d| d.name == name) {
+        return Ok(listed.clone());
+    }
+    match config.device_templates.iter().find(|t| t.matches(name)) {
+        Some(template) => template.instantiate(name).map_err(OnboardError::Params),
+        None => Err(OnboardError::UnknownDevice(name.to_string())),
+    }
 }
 
 /// Onboard `device`: reuse its persisted connection unless `force`, the state is missing, or
@@ -66,7 +80,12 @@ pub fn onboard(
     device: &DeviceConfig,
     force: bool,
 ) -> Result<Outcome, OnboardError> {
-    let params = device.param_pairs().map_err(OnboardError::Params)?;
+    let mut params = device.param_pairs().map_err(OnboardError::Params)?;
+    if let Some(declared) = &registry.get(&device.flow)?.info.manifest.params {
+        params = declared
+            .apply(&params)
+            .map_err(|why| OnboardError::Params(format!("device '{}': {why}", device.name)))?;
+    }
     let digest = params_digest(&device.flow, &params);
     let path = state_path(config, &device.name);
     if !force {
@@ -75,17 +94,14 @@ pub fn onboard(
                 return Ok(Outcome {
                     onboarded: kept,
                     registered: false,
+                    attempts: 0,
                 });
             }
             tracing::info!(device = %device.name, "the flow or its parameters changed since the last onboarding; registering again");
         }
     }
     let flow = registry.flow(&device.flow)?;
-    let connection = flow.onboard(&params).map_err(|source| OnboardError::Flow {
-        device: device.name.clone(),
-        flow: device.flow.clone(),
-        source,
-    })?;
+    let (connection, attempts) = run_with_retries(device, |params| flow.onboard(params), &params)?;
     let onboarded = Onboarded {
         device: device.name.clone(),
         flow: device.flow.clone(),
@@ -97,7 +113,54 @@ pub fn onboard(
     Ok(Outcome {
         onboarded,
         registered: true,
+        attempts,
     })
+}
+
+/// Run `attempt` until it succeeds, fails for good, or the device's deadline would pass:
+/// transient failures (closed, I/O, timeout, throttled, remote) are retried after
+/// [`Backoff`](crate::retry::Backoff) waits. Returns the result and the number of attempts.
+fn run_with_retries<T>(
+    device: &DeviceConfig,
+    mut attempt: impl FnMut(&[Pair]) -> Result<T, PluginError>,
+    params: &[Pair],
+) -> Result<(T, u32), OnboardError> {
+    let started = Instant::now();
+    let deadline = started + device.deadline();
+    let mut backoff = crate::retry::Backoff::default();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let failure = match attempt(params) {
+            Ok(value) => return Ok((value, attempts)),
+            Err(e) => e,
+        };
+        if !crate::retry::is_transient(failure.kind) {
+            return Err(OnboardError::Flow {
+                device: device.name.clone(),
+                flow: device.flow.clone(),
+                source: failure,
+            });
+        }
+        let wait = backoff.next_delay();
+        if Instant::now() + wait >= deadline {
+            return Err(OnboardError::Deadline {
+                device: device.name.clone(),
+                flow: device.flow.clone(),
+                attempts,
+                secs: started.elapsed().as_secs(),
+                source: failure,
+            });
+        }
+        tracing::warn!(
+            device = %device.name,
+            flow = %device.flow,
+            attempt = attempts,
+            "onboarding failed ({failure}); trying again in {} ms",
+            wait.as_millis()
+        );
+        std::thread::sleep(wait);
+    }
 }
 
 /// Where a device's connection is kept.

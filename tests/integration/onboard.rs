@@ -4,7 +4,7 @@
 //! disabled or failed enrollments are reported with the service's reason.
 
 use crate::sandbox::{ctx, start_sandbox, DEVICE_KEY, GROUP_KEY};
-use crate::support::repo_root;
+use crate::support::install_shipped_flows;
 use gatehost::caps::mqtt::{connection_options, MqttSession};
 use gatehost::config::Config;
 use gatehost::model::Message;
@@ -14,25 +14,6 @@ use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// The shipped flow script, with a manifest whose file roots are the test's folder.
-fn install_flow(dir: &Path) {
-    let plugins = dir.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::copy(
-        repo_root().join("scripts/flows/azure-dps.rhai"),
-        plugins.join("azure-dps.rhai"),
-    )
-    .unwrap();
-    let manifest = std::fs::read_to_string(repo_root().join("scripts/flows/azure-dps.toml"))
-        .unwrap()
-        .replace(
-            r#"file_roots = ["certs", "state"]"#,
-            &format!("file_roots = [{:?}]", dir.display().to_string()),
-        );
-    assert!(manifest.contains(&dir.display().to_string()));
-    std::fs::write(plugins.join("azure-dps.toml"), manifest).unwrap();
-}
 
 fn write_config(dir: &Path, sandbox: &Sandbox) -> std::path::PathBuf {
     let pki = dir.join("pki");
@@ -118,7 +99,7 @@ fn send_telemetry(dir: &Path, config_path: &Path, device: &str) -> String {
     );
     let kept: Onboarded = serde_json::from_str(&text).unwrap();
     let device_config = onboard::device(&config, device).unwrap();
-    let registry = Registry::load(config.device_env(device_config, true));
+    let registry = Registry::load(config.device_env(&device_config, true));
     let credentials = registry
         .flow("azure-dps")
         .unwrap()
@@ -139,7 +120,7 @@ fn the_azure_dps_flow_onboards_every_attestation_and_keeps_the_connection() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sandbox = start_sandbox(d, EXTRA);
-    install_flow(d);
+    install_shipped_flows(d);
     let config = write_config(d, &sandbox);
     let hub_port = sandbox.port(Service::IotHub).unwrap();
 
@@ -223,7 +204,7 @@ fn onboarding_failures_say_what_the_service_said() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let sandbox = start_sandbox(d, EXTRA);
-    install_flow(d);
+    install_shipped_flows(d);
     let config = write_config(d, &sandbox);
 
     for (device, want) in [

@@ -23,8 +23,8 @@ pub struct OnboardArgs {
 pub fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let device = onboard::device(&config, &args.device)?;
-    let registry = Registry::load(config.device_env(device, true));
-    let outcome = onboard::onboard(&config, &registry, device, args.force)?;
+    let registry = Registry::load(config.device_env(&device, true));
+    let outcome = onboard::onboard(&config, &registry, &device, args.force)?;
     let kept = &outcome.onboarded;
     let c = &kept.connection;
     let state_file = onboard::state_path(&config, &device.name);
@@ -38,6 +38,7 @@ pub fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
             "device": kept.device,
             "flow": kept.flow,
             "registered": outcome.registered,
+            "attempts": outcome.attempts,
             "host": c.host,
             "port": c.port,
             "client_id": c.client_id,
@@ -48,10 +49,10 @@ pub fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
             "state_file": state_file.display().to_string(),
         }));
     } else {
-        let how = if outcome.registered {
-            "registered now"
-        } else {
-            "kept from an earlier onboarding; --force registers again"
+        let how = match outcome.attempts {
+            0 => "kept from an earlier onboarding; --force registers again".to_string(),
+            1 => "registered now".to_string(),
+            n => format!("registered now, after {n} attempts"),
         };
         println!("device:     {} ({how})", kept.device);
         println!("flow:       {}", kept.flow);

@@ -231,6 +231,7 @@ impl MqttSession {
                 ),
             ));
         }
+        crate::retry::connect_gate(&format!("{}:{}", o.host, o.port), &o.client_id);
         let timeout = match o.connect_timeout_ms {
             0 => DEFAULT_CONNECT_TIMEOUT,
             ms => Duration::from_millis(ms.into()),
@@ -272,6 +273,16 @@ impl MqttSession {
             _ => None,
         })?;
         Ok(session)
+    }
+
+    /// Connect as a flow's `connection` describes, with the credentials it carries: how a flow
+    /// checks the connection it is about to return (and how MindConnect agents get provisioned).
+    pub fn open(
+        ctx: &CapContext,
+        conn: &crate::model::Connection,
+    ) -> Result<MqttSession, PluginError> {
+        let options = connection_options(ctx, conn, &crate::model::Credentials::default())?;
+        MqttSession::connect(ctx, &options)
     }
 
     pub fn subscribe(&mut self, filter: &str, level: u8) -> Result<(), PluginError> {
