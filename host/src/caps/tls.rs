@@ -81,6 +81,11 @@ pub fn client_config(
                 .into_iter()
                 .map(CertificateDer::from)
                 .collect();
+            // An expired (or not yet valid) device certificate is said before connecting, not
+            // discovered as an anonymous handshake failure.
+            if let Some(leaf) = chain.first() {
+                x509::check_validity(leaf, crate::caps::crypto::now_unix() as i64, chain_file)?;
+            }
             builder
                 .with_client_auth_cert(chain, key.key.tls_private_key())
                 .map_err(|e| {

@@ -14,6 +14,11 @@
 //! file_roots = ["certs"]                     # where the plugin may read certificates
 //! kv_namespace = "iothub-telemetry"          # default: the plugin name
 //!
+//! [params]                      # flows only, optional: what `[devices.params]` may hold
+//! required = ["id_scope", "registration_id"]
+//! optional = ["symmetric_key", "ca_file"]
+//! defaults = { dps_port = "8883" }       # filled in when the device does not set them
+//!
 //! [limits]                      # optional overrides of the engine defaults
 //! timeout_ms = 1000
 //! memory_mib = 64
@@ -45,6 +50,105 @@ pub struct Manifest {
     pub permissions: Permissions,
     #[serde(default)]
     pub limits: LimitOverrides,
+    /// A flow's parameters; when present, the host checks a device's params against them.
+    #[serde(default)]
+    pub params: Option<FlowParams>,
+}
+
+/// The parameters a flow takes. The host reports every missing and every unknown name at once,
+/// before the flow runs, and fills in defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowParams {
+    #[serde(default)]
+    pub required: Vec<String>,
+    #[serde(default)]
+    pub optional: Vec<String>,
+    #[serde(default)]
+    pub defaults: std::collections::BTreeMap<String, String>,
+    /// Alternatives of which a device gives exactly one whole group, e.g. the attestations
+    /// `[["symmetric_key"], ["group_key"], ["certificate", "key"]]`.
+    #[serde(default)]
+    pub one_of: Vec<Vec<String>>,
+}
+
+impl FlowParams {
+    /// `given` with defaults added, or one sentence naming every missing and unknown parameter.
+    pub fn apply(&self, given: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+        let in_groups = |name: &str| self.one_of.iter().flatten().any(|g| g == name);
+        let known = |name: &str| {
+            self.required.iter().any(|r| r == name)
+                || self.optional.iter().any(|o| o == name)
+                || self.defaults.contains_key(name)
+                || in_groups(name)
+        };
+        let has = |name: &str| given.iter().any(|(k, _)| k == name);
+        let mut missing: Vec<String> = self
+            .required
+            .iter()
+            .filter(|r| !has(r) && !self.defaults.contains_key(*r))
+            .cloned()
+            .collect();
+        let chosen: Vec<&Vec<String>> = self
+            .one_of
+            .iter()
+            .filter(|group| group.iter().any(|n| has(n)))
+            .collect();
+        let describe = |group: &Vec<String>| group.join(" + ");
+        let mut conflict = None;
+        match chosen.as_slice() {
+            [] if !self.one_of.is_empty() => missing.push(
+                self.one_of
+                    .iter()
+                    .map(describe)
+                    .collect::<Vec<_>>()
+                    .join(" | "),
+            ),
+            [] => {}
+            [group] => missing.extend(group.iter().filter(|n| !has(n)).cloned()),
+            several => {
+                conflict = Some(format!(
+                    "give only one of {}",
+                    several
+                        .iter()
+                        .map(|g| describe(g))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        }
+        let unknown: Vec<&str> = given
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !known(k))
+            .collect();
+        let mut problems = Vec::new();
+        if !missing.is_empty() {
+            problems.push(format!("missing parameters: {}", missing.join(", ")));
+        }
+        problems.extend(conflict);
+        if !unknown.is_empty() {
+            let mut all: Vec<&str> = self.required.iter().map(String::as_str).collect();
+            all.extend(self.one_of.iter().flatten().map(String::as_str));
+            all.extend(self.optional.iter().map(String::as_str));
+            all.extend(self.defaults.keys().map(String::as_str));
+            problems.push(format!(
+                "unknown parameters: {} (this flow takes {})",
+                unknown.join(", "),
+                all.join(", ")
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        let mut params = given.to_vec();
+        for (k, v) in &self.defaults {
+            if !has(k) {
+                params.push((k.clone(), v.clone()));
+            }
+        }
+        Ok(params)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -121,6 +225,9 @@ impl Manifest {
             if root.trim().is_empty() {
                 return Err("permissions.file_roots has an empty entry".into());
             }
+        }
+        if self.params.is_some() && self.kind != PluginKind::Flow {
+            return Err("[params] is for flows; a rule takes no parameters".into());
         }
         if let Some(ns) = &self.permissions.kv_namespace {
             if !is_plugin_name(ns) {
@@ -211,6 +318,55 @@ pub fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flow_params_name_every_missing_and_unknown_parameter_and_fill_defaults() {
+        let p = FlowParams {
+            required: vec!["a".into(), "b".into(), "c".into()],
+            optional: vec!["o".into()],
+            defaults: [("d".to_string(), "7".to_string())].into(),
+            one_of: Vec::new(),
+        };
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        let e = p.apply(&[pair("b", "1"), pair("typo", "x")]).unwrap_err();
+        assert_eq!(
+            e,
+            "missing parameters: a, c; unknown parameters: typo (this flow takes a, b, c, o, d)"
+        );
+        let ok = p
+            .apply(&[pair("a", "1"), pair("b", "2"), pair("c", "3")])
+            .unwrap();
+        assert_eq!(ok.last(), Some(&pair("d", "7")));
+        let kept = p
+            .apply(&[
+                pair("a", "1"),
+                pair("b", "2"),
+                pair("c", "3"),
+                pair("d", "9"),
+            ])
+            .unwrap();
+        assert_eq!(kept.len(), 4);
+        assert_eq!(kept[3], pair("d", "9"));
+
+        let attestations = FlowParams {
+            required: vec!["id".into()],
+            one_of: vec![vec!["sym".into()], vec!["cert".into(), "key".into()]],
+            ..FlowParams::default()
+        };
+        let e = attestations.apply(&[]).unwrap_err();
+        assert_eq!(e, "missing parameters: id, sym | cert + key");
+        let e = attestations
+            .apply(&[pair("id", "1"), pair("cert", "c")])
+            .unwrap_err();
+        assert_eq!(e, "missing parameters: key");
+        let e = attestations
+            .apply(&[pair("id", "1"), pair("cert", "c"), pair("sym", "s")])
+            .unwrap_err();
+        assert_eq!(e, "give only one of sym, cert + key");
+        assert!(attestations
+            .apply(&[pair("id", "1"), pair("sym", "s")])
+            .is_ok());
+    }
 
     fn manifest(extra: &str) -> Result<Manifest, String> {
         let text =
