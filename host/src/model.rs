@@ -131,7 +131,7 @@ fn default_keep_alive() -> u16 {
 }
 
 /// Fresh credentials for an existing connection. `Debug` never prints the password.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Credentials {
     #[serde(default)]

@@ -102,6 +102,7 @@ fn request(pki: &Pki, url: String) -> Request {
             chain_file: pki.path("dev01_chain.pem"),
             key_ref: format!("file:{}", pki.path("dev01.key")),
         }),
+        errors_as_responses: false,
     }
 }
 
@@ -152,6 +153,15 @@ fn https_with_a_client_certificate_redirects_and_status_errors() {
         )),
         "{e}"
     );
+    // A plugin that reads error bodies itself asks for them as responses.
+    let mut raw = request(&pki, format!("{base}/throttle"));
+    raw.errors_as_responses = true;
+    let answer = send(&ctx, &raw).unwrap();
+    assert_eq!(answer.status, 429);
+    assert!(answer
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("retry-after") && v == "3"));
 
     let e = send(&ctx, &request(&pki, format!("{base}/away"))).unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied, "{e}");

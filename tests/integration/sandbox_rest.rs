@@ -44,6 +44,7 @@ fn send(
         timeout_ms: 5000,
         ca_file: Some(sandbox.ca_file().display().to_string()),
         client_certificate: None,
+        errors_as_responses: false,
     };
     http::send(ctx, &request).unwrap()
 }

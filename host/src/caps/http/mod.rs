@@ -2,7 +2,7 @@
 //! configuration as MQTT: CA file or system roots, client certificate by key handle). The URL's
 //! endpoint, and every redirect target, must match the plugin's declared endpoints. 2xx and 3xx
 //! answers are returned; 4xx and 5xx are typed errors that carry the status, `Retry-After` and
-//! the start of the body.
+//! the start of the body — unless the request sets `errors_as_responses`.
 
 pub mod rhai;
 pub mod wasm;
@@ -34,6 +34,9 @@ pub struct Request {
     pub ca_file: Option<String>,
     #[serde(default)]
     pub client_certificate: Option<ClientCertificate>,
+    /// Return 4xx/5xx answers as responses instead of errors.
+    #[serde(default)]
+    pub errors_as_responses: bool,
 }
 
 fn default_method() -> String {
@@ -127,7 +130,7 @@ pub fn send(ctx: &CapContext, r: &Request) -> Result<Response, PluginError> {
         })
         .collect();
     let body = read_body(response, &r.url)?;
-    if status >= 400 {
+    if status >= 400 && !r.errors_as_responses {
         return Err(status_error(&r.url, status, &headers, &body));
     }
     Ok(Response {

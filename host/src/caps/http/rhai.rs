@@ -1,6 +1,7 @@
 //! Rhai registration of the `http` capability: `http::send(#{method, url, headers: [[k, v]],
 //! body (blob or string), timeout_ms, ca_file, client_certificate: #{chain_file, key_ref}})`
-//! returns `#{status, headers: [[k, v]], body (blob)}`; 4xx/5xx answers throw typed errors.
+//! returns `#{status, headers: [[k, v]], body (blob)}`; 4xx/5xx answers throw typed errors
+//! unless `errors_as_responses: true`.
 
 use crate::caps::CapContext;
 use crate::engine::rhai::{bytes_from_dynamic, plugin_error, RhaiResult};

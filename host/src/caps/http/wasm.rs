@@ -14,6 +14,7 @@ impl Host for HostState {
             timeout_ms: r.timeout_ms,
             ca_file: r.ca_file,
             client_certificate: r.client_certificate.map(Into::into),
+            errors_as_responses: r.errors_as_responses,
         };
         Ok(super::send(&self.caps, &request)
             .map(|a| Response {

@@ -1,6 +1,7 @@
 //! Rhai registration of the `mqtt` capability: `mqtt::connect(#{host, port, client_id, username,
 //! password, keep_alive_secs, clean_session, tls: #{ca_file, client_certificate: #{chain_file,
-//! key_ref}, server_name, alpn}, connect_timeout_ms})` returns a `MqttSession` with
+//! key_ref}, server_name, alpn}, connect_timeout_ms})` or `mqtt::open(connection)` (connect as a
+//! flow's connection map describes) returns a `MqttSession` with
 //! `subscribe(filter, qos)`, `publish(#{topic, payload, qos, retain})`, `publish_batch([..])`
 //! (many in flight, returns when all are acknowledged), `receive(timeout_ms)` (a
 //! message map, or `()` on timeout) and `disconnect()`. The session closes when the script drops it.
@@ -91,6 +92,13 @@ pub fn register(engine: &mut Engine, ctx: &CapContext) {
             .map_err(|e| invalid(format!("mqtt::connect options: {e}")))?;
         let options = spec.resolve(&c).map_err(plugin_error)?;
         let session = MqttSession::connect(&c, &options).map_err(plugin_error)?;
+        Ok(RhaiSession(Arc::new(Mutex::new(session))))
+    });
+    let c = ctx.clone();
+    m.set_native_fn("open", move |conn: Map| -> RhaiResult<RhaiSession> {
+        let conn: crate::model::Connection = rhai::serde::from_dynamic(&conn.into())
+            .map_err(|e| invalid(format!("mqtt::open connection: {e}")))?;
+        let session = MqttSession::open(&c, &conn).map_err(plugin_error)?;
         Ok(RhaiSession(Arc::new(Mutex::new(session))))
     });
     engine.register_static_module("mqtt", m.into());

@@ -2,7 +2,7 @@
 
 use super::{ConnectSpec, MqttSession, TlsSpec};
 use crate::engine::bindings::plugin::mqtt::{ConnectOptions, Host, HostSession};
-use crate::engine::bindings::plugin::types::{Error, Message, ProtocolVersion};
+use crate::engine::bindings::plugin::types::{Connection, Error, Message, ProtocolVersion};
 use crate::engine::wasm::HostState;
 use std::time::Duration;
 use wasmtime::component::Resource;
@@ -38,6 +38,13 @@ impl HostSession for HostState {
             .resolve(&self.caps)
             .and_then(|o| MqttSession::connect(&self.caps, &o));
         match session {
+            Ok(s) => Ok(Ok(self.table.push(s)?)),
+            Err(e) => Ok(Err(e.into())),
+        }
+    }
+
+    fn open(&mut self, conn: Connection) -> WitResult<Resource<MqttSession>> {
+        match MqttSession::open(&self.caps, &conn.into()) {
             Ok(s) => Ok(Ok(self.table.push(s)?)),
             Err(e) => Ok(Err(e.into())),
         }
