@@ -14,6 +14,7 @@ mod net_mqtt;
 mod onboard;
 mod parity;
 mod plugin_certs;
+mod provider_flows;
 mod robustness;
 mod sandbox;
 mod sandbox_brokers;

@@ -154,3 +154,23 @@ pub fn flow_of(
         }
     }
 }
+
+/// Every shipped flow of `scripts/flows` in `<dir>/plugins`, with manifests whose file roots are
+/// `dir` (where the tests keep certificates and keys).
+pub fn install_shipped_flows(dir: &Path) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for entry in std::fs::read_dir(repo_root().join("scripts/flows")).unwrap() {
+        let path = entry.unwrap().path();
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let roots = r#"file_roots = ["certs", "state"]"#;
+            assert!(text.contains(roots), "{}", path.display());
+            text = text.replace(
+                roots,
+                &format!("file_roots = [{:?}]", dir.display().to_string()),
+            );
+        }
+        std::fs::write(plugins.join(path.file_name().unwrap()), text).unwrap();
+    }
+}

@@ -10,6 +10,7 @@
 //! id_scope = "0ne00SANDBOX"
 //! assign_delay_ms = 1000               # how long a registration stays "assigning"
 //! retry_after_secs = 1                 # the retry-after DPS asks clients to wait
+//! throttle_registers = 0               # answer each registration's first N registers 429
 //!
 //! [[dps.enrollments]]
 //! attestation = "symmetric-key"        # | group-symmetric-key | x509 | group-x509
@@ -84,6 +85,10 @@ pub struct DpsConfig {
     pub assign_delay_ms: u64,
     #[serde(default = "default_retry_after")]
     pub retry_after_secs: u32,
+    /// Answer the first N register requests of every registration `429` with `retry-after`,
+    /// as a throttled DPS tenant does (0 = never).
+    #[serde(default)]
+    pub throttle_registers: u32,
     #[serde(default)]
     pub enrollments: Vec<Enrollment>,
 }

@@ -51,6 +51,8 @@ struct Registration {
 struct State {
     operations: HashMap<String, Operation>,
     polls: HashMap<String, VecDeque<Instant>>,
+    /// Register requests throttled so far, per registration id (`throttle_registers`).
+    throttled: HashMap<String, u32>,
     registrations: HashMap<String, Registration>,
 }
 
@@ -260,6 +262,17 @@ impl Dps {
         )
     }
 
+    /// Whether this register request of `id` is one of the first `throttle_registers`.
+    fn throttle(&self, id: &str) -> bool {
+        if self.config.throttle_registers == 0 {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let count = state.throttled.entry(id.to_string()).or_default();
+        *count += 1;
+        *count <= self.config.throttle_registers
+    }
+
     /// Start a registration: `202` with the operation id, or why not.
     pub fn register(&self, caller: &Caller<'_>, payload: &[u8]) -> Reply {
         let id = caller.registration_id;
@@ -274,6 +287,20 @@ impl Dps {
         let Ok(identity) = caller.auth else {
             return self.unauthorized(caller);
         };
+        if self.throttle(id) {
+            record(
+                "throttled",
+                format!(
+                    "register throttled (throttle_registers = {}), retry-after {} s",
+                    self.config.throttle_registers, self.config.retry_after_secs
+                ),
+            );
+            return Reply::new(
+                429,
+                Some(self.config.retry_after_secs),
+                Self::error_body(429001, "Operations are being throttled for this tenant."),
+            );
+        }
         let body: Value = if payload.iter().all(u8::is_ascii_whitespace) {
             json!({})
         } else {

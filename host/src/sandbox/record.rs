@@ -26,6 +26,8 @@ pub struct Record {
     pub properties: Vec<Pair>,
     /// One sentence: why it was refused, what was assigned, ...
     pub detail: String,
+    /// When it happened, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
 }
 
 impl Record {
@@ -38,6 +40,9 @@ impl Record {
             topic: None,
             body: Vec::new(),
             properties: Vec::new(),
+            at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
             detail: String::new(),
         }
     }

@@ -1,0 +1,520 @@
+//! Every shipped flow of `scripts/flows` through `gatehost onboard` against the sandbox, with
+//! agent and device certificates made by the real `openssl` CLI: the resulting connection, a
+//! telemetry message over it, MindConnect's provisioning closes retried, DPS 429s waited out,
+//! zero-touch templates, and the bad cases (missing and unknown parameters, an expired
+//! certificate, an unreachable endpoint past its deadline).
+
+use crate::sandbox::DEVICE_KEY;
+use crate::sandbox_brokers::{openssl_ca, openssl_leaf, openssl_leaf_valid_for};
+use crate::support::install_shipped_flows;
+use gatehost::caps::mqtt::{connection_options, MqttSession};
+use gatehost::caps::CapContext;
+use gatehost::config::Config;
+use gatehost::model::Message;
+use gatehost::onboard::{self, Onboarded};
+use gatehost::plugins::registry::Registry;
+use gatehost::sandbox::config::SandboxConfig;
+use gatehost::sandbox::{Sandbox, Service};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// The sandbox: DPS (throttling each registration's first register), a hub with two directly
+/// registered devices, both MindConnect brokers for tenant `acme`, and AWS IoT things by CA.
+fn start(d: &Path) -> Sandbox {
+    openssl_ca(d, "acme-ca");
+    for (name, cn) in [
+        ("agent1", "agent1"),
+        ("agent2", "agent2"),
+        ("agent3", "acme_agent3"),
+        ("thing1", "thing1"),
+        ("edge-leaf", "edge-leaf"),
+        ("line7-dev9", "line7-dev9"),
+        ("rest-leaf", "rest-leaf"),
+    ] {
+        openssl_leaf(d, "acme-ca", name, cn);
+    }
+    openssl_leaf_valid_for(d, "acme-ca", "expired", "thing2", "-1");
+    let config = format!(
+        r#"
+pki_dir = "pki"
+[dps]
+assign_delay_ms = 300
+retry_after_secs = 1
+throttle_registers = 1
+[[dps.enrollments]]
+attestation = "group-x509"
+ca = "acme-ca.pem"
+[[dps.enrollments]]
+attestation = "group-symmetric-key"
+group_key = "{}"
+[iothub]
+[[iothub.devices]]
+device_id = "direct01"
+primary_key = "{DEVICE_KEY}"
+[[iothub.devices]]
+device_id = "edge-leaf"
+certificate = "edge-leaf.pem"
+[mindconnect]
+provision_delay_ms = 1500
+eu1 = {{ port = 0 }}
+private = {{ port = 0 }}
+[[mindconnect.tenants]]
+name = "acme"
+ca = "acme-ca.pem"
+[aws_iot]
+[[aws_iot.things]]
+ca = "acme-ca.pem"
+allow = ["dt/${{iot:ClientId}}/#"]
+"#,
+        crate::sandbox::GROUP_KEY
+    );
+    let path = d.join("sandbox.toml");
+    std::fs::write(&path, config).unwrap();
+    Sandbox::start(&SandboxConfig::load(&path).unwrap()).unwrap()
+}
+
+/// `gatehost.toml` with one device per flow (and the bad ones).
+fn write_config(d: &Path, sandbox: &Sandbox) -> PathBuf {
+    let port = |s| sandbox.port(s).unwrap();
+    let ca = sandbox.ca_file().display().to_string();
+    let cert = |name: &str| {
+        format!(
+            "certificate = \"{}\"\nkey = \"{}\"\n",
+            d.join(format!("{name}_chain.pem")).display(),
+            d.join(format!("{name}.key")).display()
+        )
+    };
+    let device = |name: &str, flow: &str, params: String| {
+        format!("[[devices]]\nname = \"{name}\"\nflow = \"{flow}\"\ndeadline_secs = 20\n[devices.params]\nca_file = \"{ca}\"\n{params}\n")
+    };
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = [
+        "state_dir = \"state\"\nplugin_dirs = [\"plugins\"]\n".to_string(),
+        device(
+            "hub-sas",
+            "azure-iothub",
+            format!(
+                "hub_host = \"localhost\"\nport = \"{}\"\ndevice_id = \"direct01\"\nsymmetric_key = \"{DEVICE_KEY}\"\n",
+                port(Service::IotHub)
+            ),
+        ),
+        device(
+            "hub-edge",
+            "azure-iothub",
+            format!(
+                "hub_host = \"localhost\"\ngateway_host = \"127.0.0.1\"\nport = \"{}\"\ndevice_id = \"edge-leaf\"\n{}",
+                port(Service::IotHub),
+                cert("edge-leaf")
+            ),
+        ),
+        device(
+            "eu1",
+            "mindconnect-eu1",
+            format!(
+                "tenant = \"acme\"\nbroker_host = \"localhost\"\nport = \"{}\"\n{}",
+                port(Service::MindConnectEu1),
+                cert("agent1")
+            ),
+        ),
+        device(
+            "private",
+            "mindconnect-private",
+            format!(
+                "tenant = \"acme\"\nbroker_host = \"localhost\"\nport = \"{}\"\n{}",
+                port(Service::MindConnectPrivate),
+                cert("agent2")
+            ),
+        ),
+        device(
+            "eu2",
+            "mindconnect-eu2",
+            format!(
+                "id_scope = \"0ne00SANDBOX\"\ndps_host = \"localhost\"\ndps_port = \"{}\"\nhub_port = \"{}\"\n{}",
+                port(Service::Dps),
+                port(Service::IotHub),
+                cert("agent3")
+            ),
+        ),
+        device(
+            "rest-group",
+            "azure-dps-rest",
+            format!(
+                "id_scope = \"0ne00SANDBOX\"\nregistration_id = \"rest-dev1\"\ngroup_key = \"{}\"\ndps_host = \"localhost\"\ndps_port = \"{}\"\nhub_port = \"{}\"\n",
+                crate::sandbox::GROUP_KEY,
+                port(Service::DpsRest),
+                port(Service::IotHub)
+            ),
+        ),
+        device(
+            "rest-x509",
+            "azure-dps-rest",
+            format!(
+                "id_scope = \"0ne00SANDBOX\"\ndps_host = \"localhost\"\ndps_port = \"{}\"\nhub_port = \"{}\"\n{}",
+                port(Service::DpsRest),
+                port(Service::IotHub),
+                cert("rest-leaf")
+            ),
+        ),
+        device(
+            "aws",
+            "aws-iot",
+            format!(
+                "endpoint = \"localhost\"\nport = \"{}\"\n{}",
+                port(Service::AwsIot),
+                cert("thing1")
+            ),
+        ),
+        device(
+            "aws-expired",
+            "aws-iot",
+            format!(
+                "endpoint = \"localhost\"\nport = \"{}\"\n{}",
+                port(Service::AwsIot),
+                cert("expired")
+            ),
+        ),
+        device(
+            "incomplete",
+            "mindconnect-eu1",
+            "tenant = \"acme\"\nbrokr_host = \"localhost\"\n".into(),
+        ),
+        device(
+            "two-ways",
+            "azure-iothub",
+            format!(
+                "hub_host = \"localhost\"\ndevice_id = \"direct01\"\nsymmetric_key = \"{DEVICE_KEY}\"\n{}",
+                cert("edge-leaf")
+            ),
+        )
+        .replace("deadline_secs = 20", ""),
+        device(
+            "nowhere",
+            "azure-iothub",
+            format!(
+                "hub_host = \"localhost\"\nport = \"{closed_port}\"\ndevice_id = \"direct01\"\nsymmetric_key = \"{DEVICE_KEY}\"\n"
+            ),
+        )
+        .replace("deadline_secs = 20", "deadline_secs = 2"),
+        format!(
+            "[[device_templates]]\nmatch = \"line7-*\"\nflow = \"azure-dps\"\n[device_templates.params]\nid_scope = \"0ne00SANDBOX\"\nregistration_id = \"{{device}}\"\ngroup_key = \"{}\"\ndps_host = \"localhost\"\ndps_port = \"{}\"\nhub_port = \"{}\"\nca_file = \"{ca}\"\n",
+            crate::sandbox::GROUP_KEY,
+            port(Service::Dps),
+            port(Service::IotHub)
+        ),
+    ]
+    .concat();
+    let path = d.join("gatehost.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn gatehost_onboard(config: &Path, device: &str) -> Run {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["onboard", device, "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn onboarded(config: &Path, device: &str) -> Value {
+    let run = gatehost_onboard(config, device);
+    assert_eq!(run.code, Some(0), "{device}: {}", run.stderr);
+    serde_json::from_str(run.stdout.trim()).unwrap()
+}
+
+/// Connect with the kept connection and fresh credentials from the flow's `refresh`, and
+/// publish `payload` on `topic`.
+fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, payload: &str) {
+    let config = Config::load(config_path, true).unwrap();
+    let kept: Onboarded = serde_json::from_str(
+        &std::fs::read_to_string(onboard::state_path(&config, device)).unwrap(),
+    )
+    .unwrap();
+    let device_config = onboard::device(&config, device).unwrap();
+    let registry = Registry::load(config.device_env(&device_config, true));
+    let credentials = registry
+        .flow(&device_config.flow)
+        .unwrap()
+        .refresh(&kept.connection)
+        .unwrap();
+    let ctx = CapContext::ephemeral(
+        "provider-flows-test",
+        gatehost::plugins::manifest::Permissions {
+            endpoints: vec!["localhost:*".into(), "127.0.0.1:*".into()],
+            file_roots: vec![d.display().to_string()],
+            kv_namespace: None,
+        },
+    );
+    let options = connection_options(&ctx, &kept.connection, &credentials).unwrap();
+    let mut session = MqttSession::connect(&ctx, &options).unwrap();
+    session.publish(&Message::new(topic, payload, 1)).unwrap();
+}
+
+fn telemetry_from(sandbox: &Sandbox, service: Service, client_id: &str) -> Vec<u8> {
+    sandbox
+        .recorder
+        .wait_for(Duration::from_secs(5), |r| {
+            r.service == service.name() && r.event == "telemetry" && r.client_id == client_id
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no telemetry from {client_id}: {:#?}",
+                sandbox.recorder.all()
+            )
+        })
+        .body
+}
+
+#[test]
+fn every_provider_flow_onboards_and_carries_telemetry() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sandbox = start(d);
+    install_shipped_flows(d);
+    let config = write_config(d, &sandbox);
+
+    // IoT Hub directly with a SAS token, and through an "Edge gateway" (127.0.0.1) with X.509
+    // in the username form Edge requires.
+    let c = onboarded(&config, "hub-sas");
+    assert_eq!(
+        (&c["host"], &c["client_id"], &c["auth"]),
+        (&"localhost".into(), &"direct01".into(), &"password".into())
+    );
+    assert_eq!(c["username"], "localhost/direct01/?api-version=2021-04-12");
+    publish_over(
+        d,
+        &config,
+        "hub-sas",
+        "devices/direct01/messages/events/",
+        "1",
+    );
+    assert_eq!(telemetry_from(&sandbox, Service::IotHub, "direct01"), b"1");
+
+    let c = onboarded(&config, "hub-edge");
+    assert_eq!(c["host"], "127.0.0.1");
+    assert_eq!(c["username"], "localhost/edge-leaf/api-version=2016-11-14");
+    assert_eq!(c["auth"], "client-certificate");
+    assert_eq!(c["attributes"]["gateway"], "127.0.0.1");
+    publish_over(
+        d,
+        &config,
+        "hub-edge",
+        "devices/edge-leaf/messages/events/",
+        "2",
+    );
+    assert_eq!(telemetry_from(&sandbox, Service::IotHub, "edge-leaf"), b"2");
+
+    // MindConnect eu1 and private cloud: the broker closes a new agent's first connections while
+    // it provisions it; gatehost retries the flow until one stays up.
+    for (device, service, agent, auth) in [
+        (
+            "eu1",
+            Service::MindConnectEu1,
+            "acme_agent1",
+            "client-certificate",
+        ),
+        (
+            "private",
+            Service::MindConnectPrivate,
+            "acme_agent2",
+            "password",
+        ),
+    ] {
+        let c = onboarded(&config, device);
+        assert_eq!(c["client_id"], agent);
+        assert_eq!(c["auth"], auth);
+        assert!(c["attempts"].as_u64().unwrap() >= 2, "{device}: {c}");
+        let closes = sandbox
+            .recorder
+            .all()
+            .into_iter()
+            .filter(|r| r.service == service.name() && r.client_id == agent)
+            .filter(|r| r.detail.contains("provisioned"))
+            .count();
+        assert!(closes >= 1, "{device}: no provisioning close recorded");
+        let topic = format!("tc/acme/{agent}/i/amo_v3/ms");
+        assert_eq!(
+            c["attributes"]["publish-topic-prefix"],
+            format!("tc/acme/{agent}/i/")
+        );
+        publish_over(d, &config, device, &topic, r#"{"t":21.5}"#);
+        assert_eq!(telemetry_from(&sandbox, service, agent), br#"{"t":21.5}"#);
+    }
+    assert_eq!(
+        onboarded(&config, "private")["username"],
+        "_CertificateBearer"
+    );
+
+    // MindConnect eu2: DPS with X.509 (the first register is throttled: 429 + retry-after 1 s,
+    // waited out), then the assigned hub with the eu2 username.
+    let c = onboarded(&config, "eu2");
+    assert_eq!(c["client_id"], "acme_agent3");
+    assert_eq!(
+        c["username"],
+        "localhost/acme_agent3/?api-version=2018-06-30"
+    );
+    assert_eq!(c["auth"], "client-certificate");
+    assert_eq!(c["attempts"], 1, "the 429 is handled inside the flow");
+    let records = sandbox.recorder.all();
+    let throttled = records
+        .iter()
+        .find(|r| r.service == "dps" && r.event == "throttled" && r.client_id == "acme_agent3")
+        .expect("the first register was throttled");
+    let registered = records
+        .iter()
+        .find(|r| r.service == "dps" && r.event == "register" && r.client_id == "acme_agent3")
+        .expect("the register was sent again");
+    assert!(
+        registered.at_ms >= throttled.at_ms + 1000,
+        "the register was repeated {} ms after the 429, before its retry-after of 1 s",
+        registered.at_ms - throttled.at_ms
+    );
+    assert!(
+        registered.body.is_empty(),
+        "eu2 sends an empty register body"
+    );
+    publish_over(
+        d,
+        &config,
+        "eu2",
+        "devices/acme_agent3/messages/events/",
+        "3",
+    );
+    assert_eq!(
+        telemetry_from(&sandbox, Service::IotHub, "acme_agent3"),
+        b"3"
+    );
+
+    // DPS over HTTPS: a group-key device and an X.509 device (registration id = the CN), each
+    // throttled once (429 + Retry-After header) before it registers.
+    for (device, id, auth) in [
+        ("rest-group", "rest-dev1", "password"),
+        ("rest-x509", "rest-leaf", "client-certificate"),
+    ] {
+        let c = onboarded(&config, device);
+        assert_eq!(c["client_id"], id);
+        assert_eq!(c["auth"], auth);
+        assert_eq!(
+            c["username"],
+            format!("localhost/{id}/?api-version=2021-04-12")
+        );
+        let records = sandbox.recorder.all();
+        let of = |event: &str| {
+            records
+                .iter()
+                .find(|r| r.service == "dps-rest" && r.event == event && r.client_id == id)
+                .unwrap_or_else(|| panic!("{device}: no dps-rest {event}: {records:#?}"))
+        };
+        assert!(of("register").at_ms >= of("throttled").at_ms + 1000);
+        publish_over(
+            d,
+            &config,
+            device,
+            &format!("devices/{id}/messages/events/"),
+            "6",
+        );
+        assert_eq!(telemetry_from(&sandbox, Service::IotHub, id), b"6");
+    }
+
+    // AWS IoT: the thing's certificate, client id = its CN, policy-allowed topic.
+    let c = onboarded(&config, "aws");
+    assert_eq!(
+        (&c["client_id"], &c["auth"]),
+        (&"thing1".into(), &"client-certificate".into())
+    );
+    publish_over(d, &config, "aws", "dt/thing1/temperature", "4");
+    assert_eq!(telemetry_from(&sandbox, Service::AwsIot, "thing1"), b"4");
+
+    // Zero-touch: a device not listed, instantiated from the line7-* group-key template.
+    let c = onboarded(&config, "line7-dev9");
+    assert_eq!(c["client_id"], "line7-dev9");
+    assert_eq!(c["attributes"]["registration-id"], "line7-dev9");
+    publish_over(
+        d,
+        &config,
+        "line7-dev9",
+        "devices/line7-dev9/messages/events/",
+        "5",
+    );
+    assert_eq!(
+        telemetry_from(&sandbox, Service::IotHub, "line7-dev9"),
+        b"5"
+    );
+    // Secrets never reach the state directory.
+    for entry in std::fs::read_dir(d.join("state/devices")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(
+            !text.contains("SharedAccessSignature") && !text.contains("eyJ"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn flow_failures_are_named_before_or_instead_of_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sandbox = start(d);
+    install_shipped_flows(d);
+    let config = write_config(d, &sandbox);
+
+    for (device, want) in [
+        (
+            "incomplete",
+            "device 'incomplete': missing parameters: broker_host, certificate, key; unknown parameters: brokr_host (this flow takes tenant, broker_host, certificate, key, ca_file, port)",
+        ),
+        ("two-ways", "give only one of symmetric_key, certificate + key"),
+        ("aws-expired", "expired on"),
+        ("nowhere", "gave up after"),
+        ("line8-dev1", "no device 'line8-dev1' in the config ([[devices]] name = ...), and no [[device_templates]] match it"),
+        ("line7-bad/name", "device name 'line7-bad/name' cannot instantiate a template"),
+    ] {
+        let run = gatehost_onboard(&config, device);
+        assert_eq!(run.code, Some(1), "{device}: {}", run.stdout);
+        assert!(run.stderr.contains(want), "{device}: {}", run.stderr);
+        assert!(!run.stderr.contains("SharedAccessSignature"));
+    }
+    // The expired certificate was never presented.
+    assert!(
+        sandbox
+            .recorder
+            .all()
+            .iter()
+            .all(|r| r.client_id != "thing2"),
+        "{:#?}",
+        sandbox.recorder.all()
+    );
+    // `gatehost check` finds the parameter problems without running anything.
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("device 'incomplete': missing parameters: broker_host"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("device 'two-ways': give only one of"),
+        "{stderr}"
+    );
+}
