@@ -14,3 +14,4 @@ pub mod onboard;
 pub mod plugins;
 pub mod retry;
 pub mod sandbox;
+pub mod upstream;

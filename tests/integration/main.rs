@@ -21,4 +21,5 @@ mod sandbox_brokers;
 mod sandbox_rest;
 mod sandboxing;
 mod signatures;
+mod upstream;
 mod wasm_cache;

@@ -63,13 +63,14 @@ primary_key = "c2FuZGJveCBkZXZpY2Uga2V5IGZvciBkZXYwMQ=="
 fail = { error_code = 400209, error_message = "Custom allocation failed" }
 "#;
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
 }
 
-fn gatehost_onboard(config: &Path, device: &str, extra: &[&str]) -> Run {
+/// `gatehost onboard DEVICE --json --config CONFIG [extra]`.
+pub fn gatehost_onboard(config: &Path, device: &str, extra: &[&str]) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
         .args(["onboard", device, "--json", "--config"])
         .arg(config)
@@ -83,7 +84,8 @@ fn gatehost_onboard(config: &Path, device: &str, extra: &[&str]) -> Run {
     }
 }
 
-fn onboarded(config: &Path, device: &str, extra: &[&str]) -> serde_json::Value {
+/// The JSON of a successful `gatehost onboard`.
+pub fn onboarded(config: &Path, device: &str, extra: &[&str]) -> serde_json::Value {
     let run = gatehost_onboard(config, device, extra);
     assert_eq!(run.code, Some(0), "{device}: {}", run.stderr);
     serde_json::from_str(run.stdout.trim()).unwrap()

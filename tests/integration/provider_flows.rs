@@ -4,6 +4,7 @@
 //! zero-touch templates, and the bad cases (missing and unknown parameters, an expired
 //! certificate, an unreachable endpoint past its deadline).
 
+use crate::onboard::{gatehost_onboard, onboarded};
 use crate::sandbox::DEVICE_KEY;
 use crate::sandbox_brokers::{openssl_ca, openssl_leaf, openssl_leaf_valid_for};
 use crate::support::install_shipped_flows;
@@ -15,7 +16,6 @@ use gatehost::onboard::{self, Onboarded};
 use gatehost::plugins::registry::Registry;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -214,31 +214,6 @@ fn write_config(d: &Path, sandbox: &Sandbox) -> PathBuf {
     path
 }
 
-struct Run {
-    code: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-fn gatehost_onboard(config: &Path, device: &str) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
-        .args(["onboard", device, "--json", "--config"])
-        .arg(config)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-fn onboarded(config: &Path, device: &str) -> Value {
-    let run = gatehost_onboard(config, device);
-    assert_eq!(run.code, Some(0), "{device}: {}", run.stderr);
-    serde_json::from_str(run.stdout.trim()).unwrap()
-}
-
 /// Connect with the kept connection and fresh credentials from the flow's `refresh`, and
 /// publish `payload` on `topic`.
 fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, payload: &str) {
@@ -292,7 +267,7 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
 
     // IoT Hub directly with a SAS token, and through an "Edge gateway" (127.0.0.1) with X.509
     // in the username form Edge requires.
-    let c = onboarded(&config, "hub-sas");
+    let c = onboarded(&config, "hub-sas", &[]);
     assert_eq!(
         (&c["host"], &c["client_id"], &c["auth"]),
         (&"localhost".into(), &"direct01".into(), &"password".into())
@@ -307,7 +282,7 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
     );
     assert_eq!(telemetry_from(&sandbox, Service::IotHub, "direct01"), b"1");
 
-    let c = onboarded(&config, "hub-edge");
+    let c = onboarded(&config, "hub-edge", &[]);
     assert_eq!(c["host"], "127.0.0.1");
     assert_eq!(c["username"], "localhost/edge-leaf/api-version=2016-11-14");
     assert_eq!(c["auth"], "client-certificate");
@@ -337,7 +312,7 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
             "password",
         ),
     ] {
-        let c = onboarded(&config, device);
+        let c = onboarded(&config, device, &[]);
         assert_eq!(c["client_id"], agent);
         assert_eq!(c["auth"], auth);
         assert!(c["attempts"].as_u64().unwrap() >= 2, "{device}: {c}");
@@ -358,13 +333,13 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
         assert_eq!(telemetry_from(&sandbox, service, agent), br#"{"t":21.5}"#);
     }
     assert_eq!(
-        onboarded(&config, "private")["username"],
+        onboarded(&config, "private", &[])["username"],
         "_CertificateBearer"
     );
 
     // MindConnect eu2: DPS with X.509 (the first register is throttled: 429 + retry-after 1 s,
     // waited out), then the assigned hub with the eu2 username.
-    let c = onboarded(&config, "eu2");
+    let c = onboarded(&config, "eu2", &[]);
     assert_eq!(c["client_id"], "acme_agent3");
     assert_eq!(
         c["username"],
@@ -408,7 +383,7 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
         ("rest-group", "rest-dev1", "password"),
         ("rest-x509", "rest-leaf", "client-certificate"),
     ] {
-        let c = onboarded(&config, device);
+        let c = onboarded(&config, device, &[]);
         assert_eq!(c["client_id"], id);
         assert_eq!(c["auth"], auth);
         assert_eq!(
@@ -434,7 +409,7 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
     }
 
     // AWS IoT: the thing's certificate, client id = its CN, policy-allowed topic.
-    let c = onboarded(&config, "aws");
+    let c = onboarded(&config, "aws", &[]);
     assert_eq!(
         (&c["client_id"], &c["auth"]),
         (&"thing1".into(), &"client-certificate".into())
@@ -443,7 +418,7 @@ fn every_provider_flow_onboards_and_carries_telemetry() {
     assert_eq!(telemetry_from(&sandbox, Service::AwsIot, "thing1"), b"4");
 
     // Zero-touch: a device not listed, instantiated from the line7-* group-key template.
-    let c = onboarded(&config, "line7-dev9");
+    let c = onboarded(&config, "line7-dev9", &[]);
     assert_eq!(c["client_id"], "line7-dev9");
     assert_eq!(c["attributes"]["registration-id"], "line7-dev9");
     publish_over(
@@ -486,7 +461,7 @@ fn flow_failures_are_named_before_or_instead_of_connecting() {
         ("line8-dev1", "no device 'line8-dev1' in the config ([[devices]] name = ...), and no [[device_templates]] match it"),
         ("line7-bad/name", "device name 'line7-bad/name' cannot instantiate a template"),
     ] {
-        let run = gatehost_onboard(&config, device);
+        let run = gatehost_onboard(&config, device, &[]);
         assert_eq!(run.code, Some(1), "{device}: {}", run.stdout);
         assert!(run.stderr.contains(want), "{device}: {}", run.stderr);
         assert!(!run.stderr.contains("SharedAccessSignature"));

@@ -53,6 +53,9 @@ pub enum PluginHandle {
 pub struct LoadedPlugin {
     pub info: Discovered,
     pub handle: PluginHandle,
+    /// What the plugin may use; the host opens a flow's connections with it too, so they
+    /// stay within the flow's endpoints and file roots.
+    pub caps: CapContext,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +109,7 @@ impl Loader {
     }
 
     /// Load one discovered plugin with its limits and capabilities.
-    pub fn load(&self, info: &Discovered) -> Result<PluginHandle, LoadError> {
+    pub fn load(&self, info: &Discovered) -> Result<LoadedPlugin, LoadError> {
         let m = &info.manifest;
         let (base, config) = match m.kind {
             PluginKind::Rule => (Limits::rule(), &self.env.rule_limits),
@@ -127,19 +130,24 @@ impl Loader {
             .unwrap_or_default();
         caps.insecure_skip_verify = self.env.insecure_skip_verify;
         let path = &info.entry;
-        Ok(match (info.engine, m.kind) {
+        let handle = match (info.engine, m.kind) {
             (EngineKind::Rhai, PluginKind::Rule) => {
                 PluginHandle::Rule(Arc::new(RhaiRule::load(path, &caps, limits)?))
             }
             (EngineKind::Rhai, PluginKind::Flow) => {
                 PluginHandle::Flow(Arc::new(RhaiFlow::load(path, &caps, limits)?))
             }
-            (EngineKind::Wasm, PluginKind::Rule) => {
-                PluginHandle::Rule(Arc::new(self.wasm()?.load_rule(path, caps, limits)?))
-            }
-            (EngineKind::Wasm, PluginKind::Flow) => {
-                PluginHandle::Flow(Arc::new(self.wasm()?.load_flow(path, caps, limits)?))
-            }
+            (EngineKind::Wasm, PluginKind::Rule) => PluginHandle::Rule(Arc::new(
+                self.wasm()?.load_rule(path, caps.clone(), limits)?,
+            )),
+            (EngineKind::Wasm, PluginKind::Flow) => PluginHandle::Flow(Arc::new(
+                self.wasm()?.load_flow(path, caps.clone(), limits)?,
+            )),
+        };
+        Ok(LoadedPlugin {
+            info: info.clone(),
+            handle,
+            caps,
         })
     }
 }
@@ -182,13 +190,12 @@ impl Registry {
             .into());
         }
         let info = discover_one(&manifest_path).map_err(DiscoveryError::from)?;
-        let handle = Loader::new(env)
+        Loader::new(env)
             .load(&info)
             .map_err(|source| RegistryError::Load {
                 name: info.manifest.name.clone(),
                 source,
-            })?;
-        Ok(LoadedPlugin { info, handle })
+            })
     }
 
     /// Discover the plugin directories but load only the plugin called `name` (what
@@ -206,21 +213,20 @@ impl Registry {
                 hint: available_hint(names.iter().map(String::as_str)),
             });
         };
-        let handle = Loader::new(env)
+        Loader::new(env)
             .load(&info)
             .map_err(|source| RegistryError::Load {
                 name: name.to_string(),
                 source,
-            })?;
-        Ok(LoadedPlugin { info, handle })
+            })
     }
 
     fn add(&mut self, loader: &Loader, info: Discovered) {
         let name = info.manifest.name.clone();
         match loader.load(&info) {
-            Ok(handle) => {
+            Ok(loaded) => {
                 tracing::debug!(plugin = %name, engine = %info.engine, "plugin loaded");
-                self.loaded.insert(name, LoadedPlugin { info, handle });
+                self.loaded.insert(name, loaded);
             }
             Err(source) => {
                 let err = RegistryError::Load {

@@ -21,14 +21,14 @@ fn decode(text: &str) -> String {
 
 /// Check a SAS token against the resource it must be for, the key it must be signed with and
 /// the key name (`skn`) it may carry, at `now`. The error says what is wrong, for the service's
-/// log (never the token itself).
+/// log (never the token itself). Returns the token's expiry (unix seconds).
 pub fn verify_sas(
     token: &str,
     resource: &str,
     key_base64: &str,
     key_name: Option<&str>,
     now: u64,
-) -> Result<(), String> {
+) -> Result<u64, String> {
     let fields = token
         .strip_prefix("SharedAccessSignature ")
         .ok_or("the password is not a SharedAccessSignature token")?;
@@ -86,7 +86,7 @@ pub fn verify_sas(
     if crypto::sas_signature(&signed_sr, &key, expiry) != sig {
         return Err("the SAS signature does not match the enrolled key".to_string());
     }
-    Ok(())
+    Ok(expiry)
 }
 
 /// Check that `chain` (DER, leaf first, as presented in the TLS handshake) leads to one of the

@@ -113,6 +113,7 @@ impl MqttService for AwsIot {
         ConnectVerdict::Accept(Ok(Identity {
             label: format!("x509:{thing}"),
             entry: Some(index),
+            expires_at: None,
         }))
     }
 

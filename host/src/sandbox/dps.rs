@@ -169,6 +169,7 @@ impl Dps {
                 return Ok(Identity {
                     label,
                     entry: Some(i),
+                    expires_at: None,
                 });
             }
             let mut last = format!("no enrollment matches registration id '{registration_id}'");
@@ -180,10 +181,11 @@ impl Dps {
                 let key =
                     crypto::derive_device_key(group_key, registration_id).map_err(|e| e.message)?;
                 match check(&key) {
-                    Ok(()) => {
+                    Ok(_) => {
                         return Ok(Identity {
                             label,
                             entry: Some(i),
+                            expires_at: None,
                         })
                     }
                     Err(why) => last = format!("{why} (group enrollment {i})"),
@@ -222,6 +224,7 @@ impl Dps {
             return Ok(Identity {
                 label,
                 entry: Some(i),
+                expires_at: None,
             });
         }
         let mut last = format!("no enrollment matches registration id '{registration_id}'");
@@ -232,6 +235,7 @@ impl Dps {
                     return Ok(Identity {
                         label,
                         entry: Some(i),
+                        expires_at: None,
                     })
                 }
                 Err(why) => last = format!("{why} (group enrollment {i})"),

@@ -84,11 +84,12 @@ impl IotHub {
         (!device.is_empty() && tail.starts_with("api-version=")).then_some(device)
     }
 
+    /// Who the client is (`sas:<id>` / `x509:<id>`) and when its SAS token expires.
     fn authenticate(
         &self,
         request: &ConnectRequest<'_>,
         device_id: &str,
-    ) -> Result<String, String> {
+    ) -> Result<(String, Option<u64>), String> {
         let auth = self.devices.get(device_id).ok_or_else(|| {
             format!(
                 "device '{device_id}' is not registered in {}",
@@ -103,8 +104,8 @@ impl IotHub {
                 ));
             };
             let resource = format!("{}/devices/{device_id}", self.hostname);
-            auth::verify_sas(request.password, &resource, key, None, now)?;
-            return Ok(format!("sas:{device_id}"));
+            let expiry = auth::verify_sas(request.password, &resource, key, None, now)?;
+            return Ok((format!("sas:{device_id}"), Some(expiry)));
         }
         let leaf = request
             .peer_chain
@@ -127,7 +128,7 @@ impl IotHub {
                     "the client certificate",
                 )
                 .map_err(|e| e.message)?;
-                Ok(format!("x509:{device_id}"))
+                Ok((format!("x509:{device_id}"), None))
             }
             DeviceAuth::CertificateAuthority(cas) => {
                 let cn = auth::verify_chain(request.peer_chain, cas, now as i64)?;
@@ -136,7 +137,7 @@ impl IotHub {
                         "the client certificate is for '{cn}', not device '{device_id}'"
                     ));
                 }
-                Ok(format!("x509:{device_id}"))
+                Ok((format!("x509:{device_id}"), None))
             }
         }
     }
@@ -203,7 +204,11 @@ impl MqttService for IotHub {
             return refusal;
         }
         match self.authenticate(request, device_id) {
-            Ok(label) => ConnectVerdict::Accept(Ok(Identity { label, entry: None })),
+            Ok((label, expires_at)) => ConnectVerdict::Accept(Ok(Identity {
+                label,
+                entry: None,
+                expires_at,
+            })),
             Err(why) => ConnectVerdict::Refuse(ConnectReturnCode::NotAuthorized, why),
         }
     }

@@ -261,6 +261,7 @@ impl MqttService for MindConnect {
         ConnectVerdict::Accept(Ok(Identity {
             label: format!("x509:{expected}"),
             entry: None,
+            expires_at: None,
         }))
     }
 

@@ -57,6 +57,9 @@ pub struct Identity {
     pub label: String,
     /// The configured entry (enrollment, device, thing) the client matched, by index.
     pub entry: Option<usize>,
+    /// When the credentials expire (unix seconds): the session is closed then, as IoT Hub
+    /// closes a connection whose SAS token expires.
+    pub expires_at: Option<u64>,
 }
 
 pub enum ConnectVerdict {
@@ -557,6 +560,20 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            let expires_at = session
+                .auth
+                .as_ref()
+                .ok()
+                .and_then(|identity| identity.expires_at);
+            let expiry = async move {
+                match expires_at {
+                    Some(at) => {
+                        let left = at.saturating_sub(crate::caps::crypto::now_unix());
+                        tokio::time::sleep(Duration::from_secs(left)).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 read = reader.read_buf(buf) => match read {
                     Ok(0) => return "the client closed the connection".into(),
@@ -581,6 +598,7 @@ impl Connection {
                     None => return "the server stopped".into(),
                 },
                 _ = silence => return format!("no packet for 1.5 × the {keep_alive} s keep-alive; closed"),
+                _ = expiry => return "the credentials expired; closed".into(),
             }
         }
     }

@@ -1,0 +1,190 @@
+//! One device's upstream (cloud) MQTT session: opened with the device's onboarded connection and
+//! fresh credentials from its flow's `refresh`; credentials renewed by a reconnect at 85 % of
+//! their lifetime at the latest; the flow run once more when the kept endpoint refuses the device
+//! (moved or deleted); and a publish that finds the session broken sent again on a new one, so
+//! a message handed to [`DeviceSession::publish`] is either acknowledged or returned as an error.
+
+use crate::caps::mqtt::{connection_options, MqttSession};
+use crate::caps::CapContext;
+use crate::config::{Config, DeviceConfig};
+use crate::engine::FlowPlugin;
+use crate::model::{Connection, ErrorKind, Message, PluginError};
+use crate::onboard::{self, OnboardError, Onboarded};
+use crate::plugins::registry::{Registry, RegistryError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Credentials are renewed once this share of their lifetime has passed.
+pub const RENEW_AT: f64 = 0.85;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error(transparent)]
+    Onboard(#[from] OnboardError),
+    #[error(transparent)]
+    Plugin(#[from] RegistryError),
+    #[error("device '{device}': {source}")]
+    Session { device: String, source: PluginError },
+}
+
+/// A device's live session to its cloud endpoint.
+pub struct DeviceSession<'a> {
+    config: &'a Config,
+    registry: &'a Registry,
+    device: DeviceConfig,
+    flow: Arc<dyn FlowPlugin>,
+    /// The flow's permissions (endpoints, file roots) with a session count of its own: the
+    /// host's upstream sessions do not use up the flow's plugin session slots.
+    caps: CapContext,
+    onboarded: Onboarded,
+    session: Option<MqttSession>,
+    /// Unix seconds (fractional) when the current credentials are to be renewed.
+    renew_at: Option<f64>,
+    expires_at: Option<u64>,
+    renewals: u32,
+    registrations: u32,
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl<'a> DeviceSession<'a> {
+    /// Onboard `device` (reusing its kept connection when possible) and connect.
+    pub fn open(
+        config: &'a Config,
+        registry: &'a Registry,
+        device: &DeviceConfig,
+    ) -> Result<DeviceSession<'a>, UpstreamError> {
+        let outcome = onboard::onboard(config, registry, device, false)?;
+        let mut caps = registry.get(&device.flow)?.caps.clone();
+        caps.open_sessions = Default::default();
+        let mut session = DeviceSession {
+            config,
+            registry,
+            device: device.clone(),
+            flow: registry.flow(&device.flow)?,
+            caps,
+            onboarded: outcome.onboarded,
+            session: None,
+            renew_at: None,
+            expires_at: None,
+            renewals: 0,
+            registrations: u32::from(outcome.registered),
+        };
+        session.connect()?;
+        Ok(session)
+    }
+
+    /// Publish `msg` (QoS 1 waits for the PUBACK). Renews the credentials first when due; a
+    /// session found closed is replaced and the message sent again once.
+    pub fn publish(&mut self, msg: &Message) -> Result<(), UpstreamError> {
+        if self.renew_at.is_some_and(|at| now_secs() >= at) {
+            self.renew()?;
+        }
+        let mut retried = false;
+        loop {
+            if self.session.is_none() {
+                self.connect()?;
+            }
+            let Some(session) = self.session.as_mut() else {
+                continue;
+            };
+            match session.publish(msg) {
+                Ok(()) => return Ok(()),
+                Err(e) if !retried && is_broken(&e) => {
+                    tracing::warn!(device = %self.device.name, "the upstream session broke ({e}); reconnecting");
+                    self.session = None;
+                    retried = true;
+                }
+                Err(source) => return Err(self.error(source)),
+            }
+        }
+    }
+
+    /// Replace the session by one with fresh credentials. Publishes are synchronous, so
+    /// nothing is in flight on the old session when it is closed.
+    pub fn renew(&mut self) -> Result<(), UpstreamError> {
+        if let Some(mut old) = self.session.take() {
+            let _ = old.disconnect();
+        }
+        self.connect()?;
+        self.renewals += 1;
+        tracing::info!(device = %self.device.name, renewals = self.renewals, "credentials renewed");
+        Ok(())
+    }
+
+    /// Connect with fresh credentials; when the kept endpoint refuses the device, register it
+    /// again (once) and connect to wherever the flow now says.
+    fn connect(&mut self) -> Result<(), UpstreamError> {
+        match self.try_connect() {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == ErrorKind::Refused => {
+                tracing::warn!(
+                    device = %self.device.name,
+                    "{} refused the device ({e}); running flow '{}' again",
+                    self.onboarded.connection.host,
+                    self.device.flow
+                );
+                let outcome = onboard::onboard(self.config, self.registry, &self.device, true)?;
+                self.onboarded = outcome.onboarded;
+                self.registrations += 1;
+                self.try_connect().map_err(|source| self.error(source))
+            }
+            Err(source) => Err(self.error(source)),
+        }
+    }
+
+    fn try_connect(&mut self) -> Result<(), PluginError> {
+        let credentials = self.flow.refresh(&self.onboarded.connection)?;
+        let options = connection_options(&self.caps, &self.onboarded.connection, &credentials)?;
+        let issued = now_secs();
+        let session = MqttSession::connect(&self.caps, &options)?;
+        self.expires_at = credentials.expires_at;
+        self.renew_at = credentials
+            .expires_at
+            .map(|at| issued + (at as f64 - issued).max(0.0) * RENEW_AT);
+        self.session = Some(session);
+        Ok(())
+    }
+
+    fn error(&self, source: PluginError) -> UpstreamError {
+        UpstreamError::Session {
+            device: self.device.name.clone(),
+            source,
+        }
+    }
+
+    /// The connection in use (secrets blanked).
+    pub fn connection(&self) -> &Connection {
+        &self.onboarded.connection
+    }
+
+    /// How many times the credentials were renewed.
+    pub fn renewals(&self) -> u32 {
+        self.renewals
+    }
+
+    /// How many times the flow registered the device while this session was open (including
+    /// the first onboarding when nothing was kept).
+    pub fn registrations(&self) -> u32 {
+        self.registrations
+    }
+
+    /// Time left before the current credentials expire; `None` when they do not.
+    pub fn time_to_expiry(&self) -> Option<Duration> {
+        self.expires_at
+            .map(|at| Duration::from_secs_f64((at as f64 - now_secs()).max(0.0)))
+    }
+}
+
+/// Failures after which a new session may succeed where the old one broke.
+fn is_broken(e: &PluginError) -> bool {
+    matches!(
+        e.kind,
+        ErrorKind::Closed | ErrorKind::Io | ErrorKind::Timeout
+    )
+}
