@@ -121,7 +121,7 @@ mod tests {
         let good = crypto::sas_token(resource, KEY, Some("registration"), 2000).unwrap();
         assert_eq!(
             verify_sas(&good, resource, KEY, Some("registration"), 1000),
-            Ok(())
+            Ok(2000)
         );
         assert_eq!(
             verify_sas(&good, resource, KEY, Some("registration"), 2000),
@@ -138,7 +138,7 @@ mod tests {
         let unnamed = crypto::sas_token(resource, KEY, None, 2000).unwrap();
         assert_eq!(
             verify_sas(&unnamed, resource, KEY, Some("registration"), 1000),
-            Ok(())
+            Ok(2000)
         );
         let other = crypto::sas_token(resource, KEY, Some("iothubowner"), 2000).unwrap();
         assert_eq!(
@@ -165,7 +165,7 @@ mod tests {
         };
         assert_eq!(
             verify_sas(&reordered, resource, KEY, Some("registration"), 1000),
-            Ok(())
+            Ok(2000)
         );
     }
 }
