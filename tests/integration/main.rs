@@ -8,6 +8,7 @@ mod broker;
 mod certs_openssl;
 mod cli;
 mod engine_limits;
+mod flow_twins;
 mod flows;
 mod net_http;
 mod net_mqtt;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 /// The sandbox: DPS (throttling each registration's first register), a hub with two directly
 /// registered devices, both MindConnect brokers for tenant `acme`, and AWS IoT things by CA.
-fn start(d: &Path) -> Sandbox {
+pub fn start(d: &Path) -> Sandbox {
     openssl_ca(d, "acme-ca");
     for (name, cn) in [
         ("agent1", "agent1"),
@@ -76,7 +76,7 @@ allow = ["dt/${{iot:ClientId}}/#"]
 }
 
 /// `gatehost.toml` with one device per flow (and the bad ones).
-fn write_config(d: &Path, sandbox: &Sandbox) -> PathBuf {
+pub fn write_config(d: &Path, sandbox: &Sandbox) -> PathBuf {
     let port = |s| sandbox.port(s).unwrap();
     let ca = sandbox.ca_file().display().to_string();
     let cert = |name: &str| {
