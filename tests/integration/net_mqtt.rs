@@ -540,7 +540,8 @@ fn onboard(p) {
 }
 fn refresh(conn) { #{} }
 "#;
-    let flow = load_flow(&dir, &dir.rhai("hoarder", "flow", script, &perms));
+    let limited = format!("{perms}\n[limits]\nmax_sessions = 8\n");
+    let flow = load_flow(&dir, &dir.rhai("hoarder", "flow", script, &limited));
     let params = |count: u32| -> Vec<Pair> {
         let mut params = client_params(&pki, broker.port);
         params.push(("count".into(), count.to_string()));
@@ -550,7 +551,7 @@ fn refresh(conn) { #{} }
     assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");
     assert_eq!(
         e.message,
-        "plugin 'hoarder' already has 8 MQTT sessions open"
+        "plugin 'hoarder' already has 8 MQTT sessions open (limits max_sessions)"
     );
     // The failed calls closed what they opened: all 8 slots are free again, twice over.
     for _ in 0..2 {

@@ -32,8 +32,10 @@ pub struct CapContext {
     pub gateway: GatewayPermissions,
     /// Skip TLS server verification: set only from the gateway config, never by a plugin.
     pub insecure_skip_verify: bool,
-    /// MQTT sessions this plugin has open (bounded by [`MAX_SESSIONS`]).
+    /// MQTT sessions this plugin has open (bounded by `max_sessions`).
     pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most MQTT sessions it may hold open at once (its limits' `max_sessions`).
+    pub max_sessions: usize,
 }
 
 /// How the gateway config narrows one plugin's declared permissions (`[permissions.<plugin>]`):
@@ -45,7 +47,7 @@ pub struct GatewayPermissions {
     pub file_roots: Option<Vec<String>>,
 }
 
-/// Open network sessions one plugin may hold at a time.
+/// Open network sessions one plugin may hold at a time, unless its limits say otherwise.
 pub const MAX_SESSIONS: usize = 8;
 
 impl CapContext {
@@ -68,6 +70,7 @@ impl CapContext {
             gateway: GatewayPermissions::default(),
             insecure_skip_verify: false,
             open_sessions: Default::default(),
+            max_sessions: MAX_SESSIONS,
         }
     }
 

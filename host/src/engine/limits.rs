@@ -19,6 +19,9 @@ pub struct Limits {
     pub max_map_len: usize,
     /// Rhai: deepest function call nesting.
     pub max_call_depth: usize,
+    /// MQTT sessions the plugin may hold open at once, over all its concurrent calls (a flow
+    /// onboarding 100 devices at once holds up to 100).
+    pub max_sessions: usize,
 }
 
 pub const RULE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -35,6 +38,7 @@ impl Limits {
             max_array_len: 65_536,
             max_map_len: 16_384,
             max_call_depth: 64,
+            max_sessions: 8,
         }
     }
 
@@ -42,6 +46,7 @@ impl Limits {
         Limits {
             timeout: FLOW_TIMEOUT,
             max_operations: 50_000_000,
+            max_sessions: 256,
             ..Limits::rule()
         }
     }
@@ -57,6 +62,9 @@ impl Limits {
         if let Some(ops) = o.max_operations {
             self.max_operations = ops;
         }
+        if let Some(n) = o.max_sessions {
+            self.max_sessions = n;
+        }
         self
     }
 }
@@ -71,4 +79,6 @@ pub struct LimitOverrides {
     pub memory_mib: Option<u32>,
     /// Rhai operations per call.
     pub max_operations: Option<u64>,
+    /// MQTT sessions open at once.
+    pub max_sessions: Option<usize>,
 }

@@ -23,6 +23,7 @@
 //! timeout_ms = 1000
 //! memory_mib = 64
 //! max_operations = 1000000
+//! max_sessions = 8              # MQTT sessions open at once (rules 8, flows 256)
 //! ```
 
 use crate::engine::limits::LimitOverrides;

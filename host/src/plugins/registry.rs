@@ -129,6 +129,7 @@ impl Loader {
             .cloned()
             .unwrap_or_default();
         caps.insecure_skip_verify = self.env.insecure_skip_verify;
+        caps.max_sessions = limits.max_sessions;
         let path = &info.entry;
         let handle = match (info.engine, m.kind) {
             (EngineKind::Rhai, PluginKind::Rule) => {

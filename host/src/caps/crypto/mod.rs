@@ -232,6 +232,11 @@ pub fn mindconnect_jwt(
     if client_id.is_empty() {
         return Err(invalid("MindConnect client id is empty".into()));
     }
+    if key.algorithm() == crate::caps::certs::keys::KeyAlgorithm::P256 {
+        return Err(invalid(format!(
+            "MindConnect tokens are RS256: agent '{client_id}' needs an RSA key, not a P-256 one"
+        )));
+    }
     if tenant.is_empty() || tenant.chars().count() > 36 {
         return Err(invalid(format!(
             "MindConnect tenant must be 1 to 36 characters, got {}",

@@ -10,7 +10,7 @@ pub mod rhai;
 pub mod wasm;
 
 use super::tls::{self, TlsOptions};
-use super::{CapContext, MAX_SESSIONS};
+use super::CapContext;
 use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
 use link::{Link, LinkEvent, LinkOptions};
 use rumqttc::QoS;
@@ -221,13 +221,13 @@ impl MqttSession {
             None => None,
         };
         let slots = ctx.open_sessions.fetch_add(1, Ordering::SeqCst);
-        if slots >= MAX_SESSIONS {
+        if slots >= ctx.max_sessions {
             ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
             return Err(err(
                 ErrorKind::LimitExceeded,
                 format!(
-                    "plugin '{}' already has {MAX_SESSIONS} MQTT sessions open",
-                    ctx.plugin
+                    "plugin '{}' already has {} MQTT sessions open (limits max_sessions)",
+                    ctx.plugin, ctx.max_sessions
                 ),
             ));
         }
