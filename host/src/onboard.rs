@@ -4,7 +4,7 @@
 //! secrets (SAS tokens, JWTs) are never written — `refresh` mints them for every connection.
 
 use crate::config::{Config, DeviceConfig};
-use crate::model::{Auth, Connection, Pair, PluginError};
+use crate::model::{Auth, Connection, PluginError};
 use crate::plugins::registry::{Registry, RegistryError};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
@@ -101,7 +101,7 @@ pub fn onboard(
         }
     }
     let flow = registry.flow(&device.flow)?;
-    let (connection, attempts) = run_with_retries(device, |params| flow.onboard(params), &params)?;
+    let (connection, attempts) = run_with_retries(device, || flow.onboard(&params))?;
     let onboarded = Onboarded {
         device: device.name.clone(),
         flow: device.flow.clone(),
@@ -122,8 +122,7 @@ pub fn onboard(
 /// [`Backoff`](crate::retry::Backoff) waits. Returns the result and the number of attempts.
 fn run_with_retries<T>(
     device: &DeviceConfig,
-    mut attempt: impl FnMut(&[Pair]) -> Result<T, PluginError>,
-    params: &[Pair],
+    mut attempt: impl FnMut() -> Result<T, PluginError>,
 ) -> Result<(T, u32), OnboardError> {
     let started = Instant::now();
     let deadline = started + device.deadline();
@@ -131,7 +130,7 @@ fn run_with_retries<T>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let failure = match attempt(params) {
+        let failure = match attempt() {
             Ok(value) => return Ok((value, attempts)),
             Err(e) => e,
         };

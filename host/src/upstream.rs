@@ -85,24 +85,28 @@ impl<'a> DeviceSession<'a> {
         if self.renew_at.is_some_and(|at| now_secs() >= at) {
             self.renew()?;
         }
-        let mut retried = false;
-        loop {
-            if self.session.is_none() {
-                self.connect()?;
+        let first = self.session()?.publish(msg);
+        match first {
+            Err(e) if is_broken(&e) => {
+                tracing::warn!(device = %self.device.name, "the upstream session broke ({e}); reconnecting");
+                self.session = None;
+                let second = self.session()?.publish(msg);
+                second.map_err(|source| self.error(source))
             }
-            let Some(session) = self.session.as_mut() else {
-                continue;
-            };
-            match session.publish(msg) {
-                Ok(()) => return Ok(()),
-                Err(e) if !retried && is_broken(&e) => {
-                    tracing::warn!(device = %self.device.name, "the upstream session broke ({e}); reconnecting");
-                    self.session = None;
-                    retried = true;
-                }
-                Err(source) => return Err(self.error(source)),
-            }
+            other => other.map_err(|source| self.error(source)),
         }
+    }
+
+    /// The current session, connecting first when there is none.
+    fn session(&mut self) -> Result<&mut MqttSession, UpstreamError> {
+        if self.session.is_none() {
+            self.connect()?;
+        }
+        let device = &self.device.name;
+        self.session.as_mut().ok_or_else(|| UpstreamError::Session {
+            device: device.clone(),
+            source: PluginError::new(ErrorKind::Closed, "no upstream session".to_string()),
+        })
     }
 
     /// Replace the session by one with fresh credentials. Publishes are synchronous, so

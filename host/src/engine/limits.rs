@@ -38,7 +38,7 @@ impl Limits {
             max_array_len: 65_536,
             max_map_len: 16_384,
             max_call_depth: 64,
-            max_sessions: 8,
+            max_sessions: crate::caps::MAX_SESSIONS,
         }
     }
 

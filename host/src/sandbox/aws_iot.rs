@@ -110,11 +110,7 @@ impl MqttService for AwsIot {
                 request.client_id
             ));
         }
-        ConnectVerdict::Accept(Ok(Identity {
-            label: format!("x509:{thing}"),
-            entry: Some(index),
-            expires_at: None,
-        }))
+        ConnectVerdict::Accept(Ok(Identity::new(format!("x509:{thing}"), Some(index))))
     }
 
     fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String> {

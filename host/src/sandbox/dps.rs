@@ -166,11 +166,7 @@ impl Dps {
                     ));
                 };
                 check(key)?;
-                return Ok(Identity {
-                    label,
-                    entry: Some(i),
-                    expires_at: None,
-                });
+                return Ok(Identity::new(label, Some(i)));
             }
             let mut last = format!("no enrollment matches registration id '{registration_id}'");
             for (i, e) in self.enrollments.iter().enumerate() {
@@ -181,13 +177,7 @@ impl Dps {
                 let key =
                     crypto::derive_device_key(group_key, registration_id).map_err(|e| e.message)?;
                 match check(&key) {
-                    Ok(_) => {
-                        return Ok(Identity {
-                            label,
-                            entry: Some(i),
-                            expires_at: None,
-                        })
-                    }
+                    Ok(_) => return Ok(Identity::new(label, Some(i))),
                     Err(why) => last = format!("{why} (group enrollment {i})"),
                 }
             }
@@ -221,23 +211,13 @@ impl Dps {
                 "the client certificate",
             )
             .map_err(|e| e.message)?;
-            return Ok(Identity {
-                label,
-                entry: Some(i),
-                expires_at: None,
-            });
+            return Ok(Identity::new(label, Some(i)));
         }
         let mut last = format!("no enrollment matches registration id '{registration_id}'");
         for (i, e) in self.enrollments.iter().enumerate() {
             let Some(ca) = &e.ca else { continue };
             match auth::verify_chain(peer_chain, ca, now as i64) {
-                Ok(_) => {
-                    return Ok(Identity {
-                        label,
-                        entry: Some(i),
-                        expires_at: None,
-                    })
-                }
+                Ok(_) => return Ok(Identity::new(label, Some(i))),
                 Err(why) => last = format!("{why} (group enrollment {i})"),
             }
         }

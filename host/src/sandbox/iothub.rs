@@ -205,9 +205,8 @@ impl MqttService for IotHub {
         }
         match self.authenticate(request, device_id) {
             Ok((label, expires_at)) => ConnectVerdict::Accept(Ok(Identity {
-                label,
-                entry: None,
                 expires_at,
+                ..Identity::new(label, None)
             })),
             Err(why) => ConnectVerdict::Refuse(ConnectReturnCode::NotAuthorized, why),
         }

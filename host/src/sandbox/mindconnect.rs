@@ -258,11 +258,7 @@ impl MqttService for MindConnect {
         if let Err(why) = self.provisioned(request.client_id) {
             return ConnectVerdict::Close(why);
         }
-        ConnectVerdict::Accept(Ok(Identity {
-            label: format!("x509:{expected}"),
-            entry: None,
-            expires_at: None,
-        }))
+        ConnectVerdict::Accept(Ok(Identity::new(format!("x509:{expected}"), None)))
     }
 
     fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String> {

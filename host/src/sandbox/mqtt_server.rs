@@ -62,6 +62,18 @@ pub struct Identity {
     pub expires_at: Option<u64>,
 }
 
+impl Identity {
+    /// A client identified as `label`, matching configured entry `entry`, whose credentials do
+    /// not expire while it is connected.
+    pub fn new(label: String, entry: Option<usize>) -> Identity {
+        Identity {
+            label,
+            entry,
+            expires_at: None,
+        }
+    }
+}
+
 pub enum ConnectVerdict {
     /// CONNACK accepted. `Err` = the connection is accepted but not authenticated (DPS answers
     /// such a client's requests with 401); the reason is kept for the records.
@@ -483,6 +495,16 @@ impl Connection {
         // MQTT 3.1.1: the server closes a connection silent for 1.5 keep-alive periods.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let mut last_heard = tokio::time::Instant::now();
+        // IoT Hub style: the session ends when its credentials expire.
+        let credentials_expire = session
+            .auth
+            .as_ref()
+            .ok()
+            .and_then(|identity| identity.expires_at)
+            .map(|at| {
+                let left = at.saturating_sub(crate::caps::crypto::now_unix());
+                tokio::time::Instant::now() + Duration::from_secs(left)
+            });
         loop {
             // Handle every complete packet already buffered.
             loop {
@@ -560,17 +582,9 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
-            let expires_at = session
-                .auth
-                .as_ref()
-                .ok()
-                .and_then(|identity| identity.expires_at);
             let expiry = async move {
-                match expires_at {
-                    Some(at) => {
-                        let left = at.saturating_sub(crate::caps::crypto::now_unix());
-                        tokio::time::sleep(Duration::from_secs(left)).await
-                    }
+                match credentials_expire {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };

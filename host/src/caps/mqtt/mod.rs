@@ -220,6 +220,8 @@ impl MqttSession {
             Some(tls_options) => Some(tls::client_config(ctx, &o.host, tls_options)?),
             None => None,
         };
+        // Wait for the client id's CONNECT slot before taking a session slot.
+        crate::retry::connect_gate(&format!("{}:{}", o.host, o.port), &o.client_id);
         let slots = ctx.open_sessions.fetch_add(1, Ordering::SeqCst);
         if slots >= ctx.max_sessions {
             ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
@@ -231,7 +233,6 @@ impl MqttSession {
                 ),
             ));
         }
-        crate::retry::connect_gate(&format!("{}:{}", o.host, o.port), &o.client_id);
         let timeout = match o.connect_timeout_ms {
             0 => DEFAULT_CONNECT_TIMEOUT,
             ms => Duration::from_millis(ms.into()),
