@@ -35,12 +35,22 @@
 //! endpoints = ["global.azure-devices-provisioning.net:8883", "*.azure-devices.net:8883"]
 //! file_roots = ["certs"]
 //!
+//! [bundles]                                      # signed plugin bundles (gatehost plugin install)
+//! trust_dir = "state/trust"                      # publisher keys <publisher>.pub (the default)
+//! revoked_keys = ["1DA33EEBD4B283B0"]            # minisign key ids no longer trusted
+//! allow_unsigned = false                         # development only
+//! lock_file = "gatehost.lock"                    # beside the config (the default)
+//!
 //! [[rules]]
 //! name = "plant-to-iothub"
 //! rule = "iothub-telemetry"
 //! from = ["plant1/#"]
 //! ```
 
+use crate::bundle::archive::ArchiveLimits;
+use crate::bundle::lock::LOCK_FILE;
+use crate::bundle::store::Site;
+use crate::bundle::trust::{TrustError, TrustStore};
 use crate::caps::GatewayPermissions;
 use crate::engine::limits::LimitOverrides;
 use crate::model::Pair;
@@ -72,6 +82,9 @@ pub struct Config {
     /// Per-plugin narrowing of the permissions its manifest declares.
     #[serde(default)]
     pub permissions: std::collections::BTreeMap<String, GatewayPermissions>,
+    /// Signed bundles: the trust store, unsigned bundles, revoked keys, the lock file.
+    #[serde(default)]
+    pub bundles: BundlesConfig,
     /// A sandbox config (`sandbox.toml`) whose provider emulators `gatehost run` starts
     /// in-process, for trying flows and rules without a cloud account.
     #[serde(default)]
@@ -79,6 +92,33 @@ pub struct Config {
     /// The folder relative paths are resolved against (the config file's folder).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[bundles]`: which plugin bundles this gateway installs and runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundlesConfig {
+    /// Publisher keys (`<publisher>.pub`, minisign format); default `<state_dir>/trust`.
+    #[serde(default)]
+    pub trust_dir: Option<PathBuf>,
+    /// More publisher keys inline: publisher name = the base64 key line of its `.pub` file.
+    #[serde(default)]
+    pub publishers: std::collections::BTreeMap<String, String>,
+    /// Key ids (16 hex digits, as minisign prints them) whose signatures are no longer accepted.
+    #[serde(default)]
+    pub revoked_keys: Vec<String>,
+    /// Accept unsigned bundles. For development only.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// The lock file; default `gatehost.lock` beside this config.
+    #[serde(default)]
+    pub lock_file: Option<PathBuf>,
+    /// The largest file a bundle may hold, in MiB (default 64).
+    #[serde(default)]
+    pub max_entry_mib: Option<u64>,
+    /// CA certificates (PEM) for `https://` bundle downloads; default the system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -296,10 +336,35 @@ impl Config {
         self.resolve(&self.state_dir)
     }
 
-    /// The plugin directories (resolved), plus `<state>/plugins` where installed bundles go.
+    /// Where installed bundles live (`<state>/plugins`), the lock file and the trust store.
+    pub fn site(&self) -> Result<Site, TrustError> {
+        let b = &self.bundles;
+        let trust_dir = b
+            .trust_dir
+            .as_ref()
+            .map(|d| self.resolve(d))
+            .unwrap_or_else(|| self.state_dir().join("trust"));
+        let inline: Vec<(String, String)> = b
+            .publishers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let trust = TrustStore::load(&trust_dir, &inline, &b.revoked_keys, b.allow_unsigned)?;
+        let mut limits = ArchiveLimits::default();
+        if let Some(mib) = b.max_entry_mib {
+            limits.max_entry_bytes = mib << 20;
+        }
+        Ok(Site {
+            root: self.state_dir().join("plugins"),
+            lock_path: self.resolve(b.lock_file.as_deref().unwrap_or(Path::new(LOCK_FILE))),
+            trust,
+            limits,
+        })
+    }
+
+    /// The plugin directories (resolved) and the installed bundles (`<state>/plugins`).
     pub fn plugin_env(&self, persistent: bool) -> PluginEnv {
-        let mut dirs: Vec<PathBuf> = self.plugin_dirs.iter().map(|d| self.resolve(d)).collect();
-        dirs.push(self.state_dir().join("plugins"));
+        let dirs: Vec<PathBuf> = self.plugin_dirs.iter().map(|d| self.resolve(d)).collect();
         let permissions = self
             .permissions
             .iter()
@@ -325,6 +390,7 @@ impl Config {
             flow_limits: self.limits.flow.clone(),
             permissions,
             insecure_skip_verify: false,
+            installed: Some(self.site().map_err(|e| e.to_string())),
         }
     }
 

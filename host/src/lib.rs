@@ -3,8 +3,9 @@
 //!
 //! Layout: [`model`] (messages, connections, the plugin error), [`config`] (gatehost.toml),
 //! [`caps`] (host capabilities, each bound to both engines), [`engine`] (the WASM and Rhai
-//! engines), [`plugins`] (manifests, discovery, registry), [`cli`] (the `gatehost` commands).
+//! engines), [`plugins`] (manifests, discovery, registry), [`bundle`] (signed bundles, trust, install), [`cli`] (the `gatehost` commands).
 
+pub mod bundle;
 pub mod caps;
 pub mod cli;
 pub mod config;

@@ -146,11 +146,19 @@ pub fn describe(e: &rustls::Error) -> String {
 }
 
 fn root_store(ctx: &CapContext, ca_file: Option<&str>) -> Result<RootCertStore, PluginError> {
-    let mut roots = RootCertStore::empty();
     match ca_file {
-        Some(file) => {
-            let pem = ctx.read_text(file)?;
-            for der in x509::parse_pem_certs(&pem, file)? {
+        Some(file) => roots_from(Some((&ctx.read_text(file)?, file))),
+        None => roots_from(None),
+    }
+}
+
+/// Trust anchors: the CA certificates of a PEM text (with the name to quote in errors), or the
+/// system roots.
+pub fn roots_from(ca_pem: Option<(&str, &str)>) -> Result<RootCertStore, PluginError> {
+    let mut roots = RootCertStore::empty();
+    match ca_pem {
+        Some((pem, file)) => {
+            for der in x509::parse_pem_certs(pem, file)? {
                 roots.add(CertificateDer::from(der)).map_err(|e| {
                     PluginError::new(
                         ErrorKind::InvalidInput,

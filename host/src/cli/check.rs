@@ -1,4 +1,5 @@
-//! `gatehost check`: validate the config and every plugin; exit 1 when anything is wrong.
+//! `gatehost check`: validate the config, every plugin and the installed bundles against
+//! `gatehost.lock`; exit 1 when anything is wrong.
 
 use super::{print_json, ConfigArg};
 use crate::plugins::registry::Registry;
@@ -27,6 +28,18 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load(config.plugin_env(true));
     let mut problems: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
     problems.extend(config.validate(&registry));
+    match config.site() {
+        // Installed plugins that fail their checks are already among the registry's errors.
+        Ok(site) => {
+            let new: Vec<String> = site
+                .check()
+                .into_iter()
+                .filter(|p| !problems.iter().any(|q| q.contains(p.as_str())))
+                .collect();
+            problems.extend(new);
+        }
+        Err(e) => problems.push(e.to_string()),
+    }
     let report = Report {
         ok: problems.is_empty(),
         plugins: registry

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Which engine runs a plugin, from its entry file's extension.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
     Rhai,
@@ -44,6 +44,8 @@ pub enum DiscoveryError {
         first: PathBuf,
         second: PathBuf,
     },
+    #[error("{0}")]
+    Installed(String),
     #[error("cannot read plugin directory {path}: {source}")]
     Dir {
         path: PathBuf,

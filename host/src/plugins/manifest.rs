@@ -8,6 +8,7 @@
 //! description = "Brownfield topics to IoT Hub telemetry"
 //! publisher = "acme"            # optional
 //! entry = "iothub-telemetry.rhai"   # optional: default <manifest stem>.rhai or .wasm
+//! files = ["certs/root.pem"]    # optional: more files `gatehost plugin pack` bundles
 //!
 //! [permissions]
 //! endpoints = ["*.azure-devices.net:8883"]   # host:port patterns, `*` = one host label or any port
@@ -47,6 +48,9 @@ pub struct Manifest {
     /// The code file, relative to the manifest; default `<manifest stem>.rhai` or `.wasm`.
     #[serde(default)]
     pub entry: Option<String>,
+    /// Other files (relative to the manifest) that `gatehost plugin pack` puts in the bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
     #[serde(default)]
     pub permissions: Permissions,
     #[serde(default)]
@@ -198,7 +202,16 @@ impl Manifest {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let manifest: Manifest = toml::from_str(&text)
+        Manifest::parse(&text, path)
+    }
+
+    /// Parse and validate manifest text; `path` names it in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let err = |message: String| ManifestError {
+            path: path.to_path_buf(),
+            message,
+        };
+        let manifest: Manifest = toml::from_str(text)
             .map_err(|e| err(format!("invalid manifest: {}", one_line(&e.to_string()))))?;
         manifest.validate().map_err(err)?;
         Ok(manifest)
@@ -214,7 +227,7 @@ impl Manifest {
         }
         if !is_version(&self.version) {
             return Err(format!(
-                "version '{}' must look like 1.2.3 (optionally -suffix)",
+                "version '{}' must look like 1.2.3 (optionally -suffix of letters, digits, '.' and '-')",
                 self.version
             ));
         }
@@ -251,12 +264,17 @@ pub fn is_plugin_name(name: &str) -> bool {
 }
 
 fn is_version(v: &str) -> bool {
-    let core = v.split_once('-').map_or(v, |(core, _)| core);
+    let (core, suffix) = v.split_once('-').unwrap_or((v, "a"));
     let parts: Vec<&str> = core.split('.').collect();
     parts.len() == 3
         && parts
             .iter()
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && v.len() <= 64
+        && !suffix.is_empty()
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
 }
 
 /// The plugin's world version must be compatible with the host's: same major, and for 0.x the

@@ -3,6 +3,7 @@
 
 use super::discovery::{discover, discover_one, Discovered, DiscoveryError, EngineKind};
 use super::manifest::PluginKind;
+use crate::bundle::store::Site;
 use crate::caps::{kv::KvRegistry, CapContext, GatewayPermissions};
 use crate::engine::limits::{LimitOverrides, Limits};
 use crate::engine::rhai::{RhaiFlow, RhaiRule};
@@ -26,6 +27,9 @@ pub struct PluginEnv {
     /// Skip TLS server verification for plugins loaded with this environment (a device's
     /// `insecure_skip_verify`); logged on every connect.
     pub insecure_skip_verify: bool,
+    /// Plugins installed from bundles (checked against their bundles and the trust store at
+    /// every load), or why the trust store could not be read.
+    pub installed: Option<Result<Site, String>>,
 }
 
 impl PluginEnv {
@@ -39,7 +43,46 @@ impl PluginEnv {
             flow_limits: LimitOverrides::default(),
             permissions: BTreeMap::new(),
             insecure_skip_verify: false,
+            installed: None,
         }
+    }
+
+    /// Everything discoverable: the plugin directories and the installed bundles. A name
+    /// defined in two places is an error, as within the directories.
+    pub fn discover(&self) -> (Vec<Discovered>, Vec<DiscoveryError>) {
+        let (mut found, mut errors) = discover(&self.dirs);
+        let site = match &self.installed {
+            None => return (found, errors),
+            Some(Err(e)) => {
+                errors.push(DiscoveryError::Installed(format!(
+                    "installed plugins were not loaded: {e}"
+                )));
+                return (found, errors);
+            }
+            Some(Ok(site)) => site,
+        };
+        let names = site.names().unwrap_or_else(|e| {
+            errors.push(DiscoveryError::Installed(e.to_string()));
+            Vec::new()
+        });
+        for name in names {
+            let info = site
+                .installed(&name)
+                .map_err(|e| e.to_string())
+                .and_then(|i| discover_one(&i.manifest_path).map_err(|e| e.to_string()));
+            match info {
+                Ok(info) => match found.iter().find(|f| f.manifest.name == info.manifest.name) {
+                    Some(first) => errors.push(DiscoveryError::Duplicate {
+                        name: info.manifest.name.clone(),
+                        first: first.manifest_path.clone(),
+                        second: info.manifest_path,
+                    }),
+                    None => found.push(info),
+                },
+                Err(e) => errors.push(DiscoveryError::Installed(e)),
+            }
+        }
+        (found, errors)
     }
 }
 
@@ -164,7 +207,7 @@ impl Registry {
     /// Discover and load everything in `env.dirs`.
     pub fn load(env: PluginEnv) -> Registry {
         let loader = Loader::new(env.clone());
-        let (found, discovery_errors) = discover(&env.dirs);
+        let (found, discovery_errors) = env.discover();
         let mut registry = Registry {
             loaded: BTreeMap::new(),
             failed: BTreeMap::new(),
@@ -202,7 +245,7 @@ impl Registry {
     /// Discover the plugin directories but load only the plugin called `name` (what
     /// `gatehost rule test` needs: other plugins' problems do not get in the way).
     pub fn load_named(env: PluginEnv, name: &str) -> Result<LoadedPlugin, RegistryError> {
-        let (found, errors) = discover(&env.dirs);
+        let (found, errors) = env.discover();
         let names: Vec<String> = found.iter().map(|p| p.manifest.name.clone()).collect();
         let Some(info) = found.into_iter().find(|p| p.manifest.name == name) else {
             // A broken manifest of that name says more than "unknown".

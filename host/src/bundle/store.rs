@@ -1,0 +1,438 @@
+//! Installed plugins on disk, and the operations that change them (install, upgrade, remove,
+//! sync from a lock). Every change is atomic: a bundle is unpacked aside, checked, and made live
+//! by renaming one symlink; the lock file is rewritten aside and renamed too.
+//!
+//! ```text
+//! <state>/plugins/<name>  ->  .store/<name>-<version>-<sha12>/      (the live version)
+//! <state>/plugins/.store/<name>-<version>-<sha12>/
+//!     bundle.toml  bundle.toml.minisig  installed.toml  payload/...
+//! ```
+
+use super::archive::{ArchiveLimits, Entry};
+use super::format::{sha256_hex, Bundle, BundleError, BundleManifest, BUNDLE_TOML, SIGNATURE};
+use super::lock::{Lock, LockEntry, LockError};
+use super::minisign::Signature;
+use super::trust::{Trust, TrustError, TrustStore};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const STORE: &str = ".store";
+const INSTALLED: &str = "installed.toml";
+
+/// Where a site's bundles go and what it trusts.
+#[derive(Debug, Clone)]
+pub struct Site {
+    /// `<state>/plugins`
+    pub root: PathBuf,
+    pub lock_path: PathBuf,
+    pub trust: TrustStore,
+    pub limits: ArchiveLimits,
+}
+
+/// `installed.toml`: where an installed bundle came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstallRecord {
+    /// SHA-256 of the bundle file.
+    pub sha256: String,
+    pub source: String,
+    pub installed_at: u64,
+}
+
+/// An installed plugin, checked against its bundle description and the trust store.
+#[derive(Debug, Clone)]
+pub struct Installed {
+    pub description: BundleManifest,
+    pub record: InstallRecord,
+    pub trust: Trust,
+    /// The plugin manifest inside the installed payload (what discovery loads).
+    pub manifest_path: PathBuf,
+}
+
+impl Installed {
+    pub fn lock_entry(&self) -> LockEntry {
+        LockEntry {
+            name: self.description.name.clone(),
+            version: self.description.version.clone(),
+            sha256: self.record.sha256.clone(),
+            publisher: self.description.publisher.clone(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("installed plugin '{name}': {why}")]
+    Installed { name: String, why: String },
+    #[error("plugin '{name}' {version} is already installed from a different bundle (SHA-256 {installed}); publish a changed plugin under a new version, or `gatehost plugin remove {name}` first")]
+    SameVersionChanged {
+        name: String,
+        version: String,
+        installed: String,
+    },
+    #[error("plugin '{name}' {version} asks for permissions {from} did not have: {added}; review them and run again with --approve-permissions")]
+    NewPermissions {
+        name: String,
+        version: String,
+        from: String,
+        added: String,
+    },
+    #[error("plugin '{0}' is not installed from a bundle{1}")]
+    NotInstalled(String, String),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What an install did.
+#[derive(Debug, Clone)]
+pub struct InstallOutcome {
+    pub installed: Installed,
+    /// The version that was live before, if any.
+    pub previous: Option<String>,
+    /// The same bundle was already installed; nothing changed on disk.
+    pub unchanged: bool,
+}
+
+/// Write a file aside, flush it, and rename it over `path`.
+pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(data)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+impl Site {
+    fn store(&self) -> PathBuf {
+        self.root.join(STORE)
+    }
+
+    /// The names of the installed plugins (the live symlinks).
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&self.root)(e)),
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Read an installed plugin back and check it: the files on disk still hash to what its
+    /// description lists, and the trust store still accepts its signature.
+    pub fn installed(&self, name: &str) -> Result<Installed, StoreError> {
+        let dir = self.root.join(name);
+        let bad = |why: String| StoreError::Installed {
+            name: name.to_string(),
+            why,
+        };
+        let description_bytes =
+            std::fs::read(dir.join(BUNDLE_TOML)).map_err(|e| bad(format!("bundle.toml: {e}")))?;
+        let signature = match std::fs::read_to_string(dir.join(SIGNATURE)) {
+            Ok(text) => Some(
+                Signature::parse(&text)
+                    .map_err(|e| bad(format!("{SIGNATURE}: {e}")))?
+                    .0,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bad(format!("{SIGNATURE}: {e}"))),
+        };
+        let record: InstallRecord = std::fs::read_to_string(dir.join(INSTALLED))
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str(&t).map_err(|e| e.to_string()))
+            .map_err(|e| bad(format!("{INSTALLED}: {e}")))?;
+        let description: BundleManifest = std::str::from_utf8(&description_bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| toml::from_str(t).map_err(|e| e.to_string()))
+            .map_err(|e| bad(format!("bundle.toml: {e}")))?;
+        let mut payload = Vec::new();
+        for f in &description.files {
+            let data = std::fs::read(dir.join("payload").join(&f.path))
+                .map_err(|e| bad(format!("payload/{}: {e}", f.path)))?;
+            payload.push(Entry {
+                path: f.path.clone(),
+                data,
+            });
+        }
+        let bundle = Bundle {
+            description: description.clone(),
+            description_bytes,
+            signature,
+            payload,
+            sha256: record.sha256.clone(),
+        };
+        bundle
+            .check_contents()
+            .map_err(|e| bad(format!("changed on disk since it was installed: {e}")))?;
+        let trust = self.trust.verify(&bundle).map_err(|e| bad(e.to_string()))?;
+        if description.name != name {
+            return Err(bad(format!(
+                "its bundle is for plugin '{}'",
+                description.name
+            )));
+        }
+        Ok(Installed {
+            manifest_path: dir.join("payload").join(&description.manifest),
+            description,
+            record,
+            trust,
+        })
+    }
+
+    /// Install or upgrade from bundle bytes. Refuses what the trust store refuses, a changed
+    /// bundle under an installed version, and new permissions unless `approve_permissions`.
+    pub fn install(
+        &self,
+        bytes: &[u8],
+        source: &str,
+        approve_permissions: bool,
+    ) -> Result<InstallOutcome, StoreError> {
+        let bundle = Bundle::open(bytes, &self.limits)?;
+        let trust = self.trust.verify(&bundle)?;
+        let d = &bundle.description;
+        let current = self.current(&d.name);
+        if let Some(current) = &current {
+            let cd = &current.description;
+            if cd.version == d.version && current.record.sha256 == bundle.sha256 {
+                let mut lock = Lock::read(&self.lock_path)?;
+                lock.set(current.lock_entry());
+                lock.write(&self.lock_path)?;
+                return Ok(InstallOutcome {
+                    installed: current.clone(),
+                    previous: Some(cd.version.clone()),
+                    unchanged: true,
+                });
+            }
+            if cd.version == d.version {
+                return Err(StoreError::SameVersionChanged {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    installed: current.record.sha256.clone(),
+                });
+            }
+            let added = added_permissions(cd, d);
+            if !added.is_empty() && !approve_permissions {
+                return Err(StoreError::NewPermissions {
+                    name: d.name.clone(),
+                    version: d.version.clone(),
+                    from: cd.version.clone(),
+                    added: added.join(", "),
+                });
+            }
+        }
+        let record = InstallRecord {
+            sha256: bundle.sha256.clone(),
+            source: source.to_string(),
+            installed_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let target_name = format!("{}-{}-{}", d.name, d.version, &bundle.sha256[..12]);
+        let target = self.unpack(&bundle, &record, &target_name)?;
+        self.point(&d.name, &target_name)?;
+        let installed = self.installed(&d.name)?;
+        let mut lock = Lock::read(&self.lock_path)?;
+        lock.set(installed.lock_entry());
+        lock.write(&self.lock_path)?;
+        if let Some(old) = &current {
+            let old_dir = self.store().join(format!(
+                "{}-{}-{}",
+                old.description.name,
+                old.description.version,
+                &old.record.sha256[..12.min(old.record.sha256.len())]
+            ));
+            if old_dir != target {
+                let _ = std::fs::remove_dir_all(old_dir);
+            }
+        }
+        tracing::info!(plugin = %d.name, version = %d.version, %trust, "plugin installed");
+        Ok(InstallOutcome {
+            installed,
+            previous: current.map(|c| c.description.version),
+            unchanged: false,
+        })
+    }
+
+    /// The live version of `name`, if it is installed and readable (trust not re-checked:
+    /// an upgrade may replace a version signed by a key revoked since).
+    fn current(&self, name: &str) -> Option<Installed> {
+        match self.installed(name) {
+            Ok(i) => Some(i),
+            Err(_) => {
+                let dir = self.root.join(name);
+                let description: BundleManifest =
+                    toml::from_str(&std::fs::read_to_string(dir.join(BUNDLE_TOML)).ok()?).ok()?;
+                let record: InstallRecord =
+                    toml::from_str(&std::fs::read_to_string(dir.join(INSTALLED)).ok()?).ok()?;
+                Some(Installed {
+                    manifest_path: dir.join("payload").join(&description.manifest),
+                    description,
+                    record,
+                    trust: Trust::Unsigned,
+                })
+            }
+        }
+    }
+
+    /// Write the bundle's files into `.store/<target_name>` through a temporary directory.
+    fn unpack(
+        &self,
+        bundle: &Bundle,
+        record: &InstallRecord,
+        target_name: &str,
+    ) -> Result<PathBuf, StoreError> {
+        let store = self.store();
+        std::fs::create_dir_all(&store).map_err(io(&store))?;
+        let tmp = store.join(format!(".tmp-{target_name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let result = (|| -> std::io::Result<()> {
+            std::fs::create_dir_all(tmp.join("payload"))?;
+            std::fs::write(tmp.join(BUNDLE_TOML), &bundle.description_bytes)?;
+            if let Some(sig) = &bundle.signature {
+                std::fs::write(tmp.join(SIGNATURE), sig.to_file())?;
+            }
+            for e in &bundle.payload {
+                let path = tmp.join("payload").join(&e.path);
+                if let Some(parent) = path.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::write(path, &e.data)?;
+            }
+            let record = toml::to_string(record).expect("the record serializes");
+            std::fs::write(tmp.join(INSTALLED), record)?;
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(io(&tmp)(e));
+        }
+        let target = store.join(target_name);
+        let _ = std::fs::remove_dir_all(&target);
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        Ok(target)
+    }
+
+    /// Make `<root>/<name>` point at `.store/<target_name>` in one rename.
+    fn point(&self, name: &str, target_name: &str) -> Result<(), StoreError> {
+        let link = self.root.join(name);
+        let tmp = self
+            .root
+            .join(format!(".{name}.link-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new(STORE).join(target_name), &tmp).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &link).map_err(io(&link))
+    }
+
+    /// Remove an installed plugin: its live link first (one unlink), then its files and its
+    /// lock entry.
+    pub fn remove(&self, name: &str) -> Result<InstallRecord, StoreError> {
+        let link = self.root.join(name);
+        let Some(current) = self.current(name) else {
+            return Err(StoreError::NotInstalled(name.to_string(), String::new()));
+        };
+        let target = std::fs::read_link(&link).ok().map(|t| self.root.join(t));
+        std::fs::remove_file(&link).map_err(io(&link))?;
+        if let Some(target) = target {
+            let _ = std::fs::remove_dir_all(target);
+        }
+        let mut lock = Lock::read(&self.lock_path)?;
+        lock.remove(name);
+        lock.write(&self.lock_path)?;
+        Ok(current.record)
+    }
+
+    /// The lock entries of everything installed (unreadable plugins listed by name, with an
+    /// empty hash, so they show as differences).
+    pub fn installed_entries(&self) -> Result<Vec<LockEntry>, StoreError> {
+        Ok(self
+            .names()?
+            .into_iter()
+            .filter_map(|n| self.current(&n))
+            .map(|i| i.lock_entry())
+            .collect())
+    }
+
+    /// Problems with the installed set: unreadable or untrusted plugins, and every difference
+    /// from the lock file.
+    pub fn check(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let names = match self.names() {
+            Ok(names) => names,
+            Err(e) => return vec![e.to_string()],
+        };
+        for name in &names {
+            if let Err(e) = self.installed(name) {
+                problems.push(e.to_string());
+            }
+        }
+        match (Lock::read(&self.lock_path), self.installed_entries()) {
+            (Ok(lock), Ok(installed)) => {
+                problems.extend(lock.differences(&installed, &self.lock_path))
+            }
+            (Err(e), _) => problems.push(e.to_string()),
+            (_, Err(e)) => problems.push(e.to_string()),
+        }
+        problems
+    }
+}
+
+/// Endpoints and file roots `new` declares that `old` did not, and a changed kv namespace.
+pub fn added_permissions(old: &BundleManifest, new: &BundleManifest) -> Vec<String> {
+    let (o, n) = (&old.permissions, &new.permissions);
+    let mut added: Vec<String> = n
+        .endpoints
+        .iter()
+        .filter(|e| !o.endpoints.contains(e))
+        .map(|e| format!("endpoint {e}"))
+        .collect();
+    added.extend(
+        n.file_roots
+            .iter()
+            .filter(|r| !o.file_roots.contains(r))
+            .map(|r| format!("file root {r}")),
+    );
+    if n.kv_namespace != o.kv_namespace {
+        added.push(format!(
+            "kv namespace {}",
+            n.kv_namespace.as_deref().unwrap_or(&new.name)
+        ));
+    }
+    added
+}
+
+/// SHA-256 of bytes as lower-case hex (re-exported for the CLI's `--sha256` check).
+pub fn bundle_sha256(bytes: &[u8]) -> String {
+    sha256_hex(bytes)
+}
