@@ -5,6 +5,7 @@ mod support;
 
 mod bad_plugins;
 mod broker;
+mod bundles;
 mod certs_openssl;
 mod cli;
 mod engine_limits;

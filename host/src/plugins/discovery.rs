@@ -1,4 +1,4 @@
-//! Finding plugins: every `*.toml` in a plugin directory is a manifest; its code file is `entry`
+//! Finding plugins: every `*.toml` in a plugin directory (but `Cargo.toml`) is a manifest; its code file is `entry`
 //! or the `.rhai`/`.wasm` with the same stem. A code file without a manifest is an error, so a
 //! plugin never runs with permissions nobody declared.
 
@@ -73,7 +73,11 @@ pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<DiscoveryError>) {
         let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
         files.sort();
         let mut entries_with_manifest = Vec::new();
-        for path in files.iter().filter(|p| has_ext(p, "toml")) {
+        // A WASM plugin's crate may live beside its manifest: Cargo.toml is not a manifest.
+        let manifests = files
+            .iter()
+            .filter(|p| has_ext(p, "toml") && p.file_name().is_some_and(|n| n != "Cargo.toml"));
+        for path in manifests {
             match discover_one(path) {
                 Ok(plugin) => {
                     entries_with_manifest.push(plugin.entry.clone());
