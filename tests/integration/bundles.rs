@@ -957,7 +957,28 @@ fn upgrades_that_add_permissions_need_approval_and_the_lock_pins_the_site() {
         "{}",
         t.stderr
     );
-    std::fs::write(&installed_script, original).unwrap();
+    let repaired = site.gatehost(&["plugin", "install", v2.to_str().unwrap()]);
+    assert_eq!(repaired.code, 0, "{}", repaired.stderr);
+    assert!(
+        repaired.stdout.contains("damaged; reinstalled"),
+        "{}",
+        repaired.stdout
+    );
+    assert!(rule_topic(&site, "pinned").stdout.contains("v2/"));
+    assert_eq!(
+        std::fs::read_to_string(&installed_script).unwrap(),
+        original
+    );
+    let versions: Vec<String> = site
+        .installed_files()
+        .into_iter()
+        .filter(|f| f.starts_with(".store/pinned-") && f.matches('/').count() == 1)
+        .collect();
+    assert_eq!(
+        versions.len(),
+        1,
+        "one version directory is kept: {versions:?}"
+    );
 
     // Reproduce the site elsewhere from its lock and a directory of bundles.
     let bundles = dir.join("bundles");

@@ -3,8 +3,8 @@
 //! by renaming one symlink; the lock file is rewritten aside and renamed too.
 //!
 //! ```text
-//! <state>/plugins/<name>  ->  .store/<name>-<version>-<sha12>/      (the live version)
-//! <state>/plugins/.store/<name>-<version>-<sha12>/
+//! <state>/plugins/<name>  ->  .store/<name>-<version>-<sha12>-<id>/      (the live version)
+//! <state>/plugins/.store/<name>-<version>-<sha12>-<id>/
 //!     bundle.toml  bundle.toml.minisig  installed.toml  payload/...
 //! ```
 
@@ -222,9 +222,11 @@ impl Site {
         let trust = self.trust.verify(&bundle)?;
         let d = &bundle.description;
         let current = self.current(&d.name);
+        let intact = self.installed(&d.name).is_ok();
         if let Some(current) = &current {
             let cd = &current.description;
-            if cd.version == d.version && current.record.sha256 == bundle.sha256 {
+            // The same bundle again: nothing to do, unless the installed copy was damaged.
+            if cd.version == d.version && current.record.sha256 == bundle.sha256 && intact {
                 let mut lock = Lock::read(&self.lock_path)?;
                 lock.set(current.lock_entry());
                 lock.write(&self.lock_path)?;
@@ -234,7 +236,7 @@ impl Site {
                     unchanged: true,
                 });
             }
-            if cd.version == d.version {
+            if cd.version == d.version && current.record.sha256 != bundle.sha256 {
                 return Err(StoreError::SameVersionChanged {
                     name: d.name.clone(),
                     version: d.version.clone(),
@@ -259,23 +261,28 @@ impl Site {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
-        let target_name = format!("{}-{}-{}", d.name, d.version, &bundle.sha256[..12]);
-        let target = self.unpack(&bundle, &record, &target_name)?;
+        // A fresh directory per install, so the live one is never written to.
+        let target_name = format!(
+            "{}-{}-{}-{:x}",
+            d.name,
+            d.version,
+            &bundle.sha256[..12],
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_nanos())
+                .unwrap_or(0)
+        );
+        let old_dir = std::fs::read_link(self.root.join(&d.name))
+            .ok()
+            .map(|t| self.root.join(t));
+        self.unpack(&bundle, &record, &target_name)?;
         self.point(&d.name, &target_name)?;
         let installed = self.installed(&d.name)?;
         let mut lock = Lock::read(&self.lock_path)?;
         lock.set(installed.lock_entry());
         lock.write(&self.lock_path)?;
-        if let Some(old) = &current {
-            let old_dir = self.store().join(format!(
-                "{}-{}-{}",
-                old.description.name,
-                old.description.version,
-                &old.record.sha256[..12.min(old.record.sha256.len())]
-            ));
-            if old_dir != target {
-                let _ = std::fs::remove_dir_all(old_dir);
-            }
+        if let Some(old_dir) = old_dir {
+            let _ = std::fs::remove_dir_all(old_dir);
         }
         tracing::info!(plugin = %d.name, version = %d.version, %trust, "plugin installed");
         Ok(InstallOutcome {
@@ -312,7 +319,7 @@ impl Site {
         bundle: &Bundle,
         record: &InstallRecord,
         target_name: &str,
-    ) -> Result<PathBuf, StoreError> {
+    ) -> Result<(), StoreError> {
         let store = self.store();
         std::fs::create_dir_all(&store).map_err(io(&store))?;
         let tmp = store.join(format!(".tmp-{target_name}-{}", std::process::id()));
@@ -339,9 +346,7 @@ impl Site {
             return Err(io(&tmp)(e));
         }
         let target = store.join(target_name);
-        let _ = std::fs::remove_dir_all(&target);
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
-        Ok(target)
+        std::fs::rename(&tmp, &target).map_err(io(&target))
     }
 
     /// Make `<root>/<name>` point at `.store/<target_name>` in one rename.
@@ -357,11 +362,11 @@ impl Site {
 
     /// Remove an installed plugin: its live link first (one unlink), then its files and its
     /// lock entry.
-    pub fn remove(&self, name: &str) -> Result<InstallRecord, StoreError> {
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
         let link = self.root.join(name);
-        let Some(current) = self.current(name) else {
+        if name.starts_with('.') || std::fs::symlink_metadata(&link).is_err() {
             return Err(StoreError::NotInstalled(name.to_string(), String::new()));
-        };
+        }
         let target = std::fs::read_link(&link).ok().map(|t| self.root.join(t));
         std::fs::remove_file(&link).map_err(io(&link))?;
         if let Some(target) = target {
@@ -370,7 +375,7 @@ impl Site {
         let mut lock = Lock::read(&self.lock_path)?;
         lock.remove(name);
         lock.write(&self.lock_path)?;
-        Ok(current.record)
+        Ok(())
     }
 
     /// The lock entries of everything installed (unreadable plugins listed by name, with an

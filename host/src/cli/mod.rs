@@ -85,20 +85,8 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
 }
 
-/// Arguments of a command this build does not implement yet (accepted, then refused clearly).
-#[derive(Debug, clap::Args)]
-pub struct NotYet {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
-}
-
-/// Exit code of a command that is not implemented in this build.
+/// Exit code of `gatehost run` while the bridge is not built.
 pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
-
-pub fn not_yet(command: &str) -> anyhow::Result<ExitCode> {
-    eprintln!("gatehost: `gatehost {command}` is not implemented in this build yet");
-    Ok(ExitCode::from(EXIT_NOT_IMPLEMENTED))
-}
 
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
