@@ -10,6 +10,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use gatehost::engine::RulePlugin;
 use gatehost::model::{Destination, Message, Outbound};
 use gatehost::plugins::registry::{PluginEnv, PluginHandle, Registry};
+use gatehost::rules::template::{TemplateConfig, TemplateRule};
 use std::hint::black_box;
 use std::path::Path;
 use std::sync::Arc;
@@ -60,12 +61,22 @@ fn rule_call(c: &mut Criterion) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let rhai = load(&root.join("scripts/rules/iothub-telemetry.toml"));
     let wasm = load(&root.join("plugins/dist/iothub-telemetry-wasm.toml"));
+    // The built-in template rule configured to do the same translation of JSON objects.
+    let template: TemplateConfig = toml::from_str(
+        r#"pattern = "{site}/{device}/{measurement}"
+device = "{device}"
+properties = { "$.ct" = "application/json", "$.ce" = "utf-8" }
+enrich = true"#,
+    )
+    .unwrap();
+    let template = TemplateRule::new("bench", &template).unwrap();
     let msg = Message::new("plant1/press7/temperature", payload_256(), 1);
 
     // Same input, same output: the three contestants do the same work.
     let expected = native_translate(&msg).unwrap();
     assert_eq!(rhai.translate(&msg).unwrap(), expected);
     assert_eq!(wasm.translate(&msg).unwrap(), expected);
+    assert_eq!(template.translate(&msg).unwrap(), expected);
 
     let mut group = c.benchmark_group("rule_call_256B_json");
     group.bench_function("native", |b| {
@@ -76,6 +87,9 @@ fn rule_call(c: &mut Criterion) {
     });
     group.bench_function("wasm", |b| {
         b.iter(|| wasm.translate(black_box(&msg)).unwrap())
+    });
+    group.bench_function("template", |b| {
+        b.iter(|| template.translate(black_box(&msg)).unwrap())
     });
     group.finish();
 }

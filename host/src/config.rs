@@ -45,6 +45,14 @@
 //! name = "plant-to-iothub"
 //! rule = "iothub-telemetry"
 //! from = ["plant1/#"]
+//!
+//! [[rules]]                                      # the built-in template rule (no plugin)
+//! name = "plant2-telemetry"
+//! [rules.template]                               # fields: crate::rules::template
+//! pattern = "plant2/{line}/{machine}/#"
+//! device = "{machine}"
+//! properties = { "$.ct" = "application/json", "$.ce" = "utf-8", line = "{line}" }
+//! enrich = true
 //! ```
 
 use crate::bundle::archive::ArchiveLimits;
@@ -56,6 +64,7 @@ use crate::engine::limits::LimitOverrides;
 use crate::model::Pair;
 use crate::plugins::manifest::{one_line, PluginKind};
 use crate::plugins::registry::{PluginEnv, Registry};
+use crate::rules::template::{TemplateConfig, TemplateRule};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -245,14 +254,38 @@ fn glob_matches(pattern: &str, text: &str) -> bool {
     true
 }
 
+/// A rule of the chain: a rule plugin, or the built-in template rule.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     pub name: String,
     /// The rule plugin that translates the messages.
-    pub rule: String,
-    /// MQTT topic filters of the local messages this rule receives.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// The built-in template rule, instead of a plugin.
+    #[serde(default)]
+    pub template: Option<TemplateConfig>,
+    /// MQTT topic filters of the local messages this rule receives (a template rule's default
+    /// is its pattern's filter).
+    #[serde(default)]
     pub from: Vec<String>,
+}
+
+impl RuleConfig {
+    /// The compiled template rule, when this is one.
+    pub fn template_rule(&self) -> Option<Result<TemplateRule, String>> {
+        self.template
+            .as_ref()
+            .map(|t| TemplateRule::new(&self.name, t))
+    }
+
+    /// The topic filters this rule receives.
+    pub fn filters(&self) -> Vec<String> {
+        match (&self.from[..], self.template_rule()) {
+            ([], Some(Ok(t))) => vec![t.filter()],
+            _ => self.from.clone(),
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {
@@ -468,7 +501,7 @@ impl Config {
             if !names.insert(("rule", rule.name.as_str())) {
                 problems.push(format!("rule '{}' is defined twice", rule.name));
             }
-            if rule.from.is_empty() {
+            if rule.filters().is_empty() && !matches!(rule.template_rule(), Some(Err(_))) {
                 problems.push(format!(
                     "rule '{}': `from` lists no topic filter",
                     rule.name
@@ -479,13 +512,25 @@ impl Config {
                     problems.push(format!("rule '{}': from filter '{filter}' {e}", rule.name));
                 }
             }
-            match registry.get(&rule.rule) {
-                Ok(p) if p.info.manifest.kind != PluginKind::Rule => problems.push(format!(
-                    "rule '{}': plugin '{}' is a {}, not a rule",
-                    rule.name, rule.rule, p.info.manifest.kind
+            match (&rule.rule, rule.template_rule()) {
+                (Some(_), Some(_)) => problems.push(format!(
+                    "rule '{}' has both `rule` and [rules.template]; keep one",
+                    rule.name
                 )),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("rule '{}': {e}", rule.name)),
+                (None, None) => problems.push(format!(
+                    "rule '{}' needs `rule = \"<plugin>\"` or a [rules.template]",
+                    rule.name
+                )),
+                (None, Some(Err(e))) => problems.push(e),
+                (None, Some(Ok(_))) => {}
+                (Some(plugin), None) => match registry.get(plugin) {
+                    Ok(p) if p.info.manifest.kind != PluginKind::Rule => problems.push(format!(
+                        "rule '{}': plugin '{}' is a {}, not a rule",
+                        rule.name, plugin, p.info.manifest.kind
+                    )),
+                    Ok(_) => {}
+                    Err(e) => problems.push(format!("rule '{}': {e}", rule.name)),
+                },
             }
         }
         for (name, narrowing) in &self.permissions {

@@ -14,5 +14,6 @@ pub mod model;
 pub mod onboard;
 pub mod plugins;
 pub mod retry;
+pub mod rules;
 pub mod sandbox;
 pub mod upstream;

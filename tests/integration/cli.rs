@@ -260,3 +260,62 @@ fn every_command_has_help_with_an_example() {
         assert!(out.stdout.contains("Example"), "{args:?}: {}", out.stdout);
     }
 }
+
+#[test]
+fn template_rules_run_from_the_config_and_check_names_their_mistakes() {
+    let out = run(gatehost().args([
+        "rule",
+        "test",
+        "plant2-to-iothub",
+        "--config",
+        "examples/quickstart.toml",
+        "--topic",
+        "plant2/line 7/press7/oil/temperature",
+        "--payload",
+        r#"{"value":21.5}"#,
+        "--qos",
+        "2",
+        "--property",
+        "unit=C",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        r#"{"destination":{"upstream":"press7"},"topic":"devices/press7/messages/events/$.ct=application%2Fjson&$.ce=utf-8&line=line%207","payload":"{\"line\":\"line 7\",\"machine\":\"press7\",\"value\":21.5}","qos":1,"retain":false,"properties":[["unit","C"]]}"#
+    );
+    let out = run(gatehost().args([
+        "rule",
+        "test",
+        "plant2-to-iothub",
+        "--config",
+        "examples/quickstart.toml",
+        "--topic",
+        "plant2/line7",
+    ]));
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.trim(),
+        "gatehost: rule 'plant2-to-iothub' failed on topic 'plant2/line7': topic 'plant2/line7' does not match pattern 'plant2/{line}/{machine}/#' of rule 'plant2-to-iothub' (invalid-input)"
+    );
+
+    let d = tempfile::tempdir().unwrap();
+    let config = d.path().join("gatehost.toml");
+    std::fs::write(
+        &config,
+        "plugin_dirs = []\n[[rules]]\nname = \"t\"\n[rules.template]\npattern = \"a/{x}\"\ndevice = \"{y}\"\n[[rules]]\nname = \"u\"\nfrom = [\"a/#\"]\n",
+    )
+    .unwrap();
+    let out = run(gatehost().args(["check", "--config"]).arg(&config));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("rule 't': device '{y}': uses {y}, which the pattern does not capture (it captures {x})"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr
+            .contains("rule 'u' needs `rule = \"<plugin>\"` or a [rules.template]"),
+        "{}",
+        out.stderr
+    );
+}

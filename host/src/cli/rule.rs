@@ -1,12 +1,14 @@
 //! `gatehost rule test`: run a rule offline and print what it produces as JSON lines.
 
 use super::{print_json, ConfigArg};
+use crate::engine::RulePlugin;
 use crate::model::{Message, Pair};
 use crate::plugins::registry::{PluginHandle, Registry};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 #[derive(Debug, Subcommand)]
 pub enum RuleCommand {
@@ -19,7 +21,8 @@ pub enum RuleCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// Rule plugin name, or the path of its manifest, .rhai or .wasm file.
+    /// A template rule's name in the config, a rule plugin's name, or the path of its
+    /// manifest, .rhai or .wasm file.
     pub rule: String,
     /// Topic of the incoming message.
     #[arg(long)]
@@ -71,16 +74,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     };
 
     let config = args.config.load()?;
-    let env = config.plugin_env(false);
-    let plugin = if looks_like_path(&args.rule) {
-        Registry::load_path(env, Path::new(&args.rule))?
-    } else {
-        Registry::load_named(env, &args.rule)?
-    };
-    let name = plugin.info.manifest.name.clone();
-    let PluginHandle::Rule(rule) = plugin.handle else {
-        bail!("plugin '{name}' is a flow, not a rule");
-    };
+    let (name, rule) = resolve(&config, &args.rule)?;
     match rule.translate(&msg) {
         Ok(out) => {
             for o in &out {
@@ -95,6 +89,33 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             e.kind
         ),
     }
+}
+
+/// The rule to run: a template rule of the config by its name, or a rule plugin by name or path.
+fn resolve(
+    config: &crate::config::Config,
+    rule: &str,
+) -> anyhow::Result<(String, Arc<dyn RulePlugin>)> {
+    if let Some(template) = config
+        .rules
+        .iter()
+        .find(|r| r.name == rule)
+        .and_then(|r| r.template_rule())
+    {
+        let template = template.map_err(|e| anyhow::anyhow!(e))?;
+        return Ok((rule.to_string(), Arc::new(template)));
+    }
+    let env = config.plugin_env(false);
+    let plugin = if looks_like_path(rule) {
+        Registry::load_path(env, Path::new(rule))?
+    } else {
+        Registry::load_named(env, rule)?
+    };
+    let name = plugin.info.manifest.name.clone();
+    let PluginHandle::Rule(rule) = plugin.handle else {
+        bail!("plugin '{name}' is a flow, not a rule");
+    };
+    Ok((name, rule))
 }
 
 fn looks_like_path(rule: &str) -> bool {

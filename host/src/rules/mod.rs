@@ -1,0 +1,3 @@
+//! Rules that are not plugins: the built-in template rule, configured in `gatehost.toml`.
+
+pub mod template;
