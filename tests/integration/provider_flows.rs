@@ -185,6 +185,11 @@ pub fn write_config(d: &Path, sandbox: &Sandbox) -> PathBuf {
             "tenant = \"acme\"\nbrokr_host = \"localhost\"\n".into(),
         ),
         device(
+            "bad-port",
+            "mindconnect-eu1",
+            "tenant = \"acme\"\nbroker_host = \"localhost\"\ncertificate = \"a.pem\"\nkey = \"a.key\"\nport = \"eighty\"\n".into(),
+        ),
+        device(
             "two-ways",
             "azure-iothub",
             format!(
@@ -456,6 +461,7 @@ fn flow_failures_are_named_before_or_instead_of_connecting() {
             "device 'incomplete': missing parameters: broker_host, certificate, key; unknown parameters: brokr_host (this flow takes tenant, broker_host, certificate, key, ca_file, port)",
         ),
         ("two-ways", "give only one of symmetric_key, certificate + key"),
+        ("bad-port", "device 'bad-port': port must be a whole number, not 'eighty'"),
         ("aws-expired", "expired on"),
         ("nowhere", "gave up after"),
         ("line8-dev1", "no device 'line8-dev1' in the config ([[devices]] name = ...), and no [[device_templates]] match it"),
@@ -490,6 +496,10 @@ fn flow_failures_are_named_before_or_instead_of_connecting() {
     );
     assert!(
         stderr.contains("device 'two-ways': give only one of"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("device 'bad-port': port must be a whole number, not 'eighty'"),
         "{stderr}"
     );
 }

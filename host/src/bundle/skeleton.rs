@@ -44,7 +44,7 @@ pub fn files(
     match kind {
         PluginKind::Rule => manifest.push_str("endpoints = []\n"),
         PluginKind::Flow => manifest.push_str(
-            "# Only these host:port patterns can be dialled (`*` = one DNS label or any port).\nendpoints = [\"*:8883\"]\n\n[params]\nrequired = [\"host\", \"device_id\", \"password\"]\noptional = [\"port\", \"ca_file\"]\n",
+            "# Only these host:port patterns can be dialled (`*` = one DNS label or any port).\nendpoints = [\"*:8883\"]\n\n[params]\nrequired = [\"host\", \"device_id\", \"password\"]\noptional = [\"port\", \"ca_file\"]\nnumbers = [\"port\"]\n",
         ),
     }
     let mut out = vec![(format!("{name}.toml"), manifest)];

@@ -19,6 +19,7 @@
 //! required = ["id_scope", "registration_id"]
 //! optional = ["symmetric_key", "ca_file"]
 //! defaults = { dps_port = "8883" }       # filled in when the device does not set them
+//! numbers = ["dps_port"]                 # must be whole numbers (checked before the flow runs)
 //!
 //! [limits]                      # optional overrides of the engine defaults
 //! timeout_ms = 1000
@@ -75,9 +76,36 @@ pub struct FlowParams {
     /// `[["symmetric_key"], ["group_key"], ["certificate", "key"]]`.
     #[serde(default)]
     pub one_of: Vec<Vec<String>>,
+    /// Parameters that must be whole numbers (ports, timeouts): the host says so before the flow
+    /// runs, in both engines.
+    #[serde(default)]
+    pub numbers: Vec<String>,
 }
 
 impl FlowParams {
+    /// Every name in `numbers` is a declared parameter, and number defaults are numbers.
+    fn validate(&self) -> Result<(), String> {
+        for name in &self.numbers {
+            let declared = self.required.contains(name)
+                || self.optional.contains(name)
+                || self.defaults.contains_key(name)
+                || self.one_of.iter().flatten().any(|n| n == name);
+            if !declared {
+                return Err(format!(
+                    "[params] numbers lists '{name}', which is not a parameter of this flow"
+                ));
+            }
+            if let Some(v) = self.defaults.get(name) {
+                if v.trim().parse::<u64>().is_err() {
+                    return Err(format!(
+                        "[params] default {name} = '{v}' is not a whole number"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// `given` with defaults added, or one sentence naming every missing and unknown parameter.
     pub fn apply(&self, given: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
         let in_groups = |name: &str| self.one_of.iter().flatten().any(|g| g == name);
@@ -122,6 +150,11 @@ impl FlowParams {
                 ))
             }
         }
+        let not_numbers: Vec<String> = given
+            .iter()
+            .filter(|(k, v)| self.numbers.contains(k) && v.trim().parse::<u64>().is_err())
+            .map(|(k, v)| format!("{k} must be a whole number, not '{v}'"))
+            .collect();
         let unknown: Vec<&str> = given
             .iter()
             .map(|(k, _)| k.as_str())
@@ -132,6 +165,7 @@ impl FlowParams {
             problems.push(format!("missing parameters: {}", missing.join(", ")));
         }
         problems.extend(conflict);
+        problems.extend(not_numbers);
         if !unknown.is_empty() {
             let mut all: Vec<&str> = self.required.iter().map(String::as_str).collect();
             all.extend(self.one_of.iter().flatten().map(String::as_str));
@@ -243,6 +277,9 @@ impl Manifest {
         if self.params.is_some() && self.kind != PluginKind::Flow {
             return Err("[params] is for flows; a rule takes no parameters".into());
         }
+        if let Some(params) = &self.params {
+            params.validate()?;
+        }
         if let Some(ns) = &self.permissions.kv_namespace {
             if !is_plugin_name(ns) {
                 return Err(format!(
@@ -345,6 +382,7 @@ mod tests {
             optional: vec!["o".into()],
             defaults: [("d".to_string(), "7".to_string())].into(),
             one_of: Vec::new(),
+            numbers: Vec::new(),
         };
         let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
         let e = p.apply(&[pair("b", "1"), pair("typo", "x")]).unwrap_err();
@@ -429,6 +467,35 @@ mod tests {
         assert!(check_endpoint_pattern("a*b.net:1").is_err());
         assert!(check_endpoint_pattern("a.net:0").is_err());
         assert!(check_endpoint_pattern(":80").is_err());
+    }
+
+    #[test]
+    fn number_parameters_are_checked_before_the_flow_runs() {
+        let params = FlowParams {
+            required: vec!["host".into()],
+            optional: vec!["port".into()],
+            numbers: vec!["port".into()],
+            ..FlowParams::default()
+        };
+        let given = |port: &str| {
+            vec![
+                ("host".to_string(), "h".to_string()),
+                ("port".to_string(), port.to_string()),
+            ]
+        };
+        assert!(params.apply(&given("8883")).is_ok());
+        assert_eq!(
+            params.apply(&given("eighty")).unwrap_err(),
+            "port must be a whole number, not 'eighty'"
+        );
+        let wrong = FlowParams {
+            numbers: vec!["prot".into()],
+            ..params.clone()
+        };
+        assert!(wrong
+            .validate()
+            .unwrap_err()
+            .contains("'prot', which is not a parameter"));
     }
 
     #[test]
