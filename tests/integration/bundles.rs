@@ -3,8 +3,7 @@
 //! nothing behind), permission upgrades, `gatehost.lock` pinning and `plugin sync`, and the
 //! `plugin new` skeletons of both engines.
 
-use crate::certs_openssl::openssl;
-use crate::sandbox_brokers::openssl_ca;
+use crate::sandbox_brokers::{openssl_ca, openssl_leaf_with};
 use crate::support::{gatehost, repo_root, run, wasm_dir, Output};
 use gatehost::bundle::archive::ArchiveLimits;
 use gatehost::bundle::format::{pack, sha256_hex, Bundle, FileHash};
@@ -269,7 +268,7 @@ fn gatehost_and_minisign_read_each_others_keys_and_signatures() {
         ],
     );
     assert!(s.status.success(), "{}", String::from_utf8_lossy(&s.stderr));
-    let (sig, _) =
+    let sig =
         Signature::parse(&std::fs::read_to_string(sub.join("by-minisign.sig")).unwrap()).unwrap();
     let public = PublicKey::parse(&std::fs::read_to_string(dir.join("ms.pub")).unwrap()).unwrap();
     let message = std::fs::read(sub.join("bundle.toml")).unwrap();
@@ -282,45 +281,13 @@ fn gatehost_and_minisign_read_each_others_keys_and_signatures() {
 /// an openssl CA; returns the server, its port and the CA file.
 fn https_server(dir: &Path, serve: &Path) -> (Child, u16, PathBuf) {
     openssl_ca(dir, "web-ca");
-    std::fs::write(
-        dir.join("web.ext"),
+    openssl_leaf_with(
+        dir,
+        "web-ca",
+        "web",
+        "127.0.0.1",
+        "2",
         "basicConstraints=CA:FALSE\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "web.key",
-            "-out",
-            "web.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "web.csr",
-            "-CA",
-            "web-ca.pem",
-            "-CAkey",
-            "web-ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-out",
-            "web.pem",
-            "-extfile",
-            "web.ext",
-        ],
     );
     let mut child = Command::new("python3")
         .arg(repo_root().join("tests/fixtures/https_server.py"))

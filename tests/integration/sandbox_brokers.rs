@@ -47,7 +47,12 @@ pub fn openssl_leaf(dir: &Path, ca: &str, name: &str, cn: &str) {
 
 /// [`openssl_leaf`] valid for `days` days from now ("-1" makes one that has already expired).
 pub fn openssl_leaf_valid_for(dir: &Path, ca: &str, name: &str, cn: &str, days: &str) {
-    std::fs::write(dir.join("leaf.ext"), "basicConstraints=CA:FALSE\n").unwrap();
+    openssl_leaf_with(dir, ca, name, cn, days, "basicConstraints=CA:FALSE\n")
+}
+
+/// [`openssl_leaf_valid_for`] with the given extensions file contents (a server's SAN, say).
+pub fn openssl_leaf_with(dir: &Path, ca: &str, name: &str, cn: &str, days: &str, extensions: &str) {
+    std::fs::write(dir.join("leaf.ext"), extensions).unwrap();
     openssl(
         dir,
         &[

@@ -126,9 +126,9 @@ impl Bundle {
                 let text = std::str::from_utf8(&e.data).map_err(|_| {
                     BundleError::Layout("bundle.toml.minisig is not UTF-8 text".into())
                 })?;
-                let (sig, comment) = Signature::parse(text)
+                let sig = Signature::parse(text)
                     .map_err(|e| BundleError::Layout(format!("bundle.toml.minisig: {e}")))?;
-                if comment != Signature::canonical_comment(sig.key_id) || sig.to_file() != text {
+                if sig.to_file() != text {
                     return Err(BundleError::Layout(
                         "bundle.toml.minisig was modified (its untrusted lines are not the ones gatehost writes)".into(),
                     ));
@@ -251,10 +251,7 @@ impl Bundle {
                 d.name
             )));
         };
-        let when = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let when = crate::caps::crypto::now_unix();
         let comment = format!(
             "gatehost bundle {} {} publisher:{publisher} timestamp:{when}",
             d.name, d.version

@@ -275,21 +275,24 @@ pub struct Signature {
 impl Signature {
     /// The untrusted comment gatehost writes; bundles require exactly this line so that no byte
     /// of a bundle can change unnoticed.
-    pub fn canonical_comment(key_id: KeyId) -> String {
+    fn canonical_comment(key_id: KeyId) -> String {
         format!("signature from minisign secret key {key_id}")
     }
 
-    /// Parse a `.minisig` file. Returns the signature and its untrusted comment.
-    pub fn parse(text: &str) -> Result<(Signature, String), MinisignError> {
+    /// Parse a `.minisig` file (its untrusted comment is not part of the signature).
+    pub fn parse(text: &str) -> Result<Signature, MinisignError> {
         let what = "signature";
         let lines: Vec<&str> = text.split('\n').collect();
         let (comment, sig_line, trusted, global_line) = match lines.as_slice() {
             [a, b, c, d] | [a, b, c, d, ""] => (*a, *b, *c, *d),
             _ => return Err(format_err(what, "expected four lines")),
         };
-        let comment = comment.strip_prefix(COMMENT).ok_or_else(|| {
-            format_err(what, "the first line must start with 'untrusted comment:'")
-        })?;
+        if !comment.starts_with(COMMENT) {
+            return Err(format_err(
+                what,
+                "the first line must start with 'untrusted comment:'",
+            ));
+        }
         let trusted_comment = trusted
             .strip_prefix(TRUSTED)
             .ok_or_else(|| format_err(what, "the third line must start with 'trusted comment:'"))?;
@@ -314,16 +317,13 @@ impl Signature {
             .as_slice()
             .try_into()
             .map_err(|_| format_err(what, "the global signature is not 64 bytes"))?;
-        Ok((
-            Signature {
-                key_id: KeyId(raw[2..10].try_into().expect("8 bytes")),
-                prehashed,
-                sig: raw[10..74].try_into().expect("64 bytes"),
-                trusted_comment: trusted_comment.to_string(),
-                global_sig,
-            },
-            comment.to_string(),
-        ))
+        Ok(Signature {
+            key_id: KeyId(raw[2..10].try_into().expect("8 bytes")),
+            prehashed,
+            sig: raw[10..74].try_into().expect("64 bytes"),
+            trusted_comment: trusted_comment.to_string(),
+            global_sig,
+        })
     }
 
     /// The `.minisig` file with the canonical untrusted comment.
@@ -353,9 +353,14 @@ mod tests {
         assert_eq!(again.public(), sk.public());
         let pk = PublicKey::parse(&sk.public().to_file()).unwrap();
         let sig = sk.sign(b"hello", "gatehost test");
-        let (parsed, comment) = Signature::parse(&sig.to_file()).unwrap();
+        let text = sig.to_file();
+        let parsed = Signature::parse(&text).unwrap();
         assert_eq!(parsed, sig);
-        assert_eq!(comment, Signature::canonical_comment(sk.id));
+        let comment = format!(
+            "untrusted comment: {}\n",
+            Signature::canonical_comment(sk.id)
+        );
+        assert!(text.starts_with(&comment), "{text}");
         pk.verify(b"hello", &parsed).unwrap();
         assert_eq!(
             pk.verify(b"hellO", &parsed),

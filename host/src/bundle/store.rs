@@ -9,7 +9,7 @@
 //! ```
 
 use super::archive::{ArchiveLimits, Entry};
-use super::format::{sha256_hex, Bundle, BundleError, BundleManifest, BUNDLE_TOML, SIGNATURE};
+use super::format::{Bundle, BundleError, BundleManifest, BUNDLE_TOML, SIGNATURE};
 use super::lock::{Lock, LockEntry, LockError};
 use super::minisign::Signature;
 use super::trust::{Trust, TrustError, TrustStore};
@@ -52,13 +52,24 @@ pub struct Installed {
 
 impl Installed {
     pub fn lock_entry(&self) -> LockEntry {
-        LockEntry {
-            name: self.description.name.clone(),
-            version: self.description.version.clone(),
-            sha256: self.record.sha256.clone(),
-            publisher: self.description.publisher.clone(),
-        }
+        lock_entry(&self.description, &self.record)
     }
+}
+
+fn lock_entry(description: &BundleManifest, record: &InstallRecord) -> LockEntry {
+    LockEntry {
+        name: description.name.clone(),
+        version: description.version.clone(),
+        sha256: record.sha256.clone(),
+        publisher: description.publisher.clone(),
+    }
+}
+
+/// An installed plugin as read from disk, not checked yet.
+struct OnDisk {
+    bundle: Bundle,
+    record: InstallRecord,
+    manifest_path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,8 +95,8 @@ pub enum StoreError {
         from: String,
         added: String,
     },
-    #[error("plugin '{0}' is not installed from a bundle{1}")]
-    NotInstalled(String, String),
+    #[error("plugin '{0}' is not installed from a bundle")]
+    NotInstalled(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -152,6 +163,11 @@ impl Site {
     /// Read an installed plugin back and check it: the files on disk still hash to what its
     /// description lists, and the trust store still accepts its signature.
     pub fn installed(&self, name: &str) -> Result<Installed, StoreError> {
+        self.verify(name, self.read(name)?)
+    }
+
+    /// An installed plugin's description, signature, record and payload, as they are on disk.
+    fn read(&self, name: &str) -> Result<OnDisk, StoreError> {
         let dir = self.root.join(name);
         let bad = |why: String| StoreError::Installed {
             name: name.to_string(),
@@ -160,11 +176,9 @@ impl Site {
         let description_bytes =
             std::fs::read(dir.join(BUNDLE_TOML)).map_err(|e| bad(format!("bundle.toml: {e}")))?;
         let signature = match std::fs::read_to_string(dir.join(SIGNATURE)) {
-            Ok(text) => Some(
-                Signature::parse(&text)
-                    .map_err(|e| bad(format!("{SIGNATURE}: {e}")))?
-                    .0,
-            ),
+            Ok(text) => {
+                Some(Signature::parse(&text).map_err(|e| bad(format!("{SIGNATURE}: {e}")))?)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(bad(format!("{SIGNATURE}: {e}"))),
         };
@@ -185,28 +199,42 @@ impl Site {
                 data,
             });
         }
-        let bundle = Bundle {
-            description: description.clone(),
-            description_bytes,
-            signature,
-            payload,
-            sha256: record.sha256.clone(),
+        Ok(OnDisk {
+            manifest_path: dir.join("payload").join(&description.manifest),
+            bundle: Bundle {
+                description,
+                description_bytes,
+                signature,
+                payload,
+                sha256: record.sha256.clone(),
+            },
+            record,
+        })
+    }
+
+    /// Check what [`Site::read`] found: contents against the description, the signature
+    /// against the trust store, and that the bundle is the plugin it is installed as.
+    fn verify(&self, name: &str, on_disk: OnDisk) -> Result<Installed, StoreError> {
+        let bad = |why: String| StoreError::Installed {
+            name: name.to_string(),
+            why,
         };
+        let bundle = on_disk.bundle;
         bundle
             .check_contents()
             .map_err(|e| bad(format!("changed on disk since it was installed: {e}")))?;
         let trust = self.trust.verify(&bundle).map_err(|e| bad(e.to_string()))?;
-        if description.name != name {
+        if bundle.description.name != name {
             return Err(bad(format!(
                 "its bundle is for plugin '{}'",
-                description.name
+                bundle.description.name
             )));
         }
         Ok(Installed {
-            manifest_path: dir.join("payload").join(&description.manifest),
-            description,
-            record,
+            description: bundle.description,
+            record: on_disk.record,
             trust,
+            manifest_path: on_disk.manifest_path,
         })
     }
 
@@ -221,26 +249,31 @@ impl Site {
         let bundle = Bundle::open(bytes, &self.limits)?;
         let trust = self.trust.verify(&bundle)?;
         let d = &bundle.description;
-        let current = self.current(&d.name);
-        let intact = self.installed(&d.name).is_ok();
-        if let Some(current) = &current {
-            let cd = &current.description;
-            // The same bundle again: nothing to do, unless the installed copy was damaged.
-            if cd.version == d.version && current.record.sha256 == bundle.sha256 && intact {
-                let mut lock = Lock::read(&self.lock_path)?;
-                lock.set(current.lock_entry());
-                lock.write(&self.lock_path)?;
-                return Ok(InstallOutcome {
-                    installed: current.clone(),
-                    previous: Some(cd.version.clone()),
-                    unchanged: true,
-                });
-            }
-            if cd.version == d.version && current.record.sha256 != bundle.sha256 {
+        // The live version, checked once: an upgrade may replace a damaged copy or one whose
+        // key was revoked since, so a failed check does not stop the install.
+        let current = self.read(&d.name).ok().map(|on_disk| {
+            let (description, record) =
+                (on_disk.bundle.description.clone(), on_disk.record.clone());
+            (description, record, self.verify(&d.name, on_disk))
+        });
+        if let Some((cd, record, checked)) = &current {
+            if cd.version == d.version && record.sha256 == bundle.sha256 {
+                // The same bundle again: nothing to do, unless the installed copy was damaged.
+                if let Ok(installed) = checked {
+                    let mut lock = Lock::read(&self.lock_path)?;
+                    lock.set(installed.lock_entry());
+                    lock.write(&self.lock_path)?;
+                    return Ok(InstallOutcome {
+                        installed: installed.clone(),
+                        previous: Some(cd.version.clone()),
+                        unchanged: true,
+                    });
+                }
+            } else if cd.version == d.version {
                 return Err(StoreError::SameVersionChanged {
                     name: d.name.clone(),
                     version: d.version.clone(),
-                    installed: current.record.sha256.clone(),
+                    installed: record.sha256.clone(),
                 });
             }
             let added = added_permissions(cd, d);
@@ -256,21 +289,15 @@ impl Site {
         let record = InstallRecord {
             sha256: bundle.sha256.clone(),
             source: source.to_string(),
-            installed_at: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            installed_at: crate::caps::crypto::now_unix(),
         };
         // A fresh directory per install, so the live one is never written to.
         let target_name = format!(
-            "{}-{}-{}-{:x}",
+            "{}-{}-{}-{}",
             d.name,
             d.version,
             &bundle.sha256[..12],
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|t| t.as_nanos())
-                .unwrap_or(0)
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
         let old_dir = std::fs::read_link(self.root.join(&d.name))
             .ok()
@@ -287,30 +314,9 @@ impl Site {
         tracing::info!(plugin = %d.name, version = %d.version, %trust, "plugin installed");
         Ok(InstallOutcome {
             installed,
-            previous: current.map(|c| c.description.version),
+            previous: current.map(|(cd, _, _)| cd.version),
             unchanged: false,
         })
-    }
-
-    /// The live version of `name`, if it is installed and readable (trust not re-checked:
-    /// an upgrade may replace a version signed by a key revoked since).
-    fn current(&self, name: &str) -> Option<Installed> {
-        match self.installed(name) {
-            Ok(i) => Some(i),
-            Err(_) => {
-                let dir = self.root.join(name);
-                let description: BundleManifest =
-                    toml::from_str(&std::fs::read_to_string(dir.join(BUNDLE_TOML)).ok()?).ok()?;
-                let record: InstallRecord =
-                    toml::from_str(&std::fs::read_to_string(dir.join(INSTALLED)).ok()?).ok()?;
-                Some(Installed {
-                    manifest_path: dir.join("payload").join(&description.manifest),
-                    description,
-                    record,
-                    trust: Trust::Unsigned,
-                })
-            }
-        }
     }
 
     /// Write the bundle's files into `.store/<target_name>` through a temporary directory.
@@ -365,7 +371,7 @@ impl Site {
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
         let link = self.root.join(name);
         if name.starts_with('.') || std::fs::symlink_metadata(&link).is_err() {
-            return Err(StoreError::NotInstalled(name.to_string(), String::new()));
+            return Err(StoreError::NotInstalled(name.to_string()));
         }
         let target = std::fs::read_link(&link).ok().map(|t| self.root.join(t));
         std::fs::remove_file(&link).map_err(io(&link))?;
@@ -378,38 +384,21 @@ impl Site {
         Ok(())
     }
 
-    /// The lock entries of everything installed (unreadable plugins listed by name, with an
-    /// empty hash, so they show as differences).
+    /// The lock entries of everything installed and readable (whether its checks pass is
+    /// [`Site::installed`]'s business, reported by the registry at every load).
     pub fn installed_entries(&self) -> Result<Vec<LockEntry>, StoreError> {
         Ok(self
             .names()?
             .into_iter()
-            .filter_map(|n| self.current(&n))
-            .map(|i| i.lock_entry())
+            .filter_map(|n| self.read(&n).ok())
+            .map(|d| lock_entry(&d.bundle.description, &d.record))
             .collect())
     }
 
-    /// Problems with the installed set: unreadable or untrusted plugins, and every difference
-    /// from the lock file.
-    pub fn check(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let names = match self.names() {
-            Ok(names) => names,
-            Err(e) => return vec![e.to_string()],
-        };
-        for name in &names {
-            if let Err(e) = self.installed(name) {
-                problems.push(e.to_string());
-            }
-        }
-        match (Lock::read(&self.lock_path), self.installed_entries()) {
-            (Ok(lock), Ok(installed)) => {
-                problems.extend(lock.differences(&installed, &self.lock_path))
-            }
-            (Err(e), _) => problems.push(e.to_string()),
-            (_, Err(e)) => problems.push(e.to_string()),
-        }
-        problems
+    /// Every difference between the installed plugins and the lock file.
+    pub fn lock_differences(&self) -> Result<Vec<String>, StoreError> {
+        let lock = Lock::read(&self.lock_path)?;
+        Ok(lock.differences(&self.installed_entries()?, &self.lock_path))
     }
 }
 
@@ -435,9 +424,4 @@ pub fn added_permissions(old: &BundleManifest, new: &BundleManifest) -> Vec<Stri
         ));
     }
     added
-}
-
-/// SHA-256 of bytes as lower-case hex (re-exported for the CLI's `--sha256` check).
-pub fn bundle_sha256(bytes: &[u8]) -> String {
-    sha256_hex(bytes)
 }

@@ -87,13 +87,7 @@ impl TrustStore {
                     .collect();
                 files.sort();
                 for path in files {
-                    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
-                    let publisher = stem.split('@').next().unwrap_or_default().to_string();
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| TrustError::Store(format!("{}: {e}", path.display())))?;
-                    let key = PublicKey::parse(&text)
-                        .map_err(|e| TrustError::Store(format!("{}: {e}", path.display())))?;
-                    store.keys.push((publisher, key));
+                    store.keys.push(read_key_file(&path)?);
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -118,13 +112,8 @@ impl TrustStore {
         if path.is_dir() {
             return TrustStore::load(path, &[], &[], false);
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| TrustError::Store(format!("{}: {e}", path.display())))?;
-        let key = PublicKey::parse(&text)
-            .map_err(|e| TrustError::Store(format!("{}: {e}", path.display())))?;
-        let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         Ok(TrustStore {
-            keys: vec![(stem.split('@').next().unwrap_or_default().to_string(), key)],
+            keys: vec![read_key_file(path)?],
             dir: path.to_path_buf(),
             ..TrustStore::default()
         })
@@ -164,4 +153,14 @@ impl TrustStore {
             key_id: sig.key_id,
         })
     }
+}
+
+/// A publisher key file: the publisher is the file name up to `@` or `.pub`.
+fn read_key_file(path: &Path) -> Result<(String, PublicKey), TrustError> {
+    let failed = |e: &dyn std::fmt::Display| TrustError::Store(format!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| failed(&e))?;
+    let key = PublicKey::parse(&text).map_err(|e| failed(&e))?;
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let publisher = stem.split('@').next().unwrap_or_default().to_string();
+    Ok((publisher, key))
 }

@@ -28,17 +28,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let registry = Registry::load(config.plugin_env(true));
     let mut problems: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
     problems.extend(config.validate(&registry));
-    match config.site() {
-        // Installed plugins that fail their checks are already among the registry's errors.
-        Ok(site) => {
-            let new: Vec<String> = site
-                .check()
-                .into_iter()
-                .filter(|p| !problems.iter().any(|q| q.contains(p.as_str())))
-                .collect();
-            problems.extend(new);
+    // Installed plugins that fail their checks, and a trust store that cannot be read, are
+    // among the registry's errors already; what is left is the lock file.
+    if let Ok(site) = config.site() {
+        match site.lock_differences() {
+            Ok(differences) => problems.extend(differences),
+            Err(e) => problems.push(e.to_string()),
         }
-        Err(e) => problems.push(e.to_string()),
     }
     let report = Report {
         ok: problems.is_empty(),
