@@ -5,14 +5,17 @@
 //! [`caps`] (host capabilities, each bound to both engines), [`engine`] (the WASM and Rhai
 //! engines), [`plugins`] (manifests, discovery, registry), [`bundle`] (signed bundles, trust, install), [`cli`] (the `gatehost` commands).
 
+pub mod bridge;
 pub mod bundle;
 pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod model;
+pub mod mqtt_server;
 pub mod onboard;
 pub mod plugins;
+pub mod record;
 pub mod retry;
 pub mod rules;
 pub mod sandbox;

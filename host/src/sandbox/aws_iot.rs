@@ -5,11 +5,11 @@
 //! closes its connection (publish, connect) or fails its SUBACK, as AWS IoT does. Accepted
 //! publishes are recorded and routed to every subscribed client.
 
-use super::mqtt_server::{
+use crate::caps::crypto;
+use crate::mqtt_server::{
     filter_matches, ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
-use super::record::{Record, Recorder};
-use crate::caps::crypto;
+use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::Publish;
 use std::sync::Arc;
 

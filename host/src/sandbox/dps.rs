@@ -10,11 +10,11 @@
 use super::auth;
 use super::config::{Attestation, DpsConfig, Enrollment, EnrollmentStatus};
 use super::iothub::{DeviceAuth, DeviceRegistry};
-use super::mqtt_server::{
+use crate::caps::crypto;
+use crate::mqtt_server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
-use super::record::{Record, Recorder};
-use crate::caps::crypto;
+use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};

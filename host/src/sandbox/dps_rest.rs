@@ -5,7 +5,7 @@
 //! served by hyper over tokio-rustls.
 
 use super::dps::{Caller, Dps, Reply};
-use super::record::{Record, Recorder};
+use crate::record::{Record, Recorder};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Method, Request, Response, StatusCode};

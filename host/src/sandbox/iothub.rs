@@ -5,12 +5,12 @@
 //! publish topic closes the connection, as does a message over 256 KB.
 
 use super::auth;
-use super::mqtt_server::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
-};
-use super::record::{Record, Recorder};
 use crate::caps::crypto;
 use crate::model::Pair;
+use crate::mqtt_server::{
+    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+};
+use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

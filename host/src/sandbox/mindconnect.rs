@@ -6,11 +6,11 @@
 //! up), and serve only the agent's own `tc/<tenant>/<clientId>/...` topics.
 
 use super::jwt;
-use super::mqtt_server::{
+use crate::caps::crypto;
+use crate::mqtt_server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
-use super::record::{Record, Recorder};
-use crate::caps::crypto;
+use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use serde_json::{Map, Value};
 use std::collections::HashMap;

@@ -11,18 +11,18 @@ pub mod dps_rest;
 pub mod iothub;
 pub mod jwt;
 pub mod mindconnect;
-pub mod mqtt_server;
+
 pub mod pki;
-pub mod record;
+
 pub mod tls;
 
 use crate::model::{Pair, PluginError};
+use crate::mqtt_server::{MqttServer, MqttService};
+use crate::record::{self, Recorder};
 use config::{Attestation, SandboxConfig};
 use dps::{Dps, LoadedEnrollment};
 use iothub::{DeviceAuth, DeviceRegistry, IotHub};
-use mqtt_server::{MqttServer, MqttService};
 use pki::SandboxPki;
-use record::Recorder;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,7 +188,7 @@ impl Sandbox {
             let mut brokers = HashMap::new();
             for (which, port, service) in services {
                 let addr = listen(port);
-                let server = MqttServer::start(&addr, tls.clone(), service, recorder.clone())
+                let server = MqttServer::start(&addr, Some(tls.clone()), service, recorder.clone())
                     .await
                     .map_err(|source| SandboxError::Listen { addr, source })?;
                 brokers.insert(which, server);

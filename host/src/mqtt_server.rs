@@ -1,22 +1,24 @@
-//! A small MQTT 3.1.1 server for the emulated services, built on rumqttc's packet codec
-//! (`rumqttc::mqttbytes::v4`) over tokio and rustls. It owns the protocol mechanics — TLS,
-//! CONNECT/CONNACK, keep-alive, SUBACK, PUBACK, QoS, one connection per client id, delivery to
-//! subscribed clients only — and asks an [`MqttService`] for every decision a provider makes
-//! (who may connect, which subscriptions and publishes are allowed, what to answer).
+//! The MQTT 3.1.1 server core of the sandbox's emulated services and of the bridge's embedded
+//! local broker, built on rumqttc's packet codec (`rumqttc::mqttbytes::v4`) over tokio, plain TCP
+//! or rustls. It owns the protocol mechanics — TLS, CONNECT/CONNACK, keep-alive, SUBACK, PUBACK,
+//! QoS 0/1/2 in, one connection per client id, delivery to subscribed clients only, and
+//! acknowledgements held back until the service says the message is safe (persisted) — and asks
+//! an [`MqttService`] for every decision (who may connect, which subscriptions and publishes are
+//! allowed, what to answer).
 
-use super::record::{Record, Recorder};
+use crate::record::{Record, Recorder};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
 };
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Largest packet accepted: IoT Hub's 256 KB message plus room for topic and properties.
 pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
@@ -89,6 +91,12 @@ pub enum PublishVerdict {
     Accept,
     /// Acknowledge, and deliver the message to every client subscribed to its topic (a broker).
     Route,
+    /// Deliver the message to subscribed clients now and acknowledge it (QoS 1 and 2) once the
+    /// receiver says `Ok` — after the service persisted it. `Err` closes the connection with
+    /// that reason, unacknowledged, so the client sends the message again. Acknowledgements
+    /// keep the order of the publishes, and a client with [`MAX_UNACKED`] messages waiting is
+    /// not read from until the oldest is settled.
+    Deferred(oneshot::Receiver<Result<(), String>>),
     /// Close the connection, as IoT Hub does on a publish to a topic it does not serve.
     Disconnect(String),
 }
@@ -98,6 +106,7 @@ pub struct Session {
     pub client_id: String,
     pub auth: Result<Identity, String>,
     outbox: mpsc::UnboundedSender<Command>,
+    clients: Arc<Clients>,
 }
 
 impl Session {
@@ -114,7 +123,16 @@ impl Session {
             qos: QoS::AtMostOnce,
         });
     }
+
+    /// Deliver a message to every client subscribed to `topic` (QoS 0 or 1).
+    pub fn broadcast(&self, topic: &str, payload: &[u8], qos: u8) {
+        self.clients.broadcast(topic, payload, qos_of(qos));
+    }
 }
+
+/// How many publishes of one client may wait for their acknowledgement (see
+/// [`PublishVerdict::Deferred`]) before the server stops reading from it.
+pub const MAX_UNACKED: usize = 1024;
 
 /// The decisions one emulated provider makes.
 pub trait MqttService: Send + Sync + 'static {
@@ -124,6 +142,19 @@ pub trait MqttService: Send + Sync + 'static {
     /// The QoS granted, or why the subscription is refused (SUBACK failure).
     fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String>;
     fn publish(&self, session: &Session, publish: &Publish) -> PublishVerdict;
+    /// The highest QoS clients may publish with; a QoS 2 publish above it closes the connection.
+    fn max_qos(&self) -> u8 {
+        1
+    }
+    /// The largest packet accepted; a larger one closes the connection.
+    fn max_packet(&self) -> usize {
+        MAX_PACKET
+    }
+    /// A connection was closed because the client broke the protocol (`cause`: a short,
+    /// constant phrase for counting; `detail`: the sentence that was recorded).
+    fn protocol_error(&self, cause: &'static str, detail: &str) {
+        let _ = (cause, detail);
+    }
 }
 
 enum Command {
@@ -172,16 +203,17 @@ pub struct MqttServer {
 
 impl MqttServer {
     /// Listen on `addr` (port 0 = any free port) and serve `service` on the current tokio runtime.
+    /// Without `tls`, clients connect over plain TCP.
     pub async fn start(
         addr: &str,
-        tls: Arc<rustls::ServerConfig>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         service: Arc<dyn MqttService>,
         recorder: Arc<Recorder>,
     ) -> std::io::Result<MqttServer> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
         let clients = Arc::new(Clients::default());
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let shared = clients.clone();
         tokio::spawn(async move {
             let ids = AtomicU64::new(1);
@@ -258,13 +290,14 @@ impl std::fmt::Display for ReadError {
 async fn read_packet<R: AsyncReadExt + Unpin>(
     reader: &mut R,
     buf: &mut BytesMut,
+    max_packet: usize,
 ) -> Result<Packet, ReadError> {
     loop {
         // rumqttc's 3.1.1 codec half-parses MQTT 5 CONNECTs; answer them by their level instead.
         if let Some(level) = connect_protocol_level(buf).filter(|l| *l != 4) {
             return Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)));
         }
-        match Packet::read(buf, MAX_PACKET) {
+        match Packet::read(buf, max_packet) {
             Ok(packet) => return Ok(packet),
             Err(CodecError::InsufficientBytes(_)) => {}
             Err(e) => return Err(ReadError::Codec(e)),
@@ -294,9 +327,41 @@ fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
     buf.get(i + 2 + name_len).copied()
 }
 
+/// A publish waiting for the service to settle it.
+struct Unacked {
+    pkid: u16,
+    qos: QoS,
+    settled: oneshot::Receiver<Result<(), String>>,
+}
+
+/// PUBACK for QoS 1, PUBREC for QoS 2 (the client then releases it), nothing for QoS 0.
+async fn write_ack<W: AsyncWriteExt + Unpin>(writer: &mut W, qos: QoS, pkid: u16) -> bool {
+    match qos {
+        QoS::AtMostOnce => true,
+        QoS::AtLeastOnce => write_packet(writer, Packet::PubAck(PubAck::new(pkid))).await,
+        QoS::ExactlyOnce => {
+            let rec = rumqttc::mqttbytes::v4::PubRec::new(pkid);
+            write_packet(writer, Packet::PubRec(rec)).await
+        }
+    }
+}
+
+/// A topic name a client may publish to: not empty, no wildcards, no NUL.
+fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+}
+
+/// The counting cause of a codec error.
+fn malformed_cause(e: &CodecError) -> &'static str {
+    match e {
+        CodecError::PayloadSizeLimitExceeded(_) => "packet too large",
+        _ => "malformed packet",
+    }
+}
+
 async fn write_packet<W: AsyncWriteExt + Unpin>(writer: &mut W, packet: Packet) -> bool {
     let mut out = BytesMut::new();
-    if packet.write(&mut out, MAX_PACKET).is_err() {
+    if packet.write(&mut out, usize::MAX).is_err() {
         return false;
     }
     writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok()
@@ -325,8 +390,12 @@ impl Connection {
         Record::new(self.service.name(), event, client_id)
     }
 
-    async fn serve(self, tcp: TcpStream, acceptor: tokio_rustls::TlsAcceptor) {
+    async fn serve(self, tcp: TcpStream, acceptor: Option<tokio_rustls::TlsAcceptor>) {
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        let Some(acceptor) = acceptor else {
+            let (reader, writer) = tokio::io::split(tcp);
+            return self.session(peer, Vec::new(), reader, writer).await;
+        };
         let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
             Ok(Ok(tls)) => tls,
             Ok(Err(e)) => {
@@ -351,10 +420,24 @@ impl Connection {
             .peer_certificates()
             .map(|certs| certs.iter().map(|c| c.to_vec()).collect())
             .unwrap_or_default();
-        let (mut reader, mut writer) = tokio::io::split(tls);
-        let mut buf = BytesMut::with_capacity(4096);
+        let (reader, writer) = tokio::io::split(tls);
+        self.session(peer, chain, reader, writer).await
+    }
 
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut reader, &mut buf)).await;
+    /// Serve one client from its CONNECT on (`chain`: its TLS client certificates, if any).
+    async fn session<R, W>(self, peer: String, chain: Vec<Vec<u8>>, mut reader: R, mut writer: W)
+    where
+        R: AsyncReadExt + Unpin,
+        W: AsyncWriteExt + Unpin,
+    {
+        let mut buf = BytesMut::with_capacity(4096);
+        let max_packet = self.service.max_packet();
+
+        let first = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            read_packet(&mut reader, &mut buf, max_packet),
+        )
+        .await;
         let unsupported = |level: u8| {
             let detail = format!(
                 "{peer} asked for MQTT protocol level {level}; only 3.1.1 (level 4) is served"
@@ -413,7 +496,27 @@ impl Connection {
             peer_chain: &chain,
             clean_session: connect.clean_session,
         };
-        let client_id = connect.client_id.clone();
+        // MQTT 3.1.1: a client with a clean session may leave its id to the server.
+        let assigned;
+        let request = if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                let code = ConnectReturnCode::BadClientId;
+                write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false))).await;
+                self.recorder
+                    .push(self.record("refused", "").detail(format!(
+                        "{peer} asked for a persistent session without a client id"
+                    )));
+                return;
+            }
+            assigned = format!("auto-{}", self.id);
+            ConnectRequest {
+                client_id: &assigned,
+                ..request
+            }
+        } else {
+            request
+        };
+        let client_id = request.client_id.to_string();
         let auth = match self.service.connect(&request) {
             ConnectVerdict::Accept(auth) => auth,
             ConnectVerdict::Refuse(code, why) => {
@@ -443,6 +546,7 @@ impl Connection {
             client_id: client_id.clone(),
             auth,
             outbox: tx,
+            clients: self.clients.clone(),
         };
         let accepted = ConnAck::new(ConnectReturnCode::Success, false);
         if !write_packet(&mut writer, Packet::ConnAck(accepted)).await {
@@ -466,6 +570,7 @@ impl Connection {
                 &mut writer,
                 &mut rx,
                 &mut buf,
+                max_packet,
             )
             .await;
         self.forget(&client_id);
@@ -477,6 +582,7 @@ impl Connection {
     }
 
     /// Serve an accepted session until it ends; why it ended.
+    #[allow(clippy::too_many_arguments)]
     async fn run<R, W>(
         &self,
         session: &Session,
@@ -485,6 +591,7 @@ impl Connection {
         writer: &mut W,
         rx: &mut mpsc::UnboundedReceiver<Command>,
         buf: &mut BytesMut,
+        max_packet: usize,
     ) -> String
     where
         R: AsyncReadExt + Unpin,
@@ -492,6 +599,8 @@ impl Connection {
     {
         let mut filters: Vec<String> = Vec::new();
         let mut next_pkid: u16 = 0;
+        // Publishes whose acknowledgement waits for the service, oldest first.
+        let mut unacked: VecDeque<Unacked> = VecDeque::new();
         // MQTT 3.1.1: the server closes a connection silent for 1.5 keep-alive periods.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let mut last_heard = tokio::time::Instant::now();
@@ -505,34 +614,87 @@ impl Connection {
                 let left = at.saturating_sub(crate::caps::crypto::now_unix());
                 tokio::time::Instant::now() + Duration::from_secs(left)
             });
+        let broke = || "the connection broke".to_string();
         loop {
-            // Handle every complete packet already buffered.
-            loop {
-                let packet = match Packet::read(buf, MAX_PACKET) {
+            // Settle the acknowledgements that are ready, in order.
+            while let Some(front) = unacked.front_mut() {
+                match front.settled.try_recv() {
+                    Ok(result) => {
+                        let done = unacked.pop_front().expect("front exists");
+                        match self.settle(done, result, writer).await {
+                            Ok(()) => {}
+                            Err(why) => return why,
+                        }
+                    }
+                    Err(oneshot::error::TryRecvError::Empty) => break,
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        return "the gateway stopped before the message was stored; closed".into()
+                    }
+                }
+            }
+            // Handle every complete packet already buffered, while acknowledgements may wait.
+            while unacked.len() < MAX_UNACKED {
+                let packet = match Packet::read(buf, max_packet) {
                     Ok(p) => p,
                     Err(CodecError::InsufficientBytes(_)) => break,
-                    Err(e) => return format!("malformed packet ({e:?}); closed"),
+                    Err(e) => {
+                        let detail = format!("malformed packet ({e:?}); closed");
+                        self.service.protocol_error(malformed_cause(&e), &detail);
+                        return detail;
+                    }
                 };
                 match packet {
                     Packet::Publish(p) => {
-                        if p.qos == QoS::ExactlyOnce {
+                        if p.qos == QoS::ExactlyOnce && self.service.max_qos() < 2 {
+                            self.service
+                                .protocol_error("QoS 2 publish", "QoS 2 is not supported");
                             return format!(
                                 "published QoS 2 to '{}', which is not supported; closed",
                                 p.topic
                             );
                         }
+                        if !valid_topic_name(&p.topic) {
+                            let detail = format!(
+                                "published to '{}', which is not a valid topic name; closed",
+                                p.topic
+                            );
+                            self.service.protocol_error("invalid topic name", &detail);
+                            return detail;
+                        }
                         let route = match self.service.publish(session, &p) {
                             PublishVerdict::Accept => false,
                             PublishVerdict::Route => true,
+                            PublishVerdict::Deferred(settled) => {
+                                self.clients.broadcast(&p.topic, &p.payload, p.qos);
+                                unacked.push_back(Unacked {
+                                    pkid: p.pkid,
+                                    qos: p.qos,
+                                    settled,
+                                });
+                                continue;
+                            }
                             PublishVerdict::Disconnect(why) => return why,
                         };
-                        if p.qos == QoS::AtLeastOnce
-                            && !write_packet(writer, Packet::PubAck(PubAck::new(p.pkid))).await
-                        {
-                            return "the connection broke".into();
+                        if p.qos != QoS::AtMostOnce && !unacked.is_empty() {
+                            // Keep the acknowledgements in order behind the deferred ones.
+                            let (tx, settled) = oneshot::channel();
+                            let _ = tx.send(Ok(()));
+                            unacked.push_back(Unacked {
+                                pkid: p.pkid,
+                                qos: p.qos,
+                                settled,
+                            });
+                        } else if !write_ack(writer, p.qos, p.pkid).await {
+                            return broke();
                         }
                         if route {
                             self.clients.broadcast(&p.topic, &p.payload, p.qos);
+                        }
+                    }
+                    Packet::PubRel(rel) => {
+                        let comp = rumqttc::mqttbytes::v4::PubComp::new(rel.pkid);
+                        if !write_packet(writer, Packet::PubComp(comp)).await {
+                            return broke();
                         }
                     }
                     Packet::Subscribe(s) => {
@@ -555,24 +717,28 @@ impl Connection {
                             }
                         }
                         if !write_packet(writer, Packet::SubAck(SubAck::new(s.pkid, codes))).await {
-                            return "the connection broke".into();
+                            return broke();
                         }
                     }
                     Packet::Unsubscribe(u) => {
                         filters.retain(|f| !u.topics.contains(f));
                         let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
                         if !write_packet(writer, Packet::UnsubAck(ack)).await {
-                            return "the connection broke".into();
+                            return broke();
                         }
                     }
                     Packet::PingReq => {
                         if !write_packet(writer, Packet::PingResp).await {
-                            return "the connection broke".into();
+                            return broke();
                         }
                     }
-                    Packet::PubAck(_) => {}
+                    Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
                     Packet::Disconnect => return "the client disconnected".into(),
-                    other => return format!("unexpected {other:?}; closed"),
+                    other => {
+                        let detail = format!("unexpected {other:?}; closed");
+                        self.service.protocol_error("unexpected packet", &detail);
+                        return detail;
+                    }
                 }
             }
             let deadline = grace.map(|d| last_heard + d);
@@ -588,12 +754,28 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            let may_read = unacked.len() < MAX_UNACKED;
+            let oldest = async {
+                match unacked.front_mut() {
+                    Some(front) => (&mut front.settled).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                read = reader.read_buf(buf) => match read {
+                read = reader.read_buf(buf), if may_read => match read {
                     Ok(0) => return "the client closed the connection".into(),
                     Ok(_) => last_heard = tokio::time::Instant::now(),
                     Err(e) => return format!("read failed: {e}"),
                 },
+                settled = oldest => {
+                    let Some(done) = unacked.pop_front() else { continue };
+                    let result = settled.unwrap_or_else(|_| {
+                        Err("the gateway stopped before the message was stored; closed".into())
+                    });
+                    if let Err(why) = self.settle(done, result, writer).await {
+                        return why;
+                    }
+                }
                 command = rx.recv() => match command {
                     Some(Command::Publish { topic, payload, qos }) => {
                         if !filters.iter().any(|f| filter_matches(f, &topic)) {
@@ -605,7 +787,7 @@ impl Connection {
                             publish.pkid = next_pkid;
                         }
                         if !write_packet(writer, Packet::Publish(publish)).await {
-                            return "the connection broke".into();
+                            return broke();
                         }
                     }
                     Some(Command::Kick(why)) => return why,
@@ -614,6 +796,21 @@ impl Connection {
                 _ = silence => return format!("no packet for 1.5 × the {keep_alive} s keep-alive; closed"),
                 _ = expiry => return "the credentials expired; closed".into(),
             }
+        }
+    }
+
+    /// Acknowledge a publish the service has settled, or say why the connection must close.
+    async fn settle<W: AsyncWriteExt + Unpin>(
+        &self,
+        done: Unacked,
+        result: Result<(), String>,
+        writer: &mut W,
+    ) -> Result<(), String> {
+        result?;
+        if write_ack(writer, done.qos, done.pkid).await {
+            Ok(())
+        } else {
+            Err("the connection broke".into())
         }
     }
 
