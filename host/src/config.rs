@@ -11,8 +11,21 @@
 //! timeout_ms = 120000
 //!
 //! [local]                                          # where brownfield devices publish
-//! broker = "embedded"                              # or "mqtt://10.0.0.5:1883"
+//! broker = "embedded"                              # the only one so far
 //! listen = "127.0.0.1:1883"
+//! # tls_cert = "certs/gateway.pem"               # serve MQTT over TLS instead of plain TCP
+//! # tls_key = "certs/gateway.key"
+//! # max_packet_kib = 1024                        # larger local packets close the connection
+//!
+//! [store]                                          # the store-and-forward queue
+//! file = "queue.redb"                              # in the state directory (the default)
+//! max_mib = 256                                    # bytes kept for upstream (default 256 MiB)
+//! max_age_hours = 168                              # older messages are dropped (default 7 days)
+//! when_full = "drop-oldest"                        # or "drop-newest"; drops are counted
+//! max_dead_letters = 10000                         # dead letters kept (oldest let go)
+//!
+//! [metrics]
+//! listen = "127.0.0.1:9464"                        # /metrics and /healthz; "off" disables
 //!
 //! [[devices]]
 //! name = "press7"
@@ -82,6 +95,10 @@ pub struct Config {
     #[serde(default)]
     pub local: LocalConfig,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub devices: Vec<DeviceConfig>,
     /// Zero-touch: flows and parameters for devices not listed in `devices`, by name pattern.
     #[serde(default)]
@@ -142,11 +159,19 @@ pub struct ConfigLimits {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
-    /// `embedded`, or the URL of an external broker (`mqtt://host:port`).
+    /// `embedded`: gatehost is the local broker.
     #[serde(default = "default_broker")]
     pub broker: String,
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Serve local clients over TLS with this certificate chain (PEM) and key.
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
+    /// The largest packet a local client may send, in KiB (default 1024).
+    #[serde(default)]
+    pub max_packet_kib: Option<u64>,
 }
 
 impl Default for LocalConfig {
@@ -154,8 +179,65 @@ impl Default for LocalConfig {
         LocalConfig {
             broker: default_broker(),
             listen: default_listen(),
+            tls_cert: None,
+            tls_key: None,
+            max_packet_kib: None,
         }
     }
+}
+
+/// `[store]`: the store-and-forward queue.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The queue file, relative to the state directory (default `queue.redb`).
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub max_mib: Option<u64>,
+    #[serde(default)]
+    pub max_age_hours: Option<u64>,
+    #[serde(default)]
+    pub when_full: crate::bridge::queue::WhenFull,
+    #[serde(default)]
+    pub max_dead_letters: Option<u64>,
+}
+
+impl StoreConfig {
+    pub fn limits(&self) -> crate::bridge::queue::QueueLimits {
+        let default = crate::bridge::queue::QueueLimits::default();
+        crate::bridge::queue::QueueLimits {
+            max_bytes: self
+                .max_mib
+                .map_or(default.max_bytes, |m| m.saturating_mul(1024 * 1024)),
+            max_age: self.max_age_hours.map_or(default.max_age, |h| {
+                std::time::Duration::from_secs(h.saturating_mul(3600))
+            }),
+            when_full: self.when_full,
+            max_dead_letters: self.max_dead_letters.unwrap_or(default.max_dead_letters),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics` and `/healthz` are served; `off` serves nothing.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,6 +477,16 @@ impl Config {
         })
     }
 
+    /// The store-and-forward queue file.
+    pub fn queue_path(&self) -> PathBuf {
+        let file = self
+            .store
+            .file
+            .clone()
+            .unwrap_or_else(|| "queue.redb".into());
+        self.state_dir().join(file)
+    }
+
     /// The plugin directories (resolved) and the installed bundles (`<state>/plugins`).
     pub fn plugin_env(&self, persistent: bool) -> PluginEnv {
         let dirs: Vec<PathBuf> = self.plugin_dirs.iter().map(|d| self.resolve(d)).collect();
@@ -439,12 +531,10 @@ impl Config {
     /// Check what the config refers to against the loaded plugins. Returns every problem found.
     pub fn validate(&self, registry: &Registry) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.local.broker != "embedded"
-            && !self.local.broker.starts_with("mqtt://")
-            && !self.local.broker.starts_with("mqtts://")
-        {
+        if self.local.broker != "embedded" {
             problems.push(format!(
-                "local.broker '{}' must be \"embedded\" or an mqtt:// or mqtts:// URL",
+                "local.broker '{}': only \"embedded\" is supported in this version (gatehost is \
+                 the local broker; point brownfield devices at local.listen)",
                 self.local.broker
             ));
         }
@@ -452,6 +542,26 @@ impl Config {
             problems.push(format!(
                 "local.listen '{}' must be an address like 127.0.0.1:1883",
                 self.local.listen
+            ));
+        }
+        match (&self.local.tls_cert, &self.local.tls_key) {
+            (Some(_), None) | (None, Some(_)) => {
+                problems.push("local.tls_cert and local.tls_key must be given together".to_string())
+            }
+            _ => {}
+        }
+        if self.local.max_packet_kib == Some(0) {
+            problems.push("local.max_packet_kib must be at least 1".to_string());
+        }
+        if self.store.max_mib == Some(0) {
+            problems.push("store.max_mib must be at least 1".to_string());
+        }
+        if self.metrics.listen != "off"
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            problems.push(format!(
+                "metrics.listen '{}' must be an address like 127.0.0.1:9464, or \"off\"",
+                self.metrics.listen
             ));
         }
         if let Some(sandbox) = &self.sandbox {

@@ -121,18 +121,29 @@ impl Recorder {
 
     pub fn push(&self, record: Record) {
         let body = String::from_utf8_lossy(&record.body);
-        tracing::info!(
-            target: "gatehost::sandbox",
-            service = record.service,
-            event = record.event,
-            client_id = %record.client_id,
-            identity = record.identity.as_deref().unwrap_or("-"),
-            topic = record.topic.as_deref().unwrap_or("-"),
-            body = %body,
-            properties = ?record.properties,
-            "{}",
-            record.detail
-        );
+        if record.service == "local" {
+            // The bridge's local clients: who connected and why they left.
+            tracing::info!(
+                target: "gatehost::local",
+                event = record.event,
+                client_id = %record.client_id,
+                "{}",
+                record.detail
+            );
+        } else {
+            tracing::info!(
+                target: "gatehost::sandbox",
+                service = record.service,
+                event = record.event,
+                client_id = %record.client_id,
+                identity = record.identity.as_deref().unwrap_or("-"),
+                topic = record.topic.as_deref().unwrap_or("-"),
+                body = %body,
+                properties = ?record.properties,
+                "{}",
+                record.detail
+            );
+        }
         let mut kept = self.lock();
         if kept.records.len() == self.limit {
             kept.records.pop_front();

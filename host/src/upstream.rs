@@ -82,15 +82,22 @@ impl<'a> DeviceSession<'a> {
     /// Publish `msg` (QoS 1 waits for the PUBACK). Renews the credentials first when due; a
     /// session found closed is replaced and the message sent again once.
     pub fn publish(&mut self, msg: &Message) -> Result<(), UpstreamError> {
+        self.publish_batch(std::slice::from_ref(msg))
+    }
+
+    /// Publish `msgs` in order, many in flight at once; returns when every QoS 1 message is
+    /// acknowledged. Renews the credentials first when due; a session found closed is replaced
+    /// and the batch sent again once (the upstream may then see some messages twice).
+    pub fn publish_batch(&mut self, msgs: &[Message]) -> Result<(), UpstreamError> {
         if self.renew_at.is_some_and(|at| now_secs() >= at) {
             self.renew()?;
         }
-        let first = self.session()?.publish(msg);
+        let first = self.session()?.publish_batch(msgs);
         match first {
             Err(e) if is_broken(&e) => {
                 tracing::warn!(device = %self.device.name, "the upstream session broke ({e}); reconnecting");
                 self.session = None;
-                let second = self.session()?.publish(msg);
+                let second = self.session()?.publish_batch(msgs);
                 second.map_err(|source| self.error(source))
             }
             other => other.map_err(|source| self.error(source)),

@@ -1,4 +1,375 @@
-//! The bridge: the local side (embedded broker), the rule chain, the store-and-forward queue
-//! and the upstream device sessions that `gatehost run` wires together.
+//! The bridge `gatehost run` starts: the embedded local broker ([`local`]) feeds the rule chain
+//! ([`chain`]); what the rules send upstream is stored durably ([`queue`], [`commit`]) before
+//! the publisher's acknowledgement and forwarded per device ([`forward`]); [`reload`] swaps in
+//! changed plugins and config while messages flow; [`metrics`] is served on `/metrics`.
 
+pub mod chain;
+pub mod commit;
+pub mod forward;
+pub mod local;
+pub mod log_once;
+pub mod metrics;
 pub mod queue;
+pub mod reload;
+
+use crate::config::Config;
+use crate::mqtt_server::MqttServer;
+use crate::plugins::registry::Registry;
+use crate::record::Recorder;
+use chain::{Current, RuleChain, Running};
+use commit::Committer;
+use forward::Forwarders;
+use log_once::LogOnce;
+use metrics::{Gauges, Metrics};
+use queue::{now_ms, Queue, QueueError};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Listen {
+        addr: String,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("local TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Watch(#[from] reload::WatchError),
+    #[error("cannot start the bridge's runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running bridge. Dropping it (or [`Bridge::stop`]) stops it.
+pub struct Bridge {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Where local clients connect.
+    pub local_addr: SocketAddr,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
+    current: Current,
+    metrics: Arc<Metrics>,
+    queue: Arc<Queue>,
+    forwarders: Arc<Forwarders>,
+    _reloader: Option<reload::Reloader>,
+}
+
+impl Bridge {
+    /// Load the plugins, open the queue, start the local broker, the device workers, the
+    /// metrics endpoint and (with `config_path`) the reload watcher.
+    pub fn start(config: Config, config_path: Option<&Path>) -> Result<Bridge, BridgeError> {
+        let registry = Registry::load(config.plugin_env(true));
+        let (chain, problems) = RuleChain::build(&config, &registry, None);
+        for p in &problems {
+            tracing::error!("{p}");
+        }
+        for rule in &chain.rules {
+            tracing::info!(rule = %rule.name, source = %rule.source, filters = ?rule.filters, "rule running");
+        }
+        let queue = Arc::new(Queue::open(&config.queue_path(), config.store.limits())?);
+        let metrics = Arc::new(Metrics::default());
+        let log = Arc::new(LogOnce::default());
+        let config = Arc::new(config);
+        let current = Current::new(Running {
+            config: config.clone(),
+            registry: Arc::new(registry),
+            chain,
+            generation: 0,
+        });
+        let forwarders = Arc::new(Forwarders::new(
+            queue.clone(),
+            current.clone(),
+            metrics.clone(),
+            log.clone(),
+        ));
+        let wake = forwarders.clone();
+        let (committer, _commit_thread) = Committer::start(
+            queue.clone(),
+            metrics.clone(),
+            log.clone(),
+            Box::new(move |device| wake.wake(device)),
+        );
+        // Devices with messages from before a restart, and every listed device (onboarded
+        // and connected up front).
+        for device in queue.depths().keys() {
+            forwarders.wake(device);
+        }
+        for device in &config.devices {
+            forwarders.wake(&device.name);
+        }
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("bridge")
+            .enable_all()
+            .build()
+            .map_err(BridgeError::Runtime)?;
+        let tls = local_tls(&config)?;
+        let service = Arc::new(local::LocalService {
+            current: current.clone(),
+            committer,
+            metrics: metrics.clone(),
+            log: log.clone(),
+            max_packet: config
+                .local
+                .max_packet_kib
+                .map_or(local::DEFAULT_MAX_PACKET, |k| {
+                    (k as usize).saturating_mul(1024)
+                }),
+        });
+        let recorder = Arc::new(Recorder::with_limit(100));
+        let listen = config.local.listen.clone();
+        let server = runtime
+            .block_on(MqttServer::start(&listen, tls, service, recorder))
+            .map_err(|source| BridgeError::Listen {
+                addr: listen.clone(),
+                what: "local.listen",
+                source,
+            })?;
+        let local_addr = SocketAddr::new(
+            listen
+                .parse::<SocketAddr>()
+                .map(|a| a.ip())
+                .unwrap_or([127, 0, 0, 1].into()),
+            server.port,
+        );
+        // The server lives as long as the runtime.
+        std::mem::forget(server);
+
+        let mut bridge = Bridge {
+            runtime: None,
+            local_addr,
+            metrics_addr: None,
+            current: current.clone(),
+            metrics: metrics.clone(),
+            queue,
+            forwarders,
+            _reloader: None,
+        };
+        if config.metrics.listen != "off" {
+            let addr = config.metrics.listen.clone();
+            let view = bridge.view();
+            let bound = runtime
+                .block_on(serve_metrics(&addr, view))
+                .map_err(|source| BridgeError::Listen {
+                    addr,
+                    what: "metrics.listen",
+                    source,
+                })?;
+            bridge.metrics_addr = Some(bound);
+        }
+        bridge.runtime = Some(runtime);
+        if let Some(path) = config_path {
+            let forwarders = bridge.forwarders.clone();
+            let reloader = reload::Reloader::start(
+                Some(path.to_path_buf()),
+                current,
+                metrics,
+                Box::new(move |outcome| {
+                    for p in &outcome.problems {
+                        tracing::error!(generation = outcome.generation, "reload: {p}");
+                    }
+                    tracing::info!(
+                        generation = outcome.generation,
+                        ms = format!("{:.1}", outcome.took.as_secs_f64() * 1000.0),
+                        "reload applied in {:.1} ms",
+                        outcome.took.as_secs_f64() * 1000.0
+                    );
+                    // Devices added to the config get their sessions.
+                    for device in forwarders.listed_devices() {
+                        forwarders.wake(&device);
+                    }
+                }),
+            )?;
+            bridge._reloader = Some(reloader);
+        }
+        tracing::info!(
+            local = %bridge.local_addr,
+            metrics = ?bridge.metrics_addr,
+            queue = %bridge.queue.path().display(),
+            queued = bridge.queue.depths().values().map(|d| d.messages).sum::<u64>(),
+            "bridge running"
+        );
+        Ok(bridge)
+    }
+
+    /// What `/metrics` and `/healthz` read.
+    fn view(&self) -> View {
+        View {
+            current: self.current.clone(),
+            metrics: self.metrics.clone(),
+            queue: self.queue.clone(),
+            forwarders: self.forwarders.clone(),
+        }
+    }
+
+    /// The Prometheus text of the current counters and gauges.
+    pub fn metrics_text(&self) -> String {
+        self.view().render()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn queue(&self) -> &Queue {
+        &self.queue
+    }
+
+    /// The running snapshot (config, plugins, chain).
+    pub fn running(&self) -> Arc<Running> {
+        self.current.get()
+    }
+
+    /// Stop serving local clients and the device workers (each finishes its batch in flight).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+        }
+        self.forwarders.stop();
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The rustls server config for local clients, when `[local]` asks for TLS.
+fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, BridgeError> {
+    use rustls::pki_types::pem::PemObject;
+    let (Some(cert), Some(key)) = (&config.local.tls_cert, &config.local.tls_key) else {
+        return Ok(None);
+    };
+    let (cert, key) = (config.resolve(cert), config.resolve(key));
+    let text = std::fs::read_to_string(&cert)
+        .map_err(|e| BridgeError::Tls(format!("cannot read {}: {e}", cert.display())))?;
+    let chain = crate::caps::certs::x509::parse_pem_certs(&text, &cert.display().to_string())
+        .map_err(|e| BridgeError::Tls(e.message))?
+        .into_iter()
+        .map(rustls::pki_types::CertificateDer::from)
+        .collect();
+    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).map_err(|e| {
+        BridgeError::Tls(format!(
+            "{} holds no usable private key: {e}",
+            key.display()
+        ))
+    })?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BridgeError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| BridgeError::Tls(format!("{}: {e}", cert.display())))?;
+    Ok(Some(Arc::new(server)))
+}
+
+/// What the HTTP endpoint reads.
+#[derive(Clone)]
+struct View {
+    current: Current,
+    metrics: Arc<Metrics>,
+    queue: Arc<Queue>,
+    forwarders: Arc<Forwarders>,
+}
+
+impl View {
+    fn render(&self) -> String {
+        let now = now_ms();
+        let depths = self.queue.depths();
+        let device = |d: &String| vec![("device", d.clone())];
+        let (connected, expiry) = self.forwarders.gauges();
+        let gauges = Gauges {
+            queue_messages: depths
+                .iter()
+                .map(|(d, depth)| (device(d), depth.messages as f64))
+                .collect(),
+            queue_bytes: self.queue.bytes() as f64,
+            queue_oldest_age_seconds: depths
+                .keys()
+                .filter_map(|d| {
+                    let at = self.queue.oldest_ms(d)?;
+                    Some((device(d), now.saturating_sub(at) as f64 / 1000.0))
+                })
+                .collect(),
+            upstream_connected: connected,
+            credential_expiry_seconds: expiry,
+            dead_letters_kept: self.queue.dead_letter_count() as f64,
+            rules_loaded: self.current.get().chain.rules.len() as f64,
+        };
+        self.metrics.render(&gauges)
+    }
+
+    fn health(&self) -> (u16, String) {
+        let running = self.current.get();
+        let queued: u64 = self.queue.depths().values().map(|d| d.messages).sum();
+        let body = serde_json::json!({
+            "status": "ok",
+            "generation": running.generation,
+            "rules": running.chain.rules.len(),
+            "upstream_connected": self.forwarders.all_connected(),
+            "queued": queued,
+        });
+        (200, body.to_string())
+    }
+}
+
+/// Serve `/metrics` and `/healthz` on `addr`; the address bound.
+async fn serve_metrics(addr: &str, view: View) -> std::io::Result<SocketAddr> {
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Response, StatusCode};
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let view = view.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+                    let view = view.clone();
+                    async move {
+                        let (status, kind, body) = match request.uri().path() {
+                            "/metrics" => (
+                                200,
+                                "text/plain; version=0.0.4; charset=utf-8",
+                                view.render(),
+                            ),
+                            "/healthz" => {
+                                let (status, body) = view.health();
+                                (status, "application/json", body)
+                            }
+                            other => (
+                                404,
+                                "text/plain",
+                                format!("no {other} here: try /metrics or /healthz\n"),
+                            ),
+                        };
+                        let response = Response::builder()
+                            .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
+                            .header(hyper::header::CONTENT_TYPE, kind)
+                            .body(Full::new(Bytes::from(body)));
+                        Ok::<_, hyper::http::Error>(response?)
+                    }
+                });
+                let io = hyper_util::rt::TokioIo::new(tcp);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    });
+    Ok(bound)
+}

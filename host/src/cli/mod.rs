@@ -85,9 +85,6 @@ pub enum Command {
     Sandbox(sandbox::SandboxArgs),
 }
 
-/// Exit code of `gatehost run` while the bridge is not built.
-pub const EXIT_NOT_IMPLEMENTED: u8 = 2;
-
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -1,9 +1,9 @@
-//! `gatehost run`: the main job. This build validates the config, loads every plugin and starts
-//! the configured sandbox in-process; the bridge (local broker, rule chain, upstream sessions) is
-//! not part of it yet.
+//! `gatehost run`: the main job. Starts the configured sandbox (if any), then the bridge —
+//! local broker, rule chain, store-and-forward queue, device sessions, metrics, hot reload —
+//! and serves until SIGINT or SIGTERM.
 
-use super::{ConfigArg, EXIT_NOT_IMPLEMENTED};
-use crate::plugins::registry::Registry;
+use super::ConfigArg;
+use crate::bridge::Bridge;
 use crate::sandbox::config::SandboxConfig;
 use crate::sandbox::Sandbox;
 use anyhow::Context;
@@ -17,18 +17,13 @@ pub struct RunArgs {
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let registry = Registry::load(config.plugin_env(true));
-    let mut problems: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
-    problems.extend(config.validate(&registry));
-    for p in &problems {
-        tracing::error!("{p}");
-    }
-    let names: Vec<String> = registry
-        .plugins()
-        .map(|p| p.info.manifest.name.clone())
-        .collect();
-    tracing::info!(plugins = %names.join(", "), devices = config.devices.len(), rules = config.rules.len(), "config loaded");
-    let sandbox = match &config.sandbox {
+    // The config file is watched for changes when there is one.
+    let config_path = args.config.config.clone().or_else(|| {
+        let default = std::path::PathBuf::from(crate::config::DEFAULT_CONFIG);
+        default.exists().then_some(default)
+    });
+    // The emulated providers first: devices onboard to them as soon as the bridge starts.
+    let _sandbox = match &config.sandbox {
         Some(path) => {
             let path = config.resolve(path);
             let sandbox_config = SandboxConfig::load(&path)?;
@@ -40,13 +35,39 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
+    let bridge =
+        Bridge::start(config, config_path.as_deref()).context("the bridge did not start")?;
     eprintln!(
-        "gatehost: the bridge (local broker, rule chain, upstream sessions) is not implemented in \
-         this build yet; use `gatehost rule test` to run rules offline"
+        "gatehost: local broker on mqtt://{}{}; Ctrl-C stops",
+        bridge.local_addr,
+        bridge
+            .metrics_addr
+            .map(|a| format!(", metrics on http://{a}/metrics"))
+            .unwrap_or_default()
     );
-    if let Some(sandbox) = sandbox {
-        eprintln!("gatehost: serving the sandbox until Ctrl-C");
-        sandbox.wait(None);
-    }
-    Ok(ExitCode::from(EXIT_NOT_IMPLEMENTED))
+    wait_for_stop_signal()?;
+    tracing::info!("stopping: the queue keeps what was not delivered");
+    bridge.stop();
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Block until SIGINT (Ctrl-C) or SIGTERM.
+fn wait_for_stop_signal() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => r,
+                _ = term.recv() => Ok(()),
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::signal::ctrl_c().await
+    })?;
+    Ok(())
 }

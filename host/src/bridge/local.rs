@@ -1,0 +1,187 @@
+//! The local side: the embedded broker's decisions. Every publish is delivered to local
+//! subscribers like any broker would, and goes through the rules whose filters match it; what
+//! they send upstream is stored in the queue (with any dead letters) before the publisher gets
+//! its acknowledgement. What rules send back to the local broker is delivered at once.
+
+use super::chain::Current;
+use super::commit::{Batch, Committer};
+use super::log_once::LogOnce;
+use super::metrics::Metrics;
+use super::queue::{now_ms, DeadLetter};
+use crate::caps::mqtt::MAX_PAYLOAD_BYTES;
+use crate::config::Config;
+use crate::model::{validate_topic_filter, Destination, Message};
+use crate::mqtt_server::{
+    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+};
+use rumqttc::mqttbytes::v4::Publish;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// The largest packet a local client may send by default: larger than any cloud accepts, so
+/// an oversized message is dead-lettered with its size named rather than cut off.
+pub const DEFAULT_MAX_PACKET: usize = 1024 * 1024;
+
+pub struct LocalService {
+    pub current: Current,
+    pub committer: Committer,
+    pub metrics: Arc<Metrics>,
+    pub log: Arc<LogOnce>,
+    pub max_packet: usize,
+}
+
+/// Whether messages for `device` can go upstream: it is listed, or a template takes it.
+fn device_known(config: &Config, device: &str) -> Result<(), String> {
+    if config.devices.iter().any(|d| d.name == device) {
+        return Ok(());
+    }
+    match config.device_templates.iter().find(|t| t.matches(device)) {
+        Some(template) => template.instantiate(device).map(drop),
+        None => Err(format!(
+            "no device '{device}' in the config and no [[device_templates]] match it"
+        )),
+    }
+}
+
+impl LocalService {
+    fn dead_letter(
+        &self,
+        batch: &mut Batch,
+        rule: &str,
+        cause: &str,
+        reason: String,
+        message: Message,
+    ) {
+        self.metrics.dead_lettered.inc(&[rule, cause]);
+        self.log.warn(
+            &format!("dead letter {rule} {cause}"),
+            &format!(
+                "rule '{rule}': {reason}; the message from '{}' was dead-lettered",
+                message.topic
+            ),
+        );
+        batch.dead_letters.push(DeadLetter {
+            at_ms: now_ms(),
+            rule: rule.to_string(),
+            cause: cause.to_string(),
+            reason,
+            message,
+        });
+    }
+}
+
+impl MqttService for LocalService {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn connect(&self, request: &ConnectRequest<'_>) -> ConnectVerdict {
+        ConnectVerdict::Accept(Ok(Identity::new(
+            format!("local:{}", request.client_id),
+            None,
+        )))
+    }
+
+    fn subscribe(&self, _session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+        validate_topic_filter(filter).map_err(|why| format!("topic filter '{filter}' {why}"))?;
+        Ok(qos.min(1))
+    }
+
+    fn publish(&self, session: &Session, p: &Publish) -> PublishVerdict {
+        self.metrics.received.fetch_add(1, Ordering::Relaxed);
+        let running = self.current.get();
+        let message = Message {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            retain: p.retain,
+            properties: Vec::new(),
+        };
+        let mut batch = Batch {
+            messages: Vec::new(),
+            dead_letters: Vec::new(),
+            done: None,
+        };
+        let mut matched = false;
+        for rule in running.chain.matching(&message.topic) {
+            matched = true;
+            self.metrics.translated.inc(&[&rule.name]);
+            let outputs = match rule.plugin.translate(&message) {
+                Ok(outputs) => outputs,
+                Err(e) => {
+                    let reason = format!("{} failed: {e}", rule.source);
+                    self.dead_letter(
+                        &mut batch,
+                        &rule.name,
+                        "rule error",
+                        reason,
+                        message.clone(),
+                    );
+                    continue;
+                }
+            };
+            for out in outputs {
+                let mut m = out.message;
+                match out.destination {
+                    Destination::Local => {
+                        self.metrics.to_local.inc(&[&rule.name]);
+                        session.broadcast(&m.topic, &m.payload, m.qos);
+                    }
+                    Destination::Upstream(device) => {
+                        if let Err(why) = device_known(&running.config, &device) {
+                            self.dead_letter(&mut batch, &rule.name, "unknown device", why, m);
+                        } else if m.payload.len() > MAX_PAYLOAD_BYTES {
+                            let why = format!(
+                                "the message for '{device}' has {} bytes, over the upstream limit of {MAX_PAYLOAD_BYTES}",
+                                m.payload.len()
+                            );
+                            self.dead_letter(&mut batch, &rule.name, "too large", why, m);
+                        } else {
+                            // IoT Hub and most clouds take QoS 0 and 1 only; retain is a
+                            // local-broker notion.
+                            m.qos = m.qos.min(1);
+                            m.retain = false;
+                            batch.messages.push((device, m));
+                        }
+                    }
+                }
+            }
+        }
+        if !matched {
+            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+            self.log.warn(
+                "unrouted",
+                &format!(
+                    "'{}' matches no rule: delivered to local subscribers only (counted in gatehost_messages_unrouted_total)",
+                    message.topic
+                ),
+            );
+        }
+        if batch.messages.is_empty() && batch.dead_letters.is_empty() {
+            return PublishVerdict::Route;
+        }
+        let (done, settled) = oneshot::channel();
+        batch.done = Some(done);
+        match self.committer.submit(batch) {
+            Ok(()) => PublishVerdict::Deferred(settled),
+            Err(why) => PublishVerdict::Disconnect(why),
+        }
+    }
+
+    fn max_qos(&self) -> u8 {
+        2
+    }
+
+    fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
+    fn protocol_error(&self, cause: &'static str, detail: &str) {
+        self.metrics.protocol_errors.inc(&[cause]);
+        self.log.warn(
+            &format!("local {cause}"),
+            &format!("a local client: {detail}"),
+        );
+    }
+}
