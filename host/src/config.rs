@@ -528,8 +528,9 @@ impl Config {
         }
     }
 
-    /// Check what the config refers to against the loaded plugins. Returns every problem found.
-    pub fn validate(&self, registry: &Registry) -> Vec<String> {
+    /// What is wrong with the bridge's own settings (`[local]`, `[store]`, `[metrics]`): the
+    /// problems `gatehost run` refuses to start with.
+    pub fn bridge_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
         if self.local.broker != "embedded" {
             problems.push(format!(
@@ -564,6 +565,13 @@ impl Config {
                 self.metrics.listen
             ));
         }
+        problems
+    }
+
+    /// Check what the config refers to against the loaded plugins. Returns every problem found.
+    pub fn validate(&self, registry: &Registry) -> Vec<String> {
+        let mut problems = Vec::new();
+        problems.extend(self.bridge_problems());
         if let Some(sandbox) = &self.sandbox {
             if let Err(e) = crate::sandbox::config::SandboxConfig::load(&self.resolve(sandbox)) {
                 problems.push(format!("sandbox: {e}"));

@@ -220,19 +220,25 @@ fn base64_decode(s: &str) -> Vec<u8> {
 }
 
 #[test]
-fn run_without_the_bridge_says_so_and_exits_two() {
+fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(d.path().join("gatehost.toml"), "plugin_dirs = []\n").unwrap();
+    std::fs::write(
+        d.path().join("gatehost.toml"),
+        "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:1883\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
+    )
+    .unwrap();
     let out = run(gatehost()
         .arg("run")
         .arg("--config")
         .arg(d.path().join("gatehost.toml")));
-    assert_eq!(out.code, 2, "{}", out.stderr);
-    assert!(
-        out.stderr.contains("is not implemented in this build yet"),
-        "{}",
-        out.stderr
-    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for expected in [
+        "local.broker 'mqtt://10.0.0.5:1883': only \"embedded\" is supported",
+        "local.tls_cert and local.tls_key must be given together",
+        "metrics.listen 'nowhere' must be an address",
+    ] {
+        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
+    }
 }
 
 #[test]

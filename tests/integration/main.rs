@@ -4,6 +4,7 @@
 mod support;
 
 mod bad_plugins;
+mod bridge;
 mod broker;
 mod bundles;
 mod certs_openssl;

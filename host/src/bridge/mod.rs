@@ -28,6 +28,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BridgeError {
+    #[error("{}", .0.join("; "))]
+    Config(Vec<String>),
     #[error(transparent)]
     Queue(#[from] QueueError),
     #[error("cannot listen on {addr} ({what}): {source}")]
@@ -62,6 +64,10 @@ impl Bridge {
     /// Load the plugins, open the queue, start the local broker, the device workers, the
     /// metrics endpoint and (with `config_path`) the reload watcher.
     pub fn start(config: Config, config_path: Option<&Path>) -> Result<Bridge, BridgeError> {
+        let problems = config.bridge_problems();
+        if !problems.is_empty() {
+            return Err(BridgeError::Config(problems));
+        }
         let registry = Registry::load(config.plugin_env(true));
         let (chain, problems) = RuleChain::build(&config, &registry, None);
         for p in &problems {
@@ -175,7 +181,6 @@ impl Bridge {
                     }
                     tracing::info!(
                         generation = outcome.generation,
-                        ms = format!("{:.1}", outcome.took.as_secs_f64() * 1000.0),
                         "reload applied in {:.1} ms",
                         outcome.took.as_secs_f64() * 1000.0
                     );
