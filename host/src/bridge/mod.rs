@@ -362,11 +362,10 @@ async fn serve_metrics(addr: &str, view: View) -> std::io::Result<SocketAddr> {
                                 format!("no {other} here: try /metrics or /healthz\n"),
                             ),
                         };
-                        let response = Response::builder()
+                        Response::builder()
                             .status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK))
                             .header(hyper::header::CONTENT_TYPE, kind)
-                            .body(Full::new(Bytes::from(body)));
-                        Ok::<_, hyper::http::Error>(response?)
+                            .body(Full::new(Bytes::from(body)))
                     }
                 });
                 let io = hyper_util::rt::TokioIo::new(tcp);
