@@ -27,6 +27,12 @@
 //! [metrics]
 //! listen = "127.0.0.1:9464"                        # /metrics and /healthz; "off" disables
 //!
+//! [[simulators]]                                   # a fake brownfield device on the local broker
+//! name = "press7-thermometer"
+//! topic = "plant1/press7/temperature"
+//! payload = '{"value":21.{n}}'                     # {n} = message count, {t} = Unix seconds
+//! every_ms = 1000                                  # default 1000; qos = 1 (default) or 0
+//!
 //! [[devices]]
 //! name = "press7"
 //! flow = "azure-dps"
@@ -98,6 +104,9 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Simulated brownfield publishers on the local broker (demos, trying a rule).
+    #[serde(default)]
+    pub simulators: Vec<SimulatorConfig>,
     #[serde(default)]
     pub devices: Vec<DeviceConfig>,
     /// Zero-touch: flows and parameters for devices not listed in `devices`, by name pattern.
@@ -217,6 +226,28 @@ impl StoreConfig {
             max_dead_letters: self.max_dead_letters.unwrap_or(default.max_dead_letters),
         }
     }
+}
+
+/// `[[simulators]]`: a local MQTT client publishing `payload` to `topic` every `every_ms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatorConfig {
+    pub name: String,
+    pub topic: String,
+    /// `{n}` = the message count, `{t}` = Unix seconds.
+    pub payload: String,
+    #[serde(default = "default_every_ms")]
+    pub every_ms: u64,
+    #[serde(default = "default_sim_qos")]
+    pub qos: u8,
+}
+
+fn default_every_ms() -> u64 {
+    1000
+}
+
+fn default_sim_qos() -> u8 {
+    1
 }
 
 /// `[metrics]`: the Prometheus endpoint.
@@ -564,6 +595,17 @@ impl Config {
                 "metrics.listen '{}' must be an address like 127.0.0.1:9464, or \"off\"",
                 self.metrics.listen
             ));
+        }
+        for sim in &self.simulators {
+            if let Err(why) = crate::model::validate_topic_name(&sim.topic) {
+                problems.push(format!(
+                    "simulator '{}': topic '{}' {why}",
+                    sim.name, sim.topic
+                ));
+            }
+            if sim.qos > 1 {
+                problems.push(format!("simulator '{}': qos must be 0 or 1", sim.name));
+            }
         }
         problems
     }

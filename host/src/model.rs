@@ -281,6 +281,15 @@ pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
     Ok(())
 }
 
+/// Check an MQTT topic name one publishes to: a valid filter without wildcards. The error
+/// completes the sentence "topic 'x' ...".
+pub fn validate_topic_name(topic: &str) -> Result<(), String> {
+    if topic.contains(['+', '#']) {
+        return Err("contains a wildcard (+ or #)".into());
+    }
+    validate_topic_filter(topic)
+}
+
 /// Check an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole
 /// level, no NUL, at most 65 535 bytes. The error completes the sentence "filter 'x' ...".
 pub fn validate_topic_filter(filter: &str) -> Result<(), String> {

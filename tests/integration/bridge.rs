@@ -820,3 +820,33 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_configured_simulator_publishes_to_the_local_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (local, metrics) = (free_port(), free_port());
+    std::fs::write(
+        d.join("gatehost.toml"),
+        format!(
+            "state_dir = \"state\"\nplugin_dirs = []\n[local]\nlisten = \"127.0.0.1:{local}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[[simulators]]\nname = \"thermo\"\ntopic = \"sim/thermo\"\npayload = '{{\"seq\":{{n}}}}'\nevery_ms = 50\n"
+        ),
+    )
+    .unwrap();
+    let g = Gatehost::start(d, metrics);
+    let sub = Sub::start(
+        d,
+        &["-p".into(), local.to_string(), "-t".into(), "sim/#".into()],
+    );
+    eventually(20, "three simulated messages", || sub.messages().len() >= 3);
+    let first: Vec<u64> = sub
+        .messages()
+        .iter()
+        .map(|(_, p)| {
+            let v: serde_json::Value = serde_json::from_slice(p).unwrap();
+            v["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(first.windows(2).all(|w| w[1] == w[0] + 1), "{first:?}");
+    assert!(g.metric("gatehost_messages_unrouted_total") >= 3.0);
+}

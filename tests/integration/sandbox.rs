@@ -888,7 +888,7 @@ fn gatehost_run_starts_the_configured_sandbox_in_process() {
     let config = dir.path().join("gatehost.toml");
     std::fs::write(
         &config,
-        "state_dir = \"state\"\nplugin_dirs = []\nsandbox = \"sandbox.toml\"\n",
+        "state_dir = \"state\"\nplugin_dirs = []\nsandbox = \"sandbox.toml\"\n[local]\nlisten = \"127.0.0.1:0\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n",
     )
     .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gatehost"))
@@ -914,7 +914,7 @@ fn gatehost_run_starts_the_configured_sandbox_in_process() {
                 .next()
                 .and_then(|p| p.parse::<u16>().ok());
         }
-        let done = line.contains("serving the sandbox until Ctrl-C");
+        let done = line.contains("Ctrl-C stops");
         seen.push(line);
         if done {
             break;

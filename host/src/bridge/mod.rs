@@ -11,6 +11,7 @@ pub mod log_once;
 pub mod metrics;
 pub mod queue;
 pub mod reload;
+pub mod simulate;
 
 use crate::config::Config;
 use crate::mqtt_server::MqttServer;
@@ -145,6 +146,7 @@ impl Bridge {
         );
         // The server lives as long as the runtime.
         std::mem::forget(server);
+        runtime.block_on(async { simulate::start(&config.simulators, local_addr) });
 
         let mut bridge = Bridge {
             runtime: None,
