@@ -850,3 +850,25 @@ fn a_configured_simulator_publishes_to_the_local_broker() {
     assert!(first.windows(2).all(|w| w[1] == w[0] + 1), "{first:?}");
     assert!(g.metric("gatehost_messages_unrouted_total") >= 3.0);
 }
+
+#[test]
+fn sigterm_stops_gatehost_while_a_device_cannot_reach_its_cloud() {
+    let pki = Pki::new();
+    let relay = Relay::start(free_port(), false);
+    let (dir, _local, metrics) = tls_gateway(&pki, relay.port, "");
+    let mut g = Gatehost::start(dir.path(), metrics);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = g.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    eventually(30, "gatehost run exits after SIGTERM", || {
+        status = g.child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert!(status.unwrap().success(), "{}", g.log());
+    assert!(g.log().contains("stopping"), "{}", g.log());
+}

@@ -23,6 +23,8 @@ use std::time::Duration;
 pub const BATCH: usize = 500;
 /// How often an idle worker looks at its queue anyway.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
+/// How long stopping waits for the workers.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
 /// A message that failed alone this many times (on sessions that connected) is dead-lettered.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -145,16 +147,30 @@ impl Forwarders {
             .all(|w| w.status.connected.load(Ordering::Relaxed))
     }
 
-    /// Stop every worker: each finishes the batch in flight (bounded by the publish timeout).
+    /// Stop every worker: each finishes the batch in flight. A worker still onboarding or
+    /// connecting after [`STOP_GRACE`] is left behind (nothing of its queue is lost: messages
+    /// leave the queue only when acknowledged).
     pub fn stop(&self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         for w in workers.values() {
             let _ = w.wake.try_send(());
         }
-        for (_, mut w) in workers.drain() {
-            if let Some(thread) = w.thread.take() {
+        let deadline = std::time::Instant::now() + STOP_GRACE;
+        for (device, mut w) in workers.drain() {
+            let Some(thread) = w.thread.take() else {
+                continue;
+            };
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if thread.is_finished() {
                 let _ = thread.join();
+            } else {
+                tracing::warn!(
+                    device,
+                    "the upstream worker is still connecting; not waiting for it"
+                );
             }
         }
     }
