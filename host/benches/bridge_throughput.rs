@@ -9,7 +9,7 @@
 //!
 //! then the latency of (b) at a paced 5 000 msg/s, and gatehost's idle RSS with 10 rules.
 //!
-//!   cargo bench -p gatehost --bench bridge_throughput
+//!   cargo bench -p gatehost --bench bridge_throughput [-- throughput|latency|rss ...]
 //!
 //! Needs mosquitto, mosquitto-clients and .venv with paho-mqtt (`.ci/install-deps`) and the WASM
 //! plugins built (`cargo build --release --target wasm32-wasip2 --manifest-path
@@ -325,10 +325,29 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    // Sections to run: `throughput`, `latency`, `rss` after `--`; all when none is named.
+    let named: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |section: &str| named.is_empty() || named.iter().any(|n| n == section);
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path();
     pki(dir);
     install_flow(dir);
+    if wanted("throughput") {
+        throughput(dir);
+    }
+    if wanted("latency") {
+        latencies(dir);
+    }
+    if wanted("rss") {
+        idle_rss(dir);
+    }
+}
+
+/// (a), (b) with each rule kind and (c): msg/s and CPU per message.
+fn throughput(dir: &Path) {
     let total = (PUBLISHERS * PER_PUBLISHER) as f64;
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
 
@@ -407,8 +426,10 @@ fn main() {
             cpu.map_or("-".to_string(), |c| format!("{c:.1}"))
         );
     }
+}
 
-    // Latency at a paced 5 000 msg/s for 5 s: the plain hop, then through gatehost.
+/// Latency at a paced 5 000 msg/s for 5 s: the plain hop, then through gatehost.
+fn latencies(dir: &Path) {
     {
         let (_broker, port) = mosquitto(dir, false);
         let (_sub, rx) = subscriber(port, "plant1/#", None);
@@ -425,8 +446,10 @@ fn main() {
             &rx,
         );
     }
+}
 
-    // Idle RSS with 10 rules loaded (4 template, 3 WASM, 3 Rhai).
+/// Idle RSS with 10 rules loaded (4 template, 3 WASM, 3 Rhai).
+fn idle_rss(dir: &Path) {
     {
         let (_cloud, cloud_port) = mosquitto(dir, true);
         let mut rules = String::new();

@@ -3,6 +3,8 @@
 //! their lifetime at the latest; the flow run once more when the kept endpoint refuses the device
 //! (moved or deleted); and a publish that finds the session broken sent again on a new one, so
 //! a message handed to [`DeviceSession::publish`] is either acknowledged or returned as an error.
+//! The bridge streams instead ([`DeviceSession::offer`], [`DeviceSession::poll_completed`]) and
+//! sends again what a broken session left unacknowledged itself.
 
 use crate::caps::mqtt::{connection_options, MqttSession};
 use crate::caps::CapContext;
@@ -25,6 +27,17 @@ pub enum UpstreamError {
     Plugin(#[from] RegistryError),
     #[error("device '{device}': {source}")]
     Session { device: String, source: PluginError },
+}
+
+/// What became of an offered message.
+#[derive(Debug)]
+pub enum Offer {
+    /// It is on its way.
+    Taken,
+    /// The connection takes no more for now: poll, then offer it again.
+    Full,
+    /// No session could ever publish it (too large, user properties on MQTT 3.1.1, ...).
+    Unpublishable(PluginError),
 }
 
 /// A device's live session to its cloud endpoint.
@@ -89,7 +102,7 @@ impl<'a> DeviceSession<'a> {
     /// acknowledged. Renews the credentials first when due; a session found closed is replaced
     /// and the batch sent again once (the upstream may then see some messages twice).
     pub fn publish_batch(&mut self, msgs: &[Message]) -> Result<(), UpstreamError> {
-        if self.renew_at.is_some_and(|at| now_secs() >= at) {
+        if self.renewal_due() {
             self.renew()?;
         }
         let first = self.session()?.publish_batch(msgs);
@@ -102,6 +115,42 @@ impl<'a> DeviceSession<'a> {
             }
             other => other.map_err(|source| self.error(source)),
         }
+    }
+
+    /// Hand `msg` to the session without waiting (connecting first when there is none).
+    /// Messages complete in the order they were offered ([`DeviceSession::poll_completed`]).
+    /// A failed session is not replaced here: the caller knows what was in flight and offers
+    /// it again on a new one.
+    pub fn offer(&mut self, msg: &Message) -> Result<Offer, UpstreamError> {
+        Ok(match self.session()?.offer(msg) {
+            Ok(true) => Offer::Taken,
+            Ok(false) => Offer::Full,
+            Err(why) => Offer::Unpublishable(why),
+        })
+    }
+
+    /// Drive the session for at most `timeout`: how many of the oldest offered messages the
+    /// upstream has now acknowledged.
+    pub fn poll_completed(&mut self, timeout: Duration) -> Result<usize, UpstreamError> {
+        let polled = self.session()?.poll_completed(timeout);
+        polled.map_err(|source| self.error(source))
+    }
+
+    /// Interrupts a [`DeviceSession::poll_completed`] of the current connection (a new one
+    /// after [`DeviceSession::renew`] has a new waker).
+    pub fn waker(&self) -> Option<crate::caps::mqtt::Waker> {
+        self.session.as_ref().map(MqttSession::waker)
+    }
+
+    /// Offered messages not acknowledged yet.
+    pub fn in_flight(&self) -> usize {
+        self.session.as_ref().map_or(0, MqttSession::in_flight)
+    }
+
+    /// Whether the credentials are due for renewal: stop offering, let what is in flight
+    /// complete, then [`DeviceSession::renew`].
+    pub fn renewal_due(&self) -> bool {
+        self.renew_at.is_some_and(|at| now_secs() >= at)
     }
 
     /// The current session, connecting first when there is none.

@@ -742,12 +742,14 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     .unwrap();
     std::fs::write(
         d.join("plugins/picky.rhai"),
-        "fn translate(msg) {\n    if msg.payload.as_string() == \"bad\" { throw \"cannot read 'bad'\"; }\n    [#{ upstream: \"dev01\", topic: \"dt/picky\", payload: msg.payload, qos: 1 }]\n}\n",
+        "fn translate(msg) {\n    let text = msg.payload.as_string();\n    if text == \"bad\" { throw \"cannot read 'bad'\"; }\n    let props = if text == \"props\" { [[\"k\", \"v\"]] } else { [] };\n    [#{ upstream: \"dev01\", topic: \"dt/picky\", payload: msg.payload, qos: 1, properties: props }]\n}\n",
     )
     .unwrap();
     let g = Gatehost::start(d, metrics);
 
     mosquitto_pub(local, "picky/1", b"bad");
+    // User properties toward an MQTT 3.1.1 upstream: set aside when it comes to sending.
+    mosquitto_pub(local, "picky/3", b"props");
     mosquitto_pub(local, "picky/2", b"good");
     // Over IoT Hub's 256 KB: dead-lettered with its size, not sent.
     mosquitto_pub(local, "plant/dev01/big", &vec![b'x'; 300 * 1024]);
@@ -802,9 +804,14 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
         g.metric("gatehost_local_protocol_errors_total{cause=\"malformed packet\"}"),
         1.0
     );
-    assert_eq!(g.metric("gatehost_dead_letters_kept"), 2.0);
+    assert_eq!(
+        g.metric("gatehost_messages_dead_lettered_total{rule=\"\",cause=\"not publishable\"}"),
+        1.0
+    );
+    assert_eq!(g.metric("gatehost_dead_letters_kept"), 3.0);
     let log = g.log();
     assert!(log.contains("cannot read 'bad'"), "{log}");
+    assert!(log.contains("which MQTT 3.1.1 cannot carry"), "{log}");
     assert!(log.contains("over the upstream limit of 262144"), "{log}");
 
     // A second gatehost on the same state is told the queue is in use.

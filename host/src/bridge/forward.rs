@@ -1,26 +1,39 @@
-//! Forwarding: one worker thread per device drains the device's queue into its upstream
-//! session ([`DeviceSession`]: onboarding, fresh credentials, reconnects), many messages in
-//! flight at once, in queue order. Messages leave the queue only after the upstream
-//! acknowledged them; a failed session is opened again after a growing pause, and a message
-//! the upstream keeps refusing on its own is dead-lettered instead of blocking the device.
+//! Forwarding: one worker thread per device streams the device's queue into its upstream
+//! session ([`DeviceSession`]: onboarding, fresh credentials, reconnects) through a sliding
+//! window: up to [`WINDOW`] messages in flight, in queue order, a new one handed over as soon
+//! as an acknowledgement frees a place (waiting for a whole batch would leave the upstream's
+//! last acknowledgements waiting on delayed TCP ACKs). Messages leave the queue only after the
+//! upstream acknowledged them; a failed session is opened again after a growing pause and what
+//! it left unacknowledged is sent again; a message the upstream keeps refusing on its own is
+//! dead-lettered instead of blocking the device.
 
 use super::chain::Current;
 use super::log_once::LogOnce;
 use super::metrics::{Metrics, Sample};
 use super::queue::{now_ms, DeadLetter, Queue, Queued};
+use crate::caps::mqtt::Waker;
 use crate::onboard;
 use crate::plugins::registry::Registry;
 use crate::retry::Backoff;
-use crate::upstream::DeviceSession;
-use std::collections::HashMap;
+use crate::upstream::{DeviceSession, Offer, UpstreamError};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How many messages one batch puts in flight.
-pub const BATCH: usize = 500;
+/// The most messages a device has in flight upstream.
+pub const WINDOW: usize = 500;
+/// Acknowledged messages leave the queue in batches of at most this many ...
+const BATCH: usize = 500;
+/// ... or at least this often.
+const REMOVE_EVERY: Duration = Duration::from_millis(20);
+/// How long one wait for acknowledgements lasts at most.
+const POLL: Duration = Duration::from_millis(20);
+/// How long stopping waits for the messages in flight.
+const DRAIN: Duration = Duration::from_secs(1);
+
 /// How often an idle worker looks at its queue anyway.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long stopping waits for the workers.
@@ -34,6 +47,20 @@ struct Status {
     connected: AtomicBool,
     /// Unix seconds when the current credentials expire (0 = never / unknown).
     expires_at: AtomicU64,
+    /// Interrupts the worker's wait on its open session.
+    session_waker: Mutex<Option<Waker>>,
+}
+
+impl Status {
+    fn set_waker(&self, waker: Option<Waker>) {
+        *self.session_waker.lock().unwrap_or_else(|e| e.into_inner()) = waker;
+    }
+
+    fn wake_session(&self) {
+        if let Some(w) = &*self.session_waker.lock().unwrap_or_else(|e| e.into_inner()) {
+            w.wake();
+        }
+    }
 }
 
 struct Worker {
@@ -83,6 +110,7 @@ impl Forwarders {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(worker) = workers.get(device) {
             let _ = worker.wake.try_send(());
+            worker.status.wake_session();
             return;
         }
         let (wake, woken) = sync_channel(1);
@@ -147,7 +175,7 @@ impl Forwarders {
             .all(|w| w.status.connected.load(Ordering::Relaxed))
     }
 
-    /// Stop every worker: each finishes the batch in flight. A worker still onboarding or
+    /// Stop every worker: each gives its messages in flight a second to be acknowledged. A worker still onboarding or
     /// connecting after [`STOP_GRACE`] is left behind (nothing of its queue is lost: messages
     /// leave the queue only when acknowledged).
     pub fn stop(&self) {
@@ -155,6 +183,7 @@ impl Forwarders {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         for w in workers.values() {
             let _ = w.wake.try_send(());
+            w.status.wake_session();
         }
         let deadline = std::time::Instant::now() + STOP_GRACE;
         for (device, mut w) in workers.drain() {
@@ -196,16 +225,24 @@ fn run(shared: &Shared, device: &str, woken: &Receiver<()>, status: &Status) {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
         }
-        match session(shared, device, woken, status, &mut cursor, &mut suspect) {
+        match session(shared, device, status, &mut cursor, &mut suspect) {
             Ended::Stopping => return,
             Ended::Retry { connected } => {
                 status.connected.store(false, Ordering::Relaxed);
+                status.set_waker(None);
                 if connected {
                     backoff = Backoff::default();
                 }
-                let pause = backoff.next_delay();
-                // Sleep, but wake up for stopping.
-                let _ = woken.recv_timeout(pause);
+                // Sleep, but wake up for stopping (news of more messages does not cut the
+                // pause short; stopping sets its flag before it wakes).
+                let until = Instant::now() + backoff.next_delay();
+                loop {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() || shared.stopping.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let _ = woken.recv_timeout(left);
+                }
             }
         }
     }
@@ -215,7 +252,6 @@ fn run(shared: &Shared, device: &str, woken: &Receiver<()>, status: &Status) {
 fn session(
     shared: &Shared,
     device: &str,
-    woken: &Receiver<()>,
     status: &Status,
     cursor: &mut u64,
     suspect: &mut Option<(u64, u32)>,
@@ -259,85 +295,273 @@ fn session(
         }
     };
     status.connected.store(true, Ordering::Relaxed);
+    status.set_waker(session.waker());
     tracing::info!(device, host = %session.connection().host, "upstream session open");
-    loop {
+    let mut stream = Stream::new(*cursor);
+    let ended = loop {
         if shared.stopping.load(Ordering::SeqCst) {
-            return Ended::Stopping;
+            stream.drain(shared, device, &mut session);
+            break Ended::Stopping;
         }
         if let Some(left) = session.time_to_expiry() {
             let at = crate::caps::crypto::now_unix() + left.as_secs();
             status.expires_at.store(at, Ordering::Relaxed);
         }
-        // One at a time while a message is under suspicion.
-        let max = if suspect.is_some() { 1 } else { BATCH };
-        let batch: Vec<Queued> = match shared.queue.peek(device, *cursor, max) {
-            Ok(b) => b,
-            Err(e) => {
-                fail("queue", format!("cannot read the queue of '{device}': {e}"));
-                return Ended::Retry { connected: true };
+        if session.renewal_due() && stream.in_flight.is_empty() {
+            if let Err(e) = session.renew() {
+                fail(
+                    "connect",
+                    format!("upstream session of '{device}' did not renew: {e}"),
+                );
+                break Ended::Retry { connected: true };
             }
-        };
-        if batch.is_empty() {
-            match woken.recv_timeout(IDLE_CHECK) {
-                Ok(()) | Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Ended::Stopping,
+            status.set_waker(session.waker());
+            stream.more = true;
+        }
+        // Hand over what the window has room for; one at a time while a message is under
+        // suspicion; nothing new while the credentials wait for renewal.
+        let window = if suspect.is_some() { 1 } else { WINDOW };
+        if stream.more && stream.in_flight.len() < window && !session.renewal_due() {
+            if let Err(e) = stream.offer(shared, device, &mut session, window) {
+                fail_publish(shared, device, &fail, &stream, suspect, e);
+                break Ended::Retry { connected: true };
             }
         }
-        let messages: Vec<_> = batch.iter().map(|q| q.message.clone()).collect();
-        let last = batch.last().map_or(*cursor, |q| q.seq);
-        match session.publish_batch(&messages) {
-            Ok(()) => {
-                *cursor = last;
-                *suspect = None;
-                shared.metrics.sent.add(&[device], batch.len() as u64);
-                if let Err(e) = shared.queue.remove_through(device, last) {
-                    // They were delivered; they may be sent again after a restart.
-                    fail(
-                        "queue",
-                        format!("cannot remove delivered messages of '{device}': {e}"),
-                    );
-                }
+        // Idle (a full connection with nothing in flight is a closed one: poll to find out).
+        if stream.in_flight.is_empty() && !stream.full {
+            stream.remove_acked(shared, device, &fail);
+            *cursor = stream.acked;
+            if stream.more {
+                continue;
             }
+            // Wait for news: new messages (the waker), the connection failing, or the time
+            // for a look at the queue anyway.
+            if let Err(e) = session.poll_completed(IDLE_CHECK) {
+                fail("connection", format!("upstream of '{device}' failed: {e}"));
+                break Ended::Retry { connected: true };
+            }
+            stream.more = true;
+            continue;
+        }
+        match session.poll_completed(POLL) {
+            Ok(n) => stream.completed(shared, device, n, suspect),
             Err(e) => {
-                fail(
-                    "publish",
-                    format!("upstream of '{device}' failed: {e}; sending again"),
-                );
-                let head = batch[0].seq;
-                match *suspect {
-                    Some((seq, attempts)) if seq == head => {
-                        if attempts + 1 >= MAX_ATTEMPTS {
-                            dead_letter(shared, device, &batch[0], &e.to_string());
-                            *cursor = head;
-                            *suspect = None;
-                        } else {
-                            *suspect = Some((seq, attempts + 1));
-                        }
-                    }
-                    _ => *suspect = Some((head, 1)),
-                }
-                return Ended::Retry { connected: true };
+                fail_publish(shared, device, &fail, &stream, suspect, e);
+                break Ended::Retry { connected: true };
             }
+        }
+        // Whatever woke the wait, the queue may have more.
+        stream.more = true;
+        if stream.unremoved >= BATCH || stream.removed_at.elapsed() >= REMOVE_EVERY {
+            stream.remove_acked(shared, device, &fail);
+        }
+        *cursor = stream.acked;
+    };
+    // What was acknowledged leaves the queue; what was not is sent again on the next session.
+    stream.remove_acked(shared, device, &fail);
+    *cursor = stream.acked;
+    ended
+}
+
+/// One session's stream of queued messages to the upstream.
+struct Stream {
+    /// Sequence numbers handed to the session and not yet acknowledged, oldest first.
+    in_flight: VecDeque<u64>,
+    /// The last sequence number handed over.
+    offered: u64,
+    /// The last sequence number acknowledged (every message up to it is done).
+    acked: u64,
+    /// The last sequence number removed from the queue.
+    removed: u64,
+    /// Messages acknowledged and not yet removed.
+    unremoved: usize,
+    removed_at: Instant,
+    /// Whether the queue may hold messages after `offered`.
+    more: bool,
+    /// Whether the connection took no more at the last offer.
+    full: bool,
+}
+
+impl Stream {
+    fn new(cursor: u64) -> Stream {
+        Stream {
+            in_flight: VecDeque::new(),
+            offered: cursor,
+            acked: cursor,
+            removed: cursor,
+            unremoved: 0,
+            removed_at: Instant::now(),
+            more: true,
+            full: false,
+        }
+    }
+
+    /// Offer queued messages until the window is full, the connection takes no more or the
+    /// queue has none. A message the upstream could never take (too large, properties on
+    /// MQTT 3.1.1) is dead-lettered on the spot.
+    fn offer(
+        &mut self,
+        shared: &Shared,
+        device: &str,
+        session: &mut DeviceSession<'_>,
+        window: usize,
+    ) -> Result<(), UpstreamError> {
+        self.full = false;
+        let room = window - self.in_flight.len();
+        let batch = match shared.queue.peek(device, self.offered, room) {
+            Ok(b) => b,
+            Err(e) => {
+                shared.log.warn(
+                    &format!("upstream {device}: queue"),
+                    &format!("cannot read the queue of '{device}': {e}"),
+                );
+                self.more = false;
+                return Ok(());
+            }
+        };
+        self.more = batch.len() == room;
+        for queued in &batch {
+            match session.offer(&queued.message)? {
+                Offer::Taken => {
+                    self.in_flight.push_back(queued.seq);
+                    self.offered = queued.seq;
+                }
+                Offer::Full => {
+                    self.more = true;
+                    self.full = true;
+                    break;
+                }
+                Offer::Unpublishable(why) => {
+                    let reason = format!("the upstream of '{device}' cannot take it: {why}");
+                    set_aside(shared, device, queued, "not publishable", &reason);
+                    self.offered = queued.seq;
+                    if self.in_flight.is_empty() {
+                        self.acked = queued.seq;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `n` more of the oldest messages in flight were acknowledged.
+    fn completed(
+        &mut self,
+        shared: &Shared,
+        device: &str,
+        n: usize,
+        suspect: &mut Option<(u64, u32)>,
+    ) {
+        if n == 0 {
+            return;
+        }
+        for _ in 0..n {
+            if let Some(seq) = self.in_flight.pop_front() {
+                self.acked = seq;
+            }
+        }
+        if self.in_flight.is_empty() {
+            // Messages set aside after the last one in flight are done too.
+            self.acked = self.acked.max(self.offered);
+        }
+        self.unremoved += n;
+        *suspect = None;
+        shared.metrics.sent.add(&[device], n as u64);
+    }
+
+    /// Stopping: give what is in flight [`DRAIN`] to be acknowledged (what is not is sent
+    /// again after the restart).
+    fn drain(&mut self, shared: &Shared, device: &str, session: &mut DeviceSession<'_>) {
+        let deadline = Instant::now() + DRAIN;
+        let mut no_suspect = None;
+        while !self.in_flight.is_empty() && Instant::now() < deadline {
+            match session.poll_completed(POLL) {
+                Ok(n) => self.completed(shared, device, n, &mut no_suspect),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Remove what the upstream acknowledged from the queue.
+    fn remove_acked(&mut self, shared: &Shared, device: &str, fail: &impl Fn(&str, String)) {
+        self.removed_at = Instant::now();
+        if self.acked <= self.removed {
+            return;
+        }
+        match shared.queue.remove_through(device, self.acked) {
+            Ok(_) => {
+                self.removed = self.acked;
+                self.unremoved = 0;
+            }
+            // They were delivered; they may be sent again after a restart.
+            Err(e) => fail(
+                "queue",
+                format!("cannot remove delivered messages of '{device}': {e}"),
+            ),
         }
     }
 }
 
-/// Set aside a message the upstream refused again and again.
-fn dead_letter(shared: &Shared, device: &str, queued: &Queued, why: &str) {
+/// The session failed with messages in flight: count it against the oldest one, which is
+/// dead-lettered once it has failed [`MAX_ATTEMPTS`] times on its own.
+fn fail_publish(
+    shared: &Shared,
+    device: &str,
+    fail: &impl Fn(&str, String),
+    stream: &Stream,
+    suspect: &mut Option<(u64, u32)>,
+    e: UpstreamError,
+) {
+    fail(
+        "publish",
+        format!("upstream of '{device}' failed: {e}; sending again"),
+    );
+    let Some(&head) = stream.in_flight.front() else {
+        return;
+    };
+    match *suspect {
+        Some((seq, attempts)) if seq == head => {
+            if attempts + 1 >= MAX_ATTEMPTS {
+                let why = format!(
+                    "the upstream of '{device}' failed {MAX_ATTEMPTS} times on this message alone: {e}"
+                );
+                if let Ok(Some(queued)) = shared
+                    .queue
+                    .peek(device, head - 1, 1)
+                    .map(|b| b.into_iter().next())
+                {
+                    if queued.seq == head {
+                        set_aside(shared, device, &queued, "upstream refused", &why);
+                    }
+                }
+                *suspect = None;
+            } else {
+                *suspect = Some((seq, attempts + 1));
+            }
+        }
+        _ => *suspect = Some((head, 1)),
+    }
+}
+
+/// Move a queued message to the dead letters.
+fn set_aside(shared: &Shared, device: &str, queued: &Queued, cause: &str, reason: &str) {
     let letter = DeadLetter {
         at_ms: now_ms(),
         rule: String::new(),
-        cause: "upstream refused".into(),
-        reason: format!(
-            "the upstream of '{device}' failed {MAX_ATTEMPTS} times on this message alone: {why}"
-        ),
+        cause: cause.into(),
+        reason: reason.to_string(),
         message: queued.message.clone(),
     };
     shared
         .log
-        .warn(&format!("upstream refused {device}"), &letter.reason);
-    if shared.queue.append(&[], &[letter]).is_ok() {
-        shared.metrics.dead_lettered.inc(&["", "upstream refused"]);
-        let _ = shared.queue.remove_through(device, queued.seq);
+        .warn(&format!("upstream {cause} {device}"), &letter.reason);
+    match shared.queue.set_aside(device, queued.seq, &letter) {
+        Ok(()) => shared.metrics.dead_lettered.inc(&["", cause]),
+        Err(e) => {
+            shared.log.warn(
+                &format!("upstream {device}: queue"),
+                &format!("cannot set a message of '{device}' aside: {e}"),
+            );
+        }
     }
 }

@@ -271,23 +271,7 @@ impl Queue {
                 counts.bytes += size;
             }
             drop(queue);
-            if !dead_letters.is_empty() {
-                let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
-                for letter in dead_letters {
-                    let json = serde_json::to_vec(letter).unwrap_or_default();
-                    dead.insert(counts.next_dead, json.as_slice())
-                        .map_err(|e| self.err(e))?;
-                    counts.next_dead += 1;
-                    counts.dead += 1;
-                }
-                while counts.dead > self.limits.max_dead_letters {
-                    if dead.pop_first().map_err(|e| self.err(e))?.is_none() {
-                        break;
-                    }
-                    counts.dead -= 1;
-                }
-            }
-            Ok(())
+            self.keep_dead_letters(&tx, &mut counts, dead_letters)
         })();
         let committed = result.and_then(|()| tx.commit().map_err(|e| self.err(e)));
         if let Err(e) = committed {
@@ -298,6 +282,62 @@ impl Queue {
             return Err(e);
         }
         Ok(dropped)
+    }
+
+    /// Add `letters` to the dead letters, dropping the oldest beyond the limit.
+    fn keep_dead_letters(
+        &self,
+        tx: &redb::WriteTransaction,
+        counts: &mut Counts,
+        letters: &[DeadLetter],
+    ) -> Result<(), QueueError> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let mut dead = tx.open_table(DEAD).map_err(|e| self.err(e))?;
+        for letter in letters {
+            let json = serde_json::to_vec(letter).unwrap_or_default();
+            dead.insert(counts.next_dead, json.as_slice())
+                .map_err(|e| self.err(e))?;
+            counts.next_dead += 1;
+            counts.dead += 1;
+        }
+        while counts.dead > self.limits.max_dead_letters {
+            if dead.pop_first().map_err(|e| self.err(e))?.is_none() {
+                break;
+            }
+            counts.dead -= 1;
+        }
+        Ok(())
+    }
+
+    /// Move `device`'s message `seq` to the dead letters as `letter`, in one durable commit
+    /// (the messages around it stay queued).
+    pub fn set_aside(&self, device: &str, seq: u64, letter: &DeadLetter) -> Result<(), QueueError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut counts = self.counts();
+        let before = (counts.next_dead, counts.dead);
+        let result = (|| {
+            let removed = {
+                let mut queue = tx.open_table(QUEUE).map_err(|e| self.err(e))?;
+                let old = queue.remove((device, seq)).map_err(|e| self.err(e))?;
+                old.map(|v| decode(v.value()).map_or(0, |(_, m)| size_of(device, &m)))
+            };
+            self.keep_dead_letters(&tx, &mut counts, std::slice::from_ref(letter))?;
+            Ok(removed)
+        })();
+        match result.and_then(|removed| tx.commit().map_err(|e| self.err(e)).map(|()| removed)) {
+            Ok(removed) => {
+                if let Some(size) = removed {
+                    forget(&mut counts, device, 1, size);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                (counts.next_dead, counts.dead) = before;
+                Err(e)
+            }
+        }
     }
 
     /// Remove the oldest message of all devices; its device.
@@ -575,6 +615,32 @@ mod tests {
         let (at, back) = decode(&encode(42, &m)).unwrap();
         assert_eq!((at, back), (42, m));
         assert!(decode(&[1, 2, 3]).is_none());
+    }
+
+    #[test]
+    fn a_message_set_aside_leaves_its_neighbours_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(&dir.path().join("q.redb"), QueueLimits::default()).unwrap();
+        let batch: Vec<(String, Message)> = (0..3)
+            .map(|i| ("d".to_string(), msg("t", format!("{i}").as_bytes())))
+            .collect();
+        q.append(&batch, &[]).unwrap();
+        let queued = q.peek("d", 0, 10).unwrap();
+        let letter = DeadLetter {
+            at_ms: 1,
+            rule: String::new(),
+            cause: "not publishable".into(),
+            reason: "no".into(),
+            message: queued[1].message.clone(),
+        };
+        q.set_aside("d", queued[1].seq, &letter).unwrap();
+        let left: Vec<_> = q.peek("d", 0, 10).unwrap();
+        assert_eq!(
+            left.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [queued[0].seq, queued[2].seq]
+        );
+        assert_eq!(q.depths()["d"].messages, 2);
+        assert_eq!(q.dead_letters().unwrap(), vec![letter]);
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! The wire side of an MQTT session: one rumqttc client and connection, MQTT 3.1.1 or 5, with
 //! their events and errors turned into one vocabulary ([`LinkEvent`], [`PluginError`]) so the
-//! session logic in `mod.rs` is written once for both protocol versions.
+//! session logic in `mod.rs` is written once for both protocol versions. A reader thread per
+//! link drives the connection (so pings go out while nobody waits on the session) and hands its
+//! events over a channel, which a [`Waker`] can also interrupt: a caller waits on the
+//! connection and on its own news at once, with the channel's precise timeouts.
 
 use super::{err, io_failure, tls_failure, MAX_PAYLOAD_BYTES};
 use crate::caps::tls;
 use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
-use rumqttc::{v5, QoS, RecvTimeoutError, TlsConfiguration, Transport};
+use rumqttc::{v5, QoS, TlsConfiguration, Transport};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +26,13 @@ pub enum LinkEvent {
     Acked(u16, Result<(), String>),
     /// A message from a subscription.
     Message(Message),
+    /// A [`Waker`] was called.
+    Woken,
     /// Anything else (pings, outgoing acks).
     Other,
 }
+
+type Item = Result<LinkEvent, PluginError>;
 
 /// Everything needed to open a link.
 pub struct LinkOptions<'a> {
@@ -40,25 +48,41 @@ pub struct LinkOptions<'a> {
     pub connect_timeout_secs: u64,
 }
 
-/// The event loops are boxed: they are large, and of very different sizes.
-pub enum Link {
-    V311 {
-        client: rumqttc::Client,
-        connection: Box<rumqttc::Connection>,
-    },
-    V5 {
-        client: v5::Client,
-        connection: Box<v5::Connection>,
-    },
+enum Client {
+    V311(rumqttc::Client),
+    V5(v5::Client),
+}
+
+/// The client half of a connection whose reader thread sends its events to `events`.
+pub struct Link {
+    client: Client,
+    events: Receiver<Item>,
+    /// For wakers: the same channel the reader thread sends to.
+    sender: SyncSender<Item>,
+}
+
+/// Interrupts whoever waits on a link's events ([`LinkEvent::Woken`]); does nothing once the
+/// link is gone.
+#[derive(Clone)]
+pub struct Waker(SyncSender<Item>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // A full channel wakes its reader anyway.
+        let _ = self.0.try_send(Ok(LinkEvent::Woken));
+    }
 }
 
 /// The request channel's capacity: how many publishes may be queued ahead of the socket.
 const CHANNEL_CAPACITY: usize = 64;
+/// How many events the reader thread may be ahead of the session (then the connection waits:
+/// TCP flow control toward the broker).
+const EVENT_CAPACITY: usize = 1024;
 const MAX_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
 
 impl Link {
-    /// Set up the client; the CONNECT goes out on the first [`Link::recv`].
-    pub fn open(o: LinkOptions<'_>) -> Link {
+    /// Set up the client and start the reader thread; the CONNECT goes out at once.
+    pub fn open(o: LinkOptions<'_>) -> Result<Link, PluginError> {
         // Small MQTT packets must not wait for Nagle's algorithm: with several publishes in
         // flight, the last one would sit until the broker's delayed ACK (about 40 ms).
         let mut network = rumqttc::NetworkOptions::new();
@@ -67,7 +91,11 @@ impl Link {
         let transport = o
             .tls
             .map(|config| Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-        match o.protocol {
+        let endpoint = format!("{}:{}", o.host, o.port);
+        let (sender, events) = sync_channel(EVENT_CAPACITY);
+        let tx = sender.clone();
+        let name = format!("mqtt {endpoint}");
+        let (client, reader): (Client, Box<dyn FnOnce() + Send>) = match o.protocol {
             ProtocolVersion::Mqtt311 => {
                 let mut options = rumqttc::MqttOptions::new(o.client_id, o.host, o.port);
                 options.set_keep_alive(o.keep_alive);
@@ -81,10 +109,14 @@ impl Link {
                 }
                 let (client, mut connection) = rumqttc::Client::new(options, CHANNEL_CAPACITY);
                 connection.eventloop.set_network_options(network);
-                Link::V311 {
-                    client,
-                    connection: Box::new(connection),
-                }
+                let read = move || {
+                    forward_events(&tx, || match connection.recv() {
+                        Err(_) => None,
+                        Ok(Ok(event)) => Some(Ok(v311_event(event))),
+                        Ok(Err(e)) => Some(Err(v311_error(&endpoint, e))),
+                    })
+                };
+                (Client::V311(client), Box::new(read))
             }
             ProtocolVersion::Mqtt5 => {
                 let mut options = v5::MqttOptions::new(o.client_id, o.host, o.port);
@@ -99,33 +131,55 @@ impl Link {
                 if let Some(transport) = transport {
                     options.set_transport(transport);
                 }
-                let (client, connection) = v5::Client::new(options, CHANNEL_CAPACITY);
-                Link::V5 {
-                    client,
-                    connection: Box::new(connection),
-                }
+                let (client, mut connection) = v5::Client::new(options, CHANNEL_CAPACITY);
+                let read = move || {
+                    forward_events(&tx, || match connection.recv() {
+                        Err(_) => None,
+                        Ok(Ok(event)) => Some(Ok(v5_event(event))),
+                        Ok(Err(e)) => Some(Err(v5_error(&endpoint, e))),
+                    })
+                };
+                (Client::V5(client), Box::new(read))
             }
-        }
+        };
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(reader)
+            .map_err(|e| {
+                err(
+                    ErrorKind::Io,
+                    format!("cannot start an MQTT reader thread: {e}"),
+                )
+            })?;
+        Ok(Link {
+            client,
+            events,
+            sender,
+        })
     }
 
-    /// Queue a SUBSCRIBE.
-    pub fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), String> {
-        match self {
-            Link::V311 { client, .. } => client.subscribe(filter, qos).map_err(|e| e.to_string()),
-            Link::V5 { client, .. } => client
-                .subscribe(filter, v5_qos(qos))
-                .map_err(|e| e.to_string()),
+    /// Something that interrupts [`Link::recv`].
+    pub fn waker(&self) -> Waker {
+        Waker(self.sender.clone())
+    }
+
+    /// Queue a SUBSCRIBE unless the request channel is full; `false` = full (or closed: the
+    /// next [`Link::recv`] says which).
+    pub fn try_subscribe(&self, filter: &str, qos: QoS) -> bool {
+        match &self.client {
+            Client::V311(client) => client.try_subscribe(filter, qos).is_ok(),
+            Client::V5(client) => client.try_subscribe(filter, v5_qos(qos)).is_ok(),
         }
     }
 
     /// Queue a PUBLISH unless the request channel is full; `false` = full (or closed: the next
     /// [`Link::recv`] says which).
     pub fn try_publish(&self, m: &Message, qos: QoS) -> bool {
-        match self {
-            Link::V311 { client, .. } => client
+        match &self.client {
+            Client::V311(client) => client
                 .try_publish(m.topic.as_str(), qos, m.retain, m.payload.clone())
                 .is_ok(),
-            Link::V5 { client, .. } => {
+            Client::V5(client) => {
                 let properties = v5::mqttbytes::v5::PublishProperties {
                     user_properties: m.properties.clone(),
                     ..Default::default()
@@ -143,41 +197,55 @@ impl Link {
         }
     }
 
-    /// Queue a DISCONNECT.
+    /// Queue a DISCONNECT (when the request channel is full, dropping the link ends the
+    /// connection all the same).
     pub fn disconnect(&self) {
         // A closed channel means the connection is already gone, which is what was asked for.
-        match self {
-            Link::V311 { client, .. } => drop(client.disconnect()),
-            Link::V5 { client, .. } => drop(client.disconnect()),
+        match &self.client {
+            Client::V311(client) => drop(client.try_disconnect()),
+            Client::V5(client) => drop(client.try_disconnect()),
         }
     }
 
-    /// Drive the connection until it reports something or `timeout` passes (`Ok(None)`).
-    /// Errors name `endpoint`.
+    /// The next event, or `Ok(None)` after `timeout`. Errors name `endpoint`.
     pub fn recv(
         &mut self,
         timeout: Duration,
         endpoint: &str,
     ) -> Result<Option<LinkEvent>, PluginError> {
-        let gone = || {
-            err(
+        match self.events.recv_timeout(timeout) {
+            Ok(item) => item.map(Some),
+            Err(RecvTimeoutError::Timeout) => Ok(None),
+            Err(RecvTimeoutError::Disconnected) => Err(err(
                 ErrorKind::Closed,
                 format!("{endpoint} closed the connection: the session is closed"),
-            )
+            )),
+        }
+    }
+}
+
+/// The reader thread: pass `next`'s events on until the connection fails (the error is the last
+/// item), the client is gone (`None`), or nobody listens any more. Pings and outgoing acks stay
+/// here.
+fn forward_events(tx: &SyncSender<Item>, mut next: impl FnMut() -> Option<Item>) {
+    loop {
+        let item = match next() {
+            Some(Ok(LinkEvent::Other)) => continue,
+            Some(item) => item,
+            None => return,
         };
-        match self {
-            Link::V311 { connection, .. } => match connection.recv_timeout(timeout) {
-                Err(RecvTimeoutError::Timeout) => Ok(None),
-                Err(RecvTimeoutError::Disconnected) => Err(gone()),
-                Ok(Err(e)) => Err(v311_error(endpoint, e)),
-                Ok(Ok(event)) => Ok(Some(v311_event(event))),
-            },
-            Link::V5 { connection, .. } => match connection.recv_timeout(timeout) {
-                Err(v5::RecvTimeoutError::Timeout) => Ok(None),
-                Err(v5::RecvTimeoutError::Disconnected) => Err(gone()),
-                Ok(Err(e)) => Err(v5_error(endpoint, e)),
-                Ok(Ok(event)) => Ok(Some(v5_event(event))),
-            },
+        let last = item.is_err();
+        match tx.try_send(item) {
+            Ok(()) => {}
+            Err(TrySendError::Full(item)) => {
+                if tx.send(item).is_err() {
+                    return;
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => return,
+        }
+        if last {
+            return;
         }
     }
 }

@@ -1,10 +1,12 @@
 //! The `mqtt` capability: outbound MQTT 3.1.1 and 5 sessions for plugins (rumqttc over rustls), only to
-//! endpoints the plugin's manifest declares. A session is driven by the thread that calls it: each
-//! call polls the connection until its own acknowledgement arrives (CONNACK, SUBACK, PUBACK), and
-//! messages that arrive meanwhile are kept for `receive`. Every failure is a typed error:
+//! endpoints the plugin's manifest declares. A reader thread per session drives the connection
+//! (pings included); each call waits for its own acknowledgement (CONNACK, SUBACK, PUBACK), and
+//! messages that arrive meanwhile are kept for `receive`. The bridge streams publishes instead
+//! ([`MqttSession::offer`], [`MqttSession::poll_completed`]). Every failure is a typed error:
 //! `refused` (CONNACK refusal, SUBACK failure), `closed` (the broker hung up), `tls`, `timeout`,
 //! `io` (unreachable, DNS), `invalid-input`, `permission-denied`, `limit-exceeded`.
 
+mod inflight;
 mod link;
 pub mod rhai;
 pub mod wasm;
@@ -12,6 +14,8 @@ pub mod wasm;
 use super::tls::{self, TlsOptions};
 use super::CapContext;
 use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
+use inflight::InFlight;
+pub use link::Waker;
 use link::{Link, LinkEvent, LinkOptions};
 use rumqttc::QoS;
 use std::collections::VecDeque;
@@ -21,8 +25,10 @@ use std::time::{Duration, Instant};
 /// Largest payload a plugin may publish: IoT Hub's 256 KB (the largest provider limit).
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for a SUBACK or PUBACK.
+/// How long to wait for a SUBACK, or for the broker to acknowledge the oldest publish in flight.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long [`MqttSession::publish_batch`] waits for one connection event at a time.
+const BATCH_POLL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
@@ -171,6 +177,9 @@ pub struct MqttSession {
     protocol: ProtocolVersion,
     endpoint: String,
     received: VecDeque<Message>,
+    in_flight: InFlight,
+    /// A refusal of a publish in flight seen while waiting for something else.
+    refusal: Option<PluginError>,
     ctx: CapContext,
     open: bool,
 }
@@ -255,12 +264,21 @@ impl MqttSession {
             // message.
             connect_timeout_secs: timeout.as_secs() + 1,
         });
+        let link = match link {
+            Ok(link) => link,
+            Err(e) => {
+                ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
         // From here on, dropping `session` frees the slot.
         let mut session = MqttSession {
             link,
             protocol: o.protocol,
             endpoint: format!("{}:{}", o.host, o.port),
             received: VecDeque::new(),
+            in_flight: InFlight::default(),
+            refusal: None,
             ctx: ctx.clone(),
             open: true,
         };
@@ -294,9 +312,22 @@ impl MqttSession {
             )
         })?;
         let qos = qos(level)?;
-        self.link
-            .subscribe(filter, qos)
-            .map_err(|e| self.closed(e))?;
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        while !self.link.try_subscribe(filter, qos) {
+            // The request channel is full (or closed, which `recv` reports): let it move.
+            if Instant::now() >= deadline {
+                return Err(err(
+                    ErrorKind::Timeout,
+                    format!(
+                        "{} takes no requests (subscribing to '{filter}')",
+                        self.endpoint
+                    ),
+                ));
+            }
+            if let Some(event) = self.recv(Duration::from_millis(10))? {
+                self.keep(event);
+            }
+        }
         let endpoint = self.endpoint.clone();
         self.wait_for(ACK_TIMEOUT, "the SUBACK", |event| match event {
             LinkEvent::SubAck(result) => Some(result.clone().map_err(|why| {
@@ -346,7 +377,7 @@ impl MqttSession {
 
     /// Publish messages in order with many in flight at once, and return when the broker has
     /// acknowledged every QoS 1/2 message (QoS 0 ones when they are sent). Nothing is sent if any
-    /// message is invalid.
+    /// message is invalid. Not to be mixed with [`MqttSession::offer`] on the same session.
     pub fn publish_batch(&mut self, msgs: &[Message]) -> Result<(), PluginError> {
         let levels = msgs
             .iter()
@@ -363,49 +394,74 @@ impl MqttSession {
             })
             .collect::<Result<Vec<QoS>, PluginError>>()?;
         let mut next = 0; // the next message to hand to the client
-        let mut sent_qos = VecDeque::new(); // QoS of sent, not yet numbered publishes
-        let mut awaiting = std::collections::HashSet::new(); // packet ids awaiting their ack
         let mut done = 0;
-        let deadline = Instant::now() + ACK_TIMEOUT;
         while done < msgs.len() {
             // Hand over as many messages as the request channel takes.
-            while next < msgs.len() && self.link.try_publish(&msgs[next], levels[next]) {
-                sent_qos.push_back(levels[next]);
+            while next < msgs.len() && self.hand_over(&msgs[next], levels[next]) {
                 next += 1;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
+            done += self.poll_completed(BATCH_POLL).map_err(|e| {
+                PluginError::new(
+                    e.kind,
+                    format!("{} ({done} of {} acknowledged)", e.message, msgs.len()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Hand `msg` to the connection without waiting for anything: `Ok(false)` when the
+    /// connection's request channel is full (call [`MqttSession::poll_completed`], then offer
+    /// it again). Messages complete in the order they were offered.
+    pub fn offer(&mut self, msg: &Message) -> Result<bool, PluginError> {
+        let qos = self.publishable(msg)?;
+        Ok(self.hand_over(msg, qos))
+    }
+
+    fn hand_over(&mut self, msg: &Message, qos: QoS) -> bool {
+        let taken = self.link.try_publish(msg, qos);
+        if taken {
+            self.in_flight.push(qos);
+        }
+        taken
+    }
+
+    /// Drive the connection for at most `timeout` (less when something happens): how many of
+    /// the oldest offered messages are now complete (acknowledged, or sent for QoS 0). An error
+    /// when the connection failed, the broker refused a message (MQTT 5), or it acknowledged
+    /// nothing for 30 s while messages were in flight.
+    pub fn poll_completed(&mut self, timeout: Duration) -> Result<usize, PluginError> {
+        if let Some(stalled) = self.in_flight.stalled_for() {
+            if stalled >= ACK_TIMEOUT {
                 return Err(err(
                     ErrorKind::Timeout,
                     format!(
-                        "{} acknowledged {done} of {} messages within {} ms",
+                        "{} acknowledged none of {} messages in flight within {} ms",
                         self.endpoint,
-                        msgs.len(),
+                        self.in_flight.len(),
                         ACK_TIMEOUT.as_millis()
                     ),
                 ));
             }
-            match self.recv(left)? {
-                None => continue,
-                Some(LinkEvent::Sent(pkid)) => match sent_qos.pop_front() {
-                    Some(QoS::AtMostOnce) | None => done += 1,
-                    Some(_) => {
-                        awaiting.insert(pkid);
-                    }
-                },
-                Some(LinkEvent::Acked(pkid, result)) if awaiting.remove(&pkid) => {
-                    result.map_err(|why| {
-                        err(
-                            ErrorKind::Refused,
-                            format!("{} refused a message: {why}", self.endpoint),
-                        )
-                    })?;
-                    done += 1
-                }
-                Some(event) => self.keep(event),
-            }
         }
-        Ok(())
+        if let Some(event) = self.recv(timeout)? {
+            self.keep(event);
+        }
+        if let Some(refusal) = self.refusal.take() {
+            return Err(refusal);
+        }
+        Ok(self.in_flight.take_completed())
+    }
+
+    /// Something that makes a [`MqttSession::poll_completed`] waiting now (or next) return at
+    /// once: how a caller waits on the connection and on news of its own together.
+    pub fn waker(&self) -> Waker {
+        self.link.waker()
+    }
+
+    /// How many offered messages are not complete yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The next message received, or `None` after `timeout`.
@@ -437,9 +493,15 @@ impl MqttSession {
         }
         self.open = false;
         self.link.disconnect();
-        // Let the DISCONNECT go out; the connection then ends.
-        let _ = self.link.recv(Duration::from_millis(200), &self.endpoint);
-        Ok(())
+        // Let the DISCONNECT go out: the connection then ends, and the reader says so.
+        let deadline = Instant::now() + Duration::from_millis(200);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.link.recv(left, &self.endpoint) {
+                Ok(Some(_)) if !left.is_zero() => continue,
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// One event from the link; a failed link marks the session closed.
@@ -487,17 +549,22 @@ impl MqttSession {
         }
     }
 
+    /// Note what an event says about messages in flight, and keep received messages.
     fn keep(&mut self, event: LinkEvent) {
-        if let LinkEvent::Message(msg) = event {
-            self.received.push_back(msg);
+        match event {
+            LinkEvent::Message(msg) => self.received.push_back(msg),
+            LinkEvent::Sent(pkid) => self.in_flight.sent(pkid),
+            LinkEvent::Acked(pkid, result) => {
+                let ours = self.in_flight.acked(pkid);
+                if let (true, Err(why)) = (ours, result) {
+                    self.refusal.get_or_insert(err(
+                        ErrorKind::Refused,
+                        format!("{} refused a message: {why}", self.endpoint),
+                    ));
+                }
+            }
+            _ => {}
         }
-    }
-
-    fn closed(&self, why: String) -> PluginError {
-        err(
-            ErrorKind::Closed,
-            format!("{} closed the connection: {why}", self.endpoint),
-        )
     }
 }
 
