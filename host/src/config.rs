@@ -11,11 +11,17 @@
 //! timeout_ms = 120000
 //!
 //! [local]                                          # where brownfield devices publish
-//! broker = "embedded"                              # the only one so far
-//! listen = "127.0.0.1:1883"
+//! broker = "embedded"                              # gatehost is the broker (the default), or
+//!                                                  # "mqtt://host:1883" / "mqtts://host:8883"
+//! listen = "127.0.0.1:1883"                        # embedded: where it listens
 //! # tls_cert = "certs/gateway.pem"               # serve MQTT over TLS instead of plain TCP
 //! # tls_key = "certs/gateway.key"
 //! # max_packet_kib = 1024                        # larger local packets close the connection
+//! # client_id = "gatehost-line1"                 # external: the persistent session's id
+//! # username = "gatehost"                        # external: credentials, CA for mqtts://
+//! # password = "..."
+//! # ca_file = "certs/local-ca.pem"
+//! # share_group = "gateways"                     # external: $share/<group>/ subscriptions
 //!
 //! [store]                                          # the store-and-forward queue
 //! file = "queue.redb"                              # in the state directory (the default)
@@ -165,12 +171,29 @@ pub struct ConfigLimits {
     pub flow: LimitOverrides,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocalConfig {
-    /// `embedded`: gatehost is the local broker.
+    /// `embedded`: gatehost is the local broker; `mqtt://host[:port]` or `mqtts://host[:port]`:
+    /// gatehost subscribes to the rules' filters on that broker.
     #[serde(default = "default_broker")]
     pub broker: String,
+    /// External broker: the client id of gatehost's persistent session (default `gatehost`).
+    /// Each gatehost needs its own, also when they share a `share_group`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// External broker over `mqtts://`: the CA certificates to verify it with (default: the
+    /// system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// External broker: subscribe as `$share/<group>/<filter>` (MQTT 5 shared subscriptions),
+    /// so the gatehosts of one group split the messages between them.
+    #[serde(default)]
+    pub share_group: Option<String>,
     #[serde(default = "default_listen")]
     pub listen: String,
     /// Serve local clients over TLS with this certificate chain (PEM) and key.
@@ -183,10 +206,32 @@ pub struct LocalConfig {
     pub max_packet_kib: Option<u64>,
 }
 
+impl std::fmt::Debug for LocalConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalConfig")
+            .field("broker", &self.broker)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_file", &self.ca_file)
+            .field("share_group", &self.share_group)
+            .field("listen", &self.listen)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("max_packet_kib", &self.max_packet_kib)
+            .finish()
+    }
+}
+
 impl Default for LocalConfig {
     fn default() -> Self {
         LocalConfig {
             broker: default_broker(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            share_group: None,
             listen: default_listen(),
             tls_cert: None,
             tls_key: None,
@@ -417,6 +462,81 @@ fn default_broker() -> String {
     "embedded".into()
 }
 
+/// An external local broker's address (`local.broker`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl LocalConfig {
+    /// The external broker `broker` names; `Ok(None)` for the embedded one.
+    pub fn external_broker(&self) -> Result<Option<BrokerUrl>, String> {
+        if self.broker == "embedded" {
+            return Ok(None);
+        }
+        let bad = |why: &str| {
+            format!(
+                "local.broker '{}' {why} (\"embedded\", mqtt://host[:port] or mqtts://host[:port])",
+                self.broker
+            )
+        };
+        let (tls, rest) = if let Some(rest) = self.broker.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = self.broker.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(bad("is not a broker address"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| bad("has no closing ']'"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(bad("has no usable host"));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(p) => p
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad(&format!("has port '{p}', not a number from 1 to 65535")))?,
+        };
+        Ok(Some(BrokerUrl {
+            tls,
+            host: host.to_string(),
+            port,
+        }))
+    }
+}
+
 fn default_listen() -> String {
     "127.0.0.1:1883".into()
 }
@@ -563,12 +683,52 @@ impl Config {
     /// problems `gatehost run` refuses to start with.
     pub fn bridge_problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        if self.local.broker != "embedded" {
-            problems.push(format!(
-                "local.broker '{}': only \"embedded\" is supported in this version (gatehost is \
-                 the local broker; point brownfield devices at local.listen)",
-                self.local.broker
-            ));
+        let local = &self.local;
+        match local.external_broker() {
+            Err(why) => problems.push(why),
+            Ok(None) => {
+                let external_only = [
+                    ("client_id", local.client_id.is_some()),
+                    ("username", local.username.is_some()),
+                    ("password", local.password.is_some()),
+                    ("ca_file", local.ca_file.is_some()),
+                    ("share_group", local.share_group.is_some()),
+                ];
+                for (key, set) in external_only {
+                    if set {
+                        problems.push(format!(
+                            "local.{key} is for an external broker; local.broker is \"embedded\""
+                        ));
+                    }
+                }
+            }
+            Ok(Some(url)) => {
+                if local.tls_cert.is_some() || local.tls_key.is_some() {
+                    problems.push(
+                        "local.tls_cert and local.tls_key are for the embedded broker; with an \
+                         external one, its own listener does TLS"
+                            .to_string(),
+                    );
+                }
+                if local.ca_file.is_some() && !url.tls {
+                    problems.push(format!(
+                        "local.ca_file is set but {url} is not TLS (use mqtts://)"
+                    ));
+                }
+                if local.password.is_some() && local.username.is_none() {
+                    problems.push("local.password needs a local.username".to_string());
+                }
+                if let Some(group) = &local.share_group {
+                    if group.is_empty() || group.contains(['/', '+', '#']) {
+                        problems.push(format!(
+                            "local.share_group '{group}' must be a non-empty name without '/', '+' or '#'"
+                        ));
+                    }
+                }
+                if local.client_id.as_deref() == Some("") {
+                    problems.push("local.client_id must not be empty".to_string());
+                }
+            }
         }
         if self.local.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!(
@@ -749,6 +909,43 @@ mod tests {
         assert_eq!(c.state_dir(), PathBuf::from("/etc/gatehost/state"));
         assert_eq!(c.local.broker, "embedded");
         assert_eq!(c.plugin_dirs.len(), 3);
+    }
+
+    #[test]
+    fn external_broker_addresses_parse_with_default_ports() {
+        let url = |broker: &str| {
+            LocalConfig {
+                broker: broker.into(),
+                ..LocalConfig::default()
+            }
+            .external_broker()
+        };
+        assert_eq!(url("embedded"), Ok(None));
+        let parsed = url("mqtt://broker.local").unwrap().unwrap();
+        assert_eq!(
+            (parsed.tls, parsed.host.as_str(), parsed.port),
+            (false, "broker.local", 1883)
+        );
+        assert_eq!(url("mqtts://10.0.0.5/").unwrap().unwrap().port, 8883);
+        let v6 = url("mqtts://[::1]:8884").unwrap().unwrap();
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 8884));
+        assert_eq!(v6.to_string(), "mqtts://[::1]:8884");
+        let secret = LocalConfig {
+            password: Some("hunter2".into()),
+            ..LocalConfig::default()
+        };
+        assert!(!format!("{secret:?}").contains("hunter2"));
+        for bad in [
+            "tcp://x",
+            "mqtt://",
+            "mqtt://x:0",
+            "mqtt://x:http",
+            "mqtt://u@x",
+            "[::1]",
+        ] {
+            let e = url(bad).unwrap_err();
+            assert!(e.starts_with(&format!("local.broker '{bad}' ")), "{e}");
+        }
     }
 
     #[test]

@@ -879,3 +879,110 @@ fn sigterm_stops_gatehost_while_a_device_cannot_reach_its_cloud() {
     assert!(status.unwrap().success(), "{}", g.log());
     assert!(g.log().contains("stopping"), "{}", g.log());
 }
+
+/// Point the gateway config in `dir` at the external broker on `port` as `client_id` (and
+/// `extra` [local] lines); every device's upstream client id gets `-<client_id>` appended, so
+/// several gateways can hold sessions for the same devices.
+fn use_external_broker(dir: &Path, port: u16, client_id: &str, extra: &str) {
+    let path = dir.join("gatehost.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut text = text.replacen(
+        "[local]\n",
+        &format!(
+            "[local]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"{client_id}\"\n{extra}"
+        ),
+        1,
+    );
+    for device in ["dev01", "dev02"] {
+        text = text.replacen(
+            &format!("name = \"{device}\"\nflow = \"aws-iot\"\n[devices.params]\n"),
+            &format!("name = \"{device}\"\nflow = \"aws-iot\"\n[devices.params]\nclient_id = \"{device}-{client_id}\"\n"),
+            1,
+        );
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+/// Wait until gatehost is subscribed on its external local broker.
+fn wait_subscribed(g: &Gatehost) {
+    eventually(60, "the subscription on the local broker", || {
+        g.log().contains("subscribed on the local broker")
+    });
+}
+
+#[test]
+fn on_an_external_broker_messages_wait_there_while_gatehost_is_down() {
+    let pki = Pki::new();
+    let upstream = Mosquitto::start_tls(&pki);
+    let sub = dt_subscriber(&pki, upstream.port);
+    let local = Mosquitto::start(
+        &pki.dir,
+        "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100",
+    );
+    let (dir, _, metrics) = tls_gateway(&pki, upstream.port, "");
+    let d = dir.path();
+    use_external_broker(d, local.port, "gw-a", "");
+    let mut g = Gatehost::start(d, metrics);
+    wait_subscribed(&g);
+    assert_eq!(g.metric("gatehost_local_broker_connected"), 1.0);
+
+    assert_eq!(publish_numbered(local.port, 0, 1000, None), 1000);
+    eventually(60, "the first 1000 upstream", || {
+        sub.messages().len() >= 1000
+    });
+
+    // Crashed: the broker keeps what arrives for gatehost's persistent session.
+    g.kill9();
+    assert_eq!(publish_numbered(local.port, 1000, 1000, None), 1000);
+    let g = Gatehost::start(d, metrics);
+    eventually(60, "all 2000 upstream", || {
+        let got = sub.messages();
+        let distinct: std::collections::BTreeSet<_> = got.iter().map(|m| m.1.clone()).collect();
+        distinct.len() >= 2000
+    });
+    let got = sub.messages();
+    assert!(
+        got.iter().all(|(topic, _)| topic.starts_with("dt/dev0")),
+        "{:?}",
+        &got[..3]
+    );
+    assert_all_in_order(&got, 2000);
+    assert!(g.http("/healthz").contains("\"local_connected\":true"));
+}
+
+#[test]
+fn gatehosts_in_a_share_group_split_the_messages_of_an_external_broker() {
+    let pki = Pki::new();
+    let upstream = Mosquitto::start_tls(&pki);
+    let sub = dt_subscriber(&pki, upstream.port);
+    let local = Mosquitto::start(
+        &pki.dir,
+        "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100",
+    );
+    let mut gateways = Vec::new();
+    for id in ["gw-a", "gw-b"] {
+        let (dir, _, metrics) = tls_gateway(&pki, upstream.port, "");
+        use_external_broker(dir.path(), local.port, id, "share_group = \"line1\"\n");
+        let g = Gatehost::start(dir.path(), metrics);
+        wait_subscribed(&g);
+        gateways.push((dir, g));
+    }
+    assert_eq!(publish_numbered(local.port, 0, 2000, None), 2000);
+    eventually(60, "all 2000 upstream", || sub.messages().len() >= 2000);
+    let got = sub.messages();
+    let distinct: std::collections::BTreeSet<_> = got.iter().map(|m| m.1.clone()).collect();
+    assert_eq!(distinct.len(), 2000);
+    let took: Vec<f64> = gateways
+        .iter()
+        .map(|(_, g)| g.metric("gatehost_messages_received_total"))
+        .collect();
+    assert_eq!(
+        took.iter().sum::<f64>(),
+        2000.0,
+        "each message went to one gatehost: {took:?}"
+    );
+    assert!(
+        took.iter().all(|n| *n > 0.0),
+        "both gatehosts took a share: {took:?}"
+    );
+}

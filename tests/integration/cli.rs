@@ -224,7 +224,7 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(
         d.path().join("gatehost.toml"),
-        "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:1883\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
+        "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:99999\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
     )
     .unwrap();
     let out = run(gatehost()
@@ -233,12 +233,48 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
         .arg(d.path().join("gatehost.toml")));
     assert_eq!(out.code, 1, "{}", out.stderr);
     for expected in [
-        "local.broker 'mqtt://10.0.0.5:1883': only \"embedded\" is supported",
+        "local.broker 'mqtt://10.0.0.5:99999' has port '99999', not a number from 1 to 65535",
         "local.tls_cert and local.tls_key must be given together",
         "metrics.listen 'nowhere' must be an address",
     ] {
         assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
     }
+
+    // External broker settings.
+    std::fs::write(
+        d.path().join("gatehost.toml"),
+        "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\nca_file = \"ca.pem\"\nshare_group = \"a/b\"\npassword = \"p\"\n",
+    )
+    .unwrap();
+    let out = run(gatehost()
+        .arg("run")
+        .arg("--config")
+        .arg(d.path().join("gatehost.toml")));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    for expected in [
+        "local.tls_cert and local.tls_key are for the embedded broker",
+        "local.ca_file is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
+        "local.share_group 'a/b' must be a non-empty name without '/', '+' or '#'",
+        "local.password needs a local.username",
+    ] {
+        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
+    }
+    std::fs::write(
+        d.path().join("gatehost.toml"),
+        "plugin_dirs = []\n[local]\nbroker = \"tcp://10.0.0.5\"\nshare_group = \"g\"\n",
+    )
+    .unwrap();
+    let out = run(gatehost()
+        .arg("run")
+        .arg("--config")
+        .arg(d.path().join("gatehost.toml")));
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("local.broker 'tcp://10.0.0.5' is not a broker address"),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

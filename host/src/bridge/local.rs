@@ -1,7 +1,9 @@
-//! The local side: the embedded broker's decisions. Every publish is delivered to local
-//! subscribers like any broker would, and goes through the rules whose filters match it; what
-//! they send upstream is stored in the queue (with any dead letters) before the publisher gets
-//! its acknowledgement. What rules send back to the local broker is delivered at once.
+//! The local side's decisions: every local message goes through the rules whose filters match
+//! it ([`LocalService::route`]); what they send upstream is stored in the queue (with any dead
+//! letters) before the publisher gets its acknowledgement ([`LocalService::store`]); what they
+//! send back to the local broker is delivered at once. As the embedded broker's service it also
+//! delivers every publish to local subscribers, like any broker; on an external broker
+//! (`external.rs`) the broker does that.
 
 use super::chain::Current;
 use super::commit::{Batch, Committer};
@@ -71,38 +73,25 @@ impl LocalService {
     }
 }
 
-impl MqttService for LocalService {
-    fn name(&self) -> &'static str {
-        "local"
-    }
+/// What the rules made of one local message.
+pub struct Routed {
+    /// Messages for devices and dead letters, to be stored before the acknowledgement.
+    pub batch: Batch,
+    /// Messages for the local broker.
+    pub to_local: Vec<Message>,
+}
 
-    fn connect(&self, request: &ConnectRequest<'_>) -> ConnectVerdict {
-        ConnectVerdict::Accept(Ok(Identity::new(
-            format!("local:{}", request.client_id),
-            None,
-        )))
-    }
-
-    fn subscribe(&self, _session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
-        validate_topic_filter(filter).map_err(|why| format!("topic filter '{filter}' {why}"))?;
-        Ok(qos.min(1))
-    }
-
-    fn publish(&self, session: &Session, p: &Publish) -> PublishVerdict {
+impl LocalService {
+    /// Run `message` through every rule that receives it.
+    pub fn route(&self, message: Message) -> Routed {
         self.metrics.received.fetch_add(1, Ordering::Relaxed);
         let running = self.current.get();
-        let message = Message {
-            topic: p.topic.clone(),
-            payload: p.payload.to_vec(),
-            qos: p.qos as u8,
-            retain: p.retain,
-            properties: Vec::new(),
-        };
         let mut batch = Batch {
             messages: Vec::new(),
             dead_letters: Vec::new(),
             done: None,
         };
+        let mut to_local = Vec::new();
         let mut matched = false;
         for rule in running.chain.matching(&message.topic) {
             matched = true;
@@ -126,7 +115,7 @@ impl MqttService for LocalService {
                 match out.destination {
                     Destination::Local => {
                         self.metrics.to_local.inc(&[&rule.name]);
-                        session.broadcast(&m.topic, &m.payload, m.qos);
+                        to_local.push(m);
                     }
                     Destination::Upstream(device) => {
                         if let Err(why) = device_known(&running.config, &device) {
@@ -158,13 +147,55 @@ impl MqttService for LocalService {
                 ),
             );
         }
+        Routed { batch, to_local }
+    }
+
+    /// Hand `batch` to the next commit: `Ok(None)` when there is nothing to store (acknowledge
+    /// at once), else what says when it is stored; `Err` when the queue is closed.
+    pub fn store(
+        &self,
+        mut batch: Batch,
+    ) -> Result<Option<oneshot::Receiver<Result<(), String>>>, String> {
         if batch.messages.is_empty() && batch.dead_letters.is_empty() {
-            return PublishVerdict::Route;
+            return Ok(None);
         }
         let (done, settled) = oneshot::channel();
         batch.done = Some(done);
-        match self.committer.submit(batch) {
-            Ok(()) => PublishVerdict::Deferred(settled),
+        self.committer.submit(batch).map(|()| Some(settled))
+    }
+}
+
+impl MqttService for LocalService {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn connect(&self, request: &ConnectRequest<'_>) -> ConnectVerdict {
+        ConnectVerdict::Accept(Ok(Identity::new(
+            format!("local:{}", request.client_id),
+            None,
+        )))
+    }
+
+    fn subscribe(&self, _session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+        validate_topic_filter(filter).map_err(|why| format!("topic filter '{filter}' {why}"))?;
+        Ok(qos.min(1))
+    }
+
+    fn publish(&self, session: &Session, p: &Publish) -> PublishVerdict {
+        let routed = self.route(Message {
+            topic: p.topic.clone(),
+            payload: p.payload.to_vec(),
+            qos: p.qos as u8,
+            retain: p.retain,
+            properties: Vec::new(),
+        });
+        for m in &routed.to_local {
+            session.broadcast(&m.topic, &m.payload, m.qos);
+        }
+        match self.store(routed.batch) {
+            Ok(None) => PublishVerdict::Route,
+            Ok(Some(settled)) => PublishVerdict::Deferred(settled),
             Err(why) => PublishVerdict::Disconnect(why),
         }
     }

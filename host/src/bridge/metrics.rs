@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
 /// A counter family with labels (`rule`, `device`, `cause`, ...), in a stable order.
@@ -78,6 +78,8 @@ pub struct Metrics {
     /// Rule chain reloads applied, and reloads that kept (part of) the old chain.
     pub reloads: AtomicU64,
     pub reload_failures: AtomicU64,
+    /// Whether gatehost is connected to its local broker (the embedded one: always).
+    pub local_connected: AtomicBool,
 }
 
 /// One gauge sample: labels and value.
@@ -189,6 +191,17 @@ impl Metrics {
             "Reloads in which a changed plugin or config was rejected (the old one kept running).",
             "counter",
             self.reload_failures.load(Ordering::Relaxed) as f64,
+        );
+        plain(
+            &mut out,
+            "gatehost_local_broker_connected",
+            "1 when gatehost is connected to its local broker (always, for the embedded one).",
+            "gauge",
+            if self.local_connected.load(Ordering::Relaxed) {
+                1.0
+            } else {
+                0.0
+            },
         );
         plain(
             &mut out,

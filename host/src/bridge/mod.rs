@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod commit;
+pub mod external;
 pub mod forward;
 pub mod local;
 pub mod log_once;
@@ -25,6 +26,7 @@ use metrics::{Gauges, Metrics};
 use queue::{now_ms, Queue, QueueError};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,8 @@ pub enum BridgeError {
     #[error("local TLS: {0}")]
     Tls(String),
     #[error(transparent)]
+    External(#[from] external::ExternalError),
+    #[error(transparent)]
     Watch(#[from] reload::WatchError),
     #[error("cannot start the bridge's runtime: {0}")]
     Runtime(std::io::Error),
@@ -50,8 +54,11 @@ pub enum BridgeError {
 /// A running bridge. Dropping it (or [`Bridge::stop`]) stops it.
 pub struct Bridge {
     runtime: Option<tokio::runtime::Runtime>,
-    /// Where local clients connect.
-    pub local_addr: SocketAddr,
+    /// Where local clients connect: the embedded broker's address (`None` on an external
+    /// broker).
+    pub local_addr: Option<SocketAddr>,
+    /// The local broker as a URL (`mqtt://127.0.0.1:1883`, or the external broker).
+    pub local_url: String,
     /// Where `/metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
     current: Current,
@@ -128,29 +135,53 @@ impl Bridge {
                     (k as usize).saturating_mul(1024)
                 }),
         });
-        let recorder = Arc::new(Recorder::with_limit(100));
-        let listen = config.local.listen.clone();
-        let server = runtime
-            .block_on(MqttServer::start(&listen, tls, service, recorder))
-            .map_err(|source| BridgeError::Listen {
-                addr: listen.clone(),
-                what: "local.listen",
-                source,
-            })?;
-        let local_addr = SocketAddr::new(
-            listen
-                .parse::<SocketAddr>()
-                .map(|a| a.ip())
-                .unwrap_or([127, 0, 0, 1].into()),
-            server.port,
-        );
-        // The server lives as long as the runtime.
-        std::mem::forget(server);
-        runtime.block_on(async { simulate::start(&config.simulators, local_addr) });
+        let (local_addr, local_url) = match external::ExternalBroker::from_config(&config)? {
+            Some(broker) => {
+                let url = broker.url().clone();
+                let _guard = runtime.enter();
+                broker.start(service, current.clone(), log.clone());
+                let tls = match url.tls {
+                    true => Some(external::client_tls(&config)?),
+                    false => None,
+                };
+                simulate::start(&config.simulators, &url.host, url.port, tls);
+                (None, url.to_string())
+            }
+            None => {
+                let recorder = Arc::new(Recorder::with_limit(100));
+                let listen = config.local.listen.clone();
+                let server = runtime
+                    .block_on(MqttServer::start(&listen, tls, service, recorder))
+                    .map_err(|source| BridgeError::Listen {
+                        addr: listen.clone(),
+                        what: "local.listen",
+                        source,
+                    })?;
+                metrics.local_connected.store(true, Ordering::Relaxed);
+                let addr = SocketAddr::new(
+                    listen
+                        .parse::<SocketAddr>()
+                        .map(|a| a.ip())
+                        .unwrap_or([127, 0, 0, 1].into()),
+                    server.port,
+                );
+                // The server lives as long as the runtime.
+                std::mem::forget(server);
+                let _guard = runtime.enter();
+                simulate::start(
+                    &config.simulators,
+                    &addr.ip().to_string(),
+                    addr.port(),
+                    None,
+                );
+                (Some(addr), format!("mqtt://{addr}"))
+            }
+        };
 
         let mut bridge = Bridge {
             runtime: None,
             local_addr,
+            local_url,
             metrics_addr: None,
             current: current.clone(),
             metrics: metrics.clone(),
@@ -195,7 +226,7 @@ impl Bridge {
             bridge._reloader = Some(reloader);
         }
         tracing::info!(
-            local = %bridge.local_addr,
+            local = %bridge.local_url,
             metrics = ?bridge.metrics_addr,
             queue = %bridge.queue.path().display(),
             queued = bridge.queue.depths().values().map(|d| d.messages).sum::<u64>(),
@@ -324,6 +355,7 @@ impl View {
             "status": "ok",
             "generation": running.generation,
             "rules": running.chain.rules.len(),
+            "local_connected": self.metrics.local_connected.load(Ordering::Relaxed),
             "upstream_connected": self.forwarders.all_connected(),
             "queued": queued,
         });

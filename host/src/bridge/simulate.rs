@@ -3,19 +3,29 @@
 //! device. `{n}` in the payload counts messages, `{t}` is the Unix time.
 
 use crate::config::SimulatorConfig;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Start every simulator on the current tokio runtime, publishing to `local`.
-pub fn start(simulators: &[SimulatorConfig], local: SocketAddr) {
+/// Start every simulator on the current tokio runtime, publishing to the local broker at
+/// `host`:`port` (over TLS with `tls`).
+pub fn start(
+    simulators: &[SimulatorConfig],
+    host: &str,
+    port: u16,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) {
     for sim in simulators.iter().cloned() {
+        let host = host.to_string();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let mut options = rumqttc::MqttOptions::new(
-                format!("gatehost-sim-{}", sim.name),
-                local.ip().to_string(),
-                local.port(),
-            );
+            let mut options =
+                rumqttc::MqttOptions::new(format!("gatehost-sim-{}", sim.name), host, port);
             options.set_keep_alive(Duration::from_secs(30));
+            if let Some(config) = tls {
+                options.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(config),
+                ));
+            }
             let (client, mut events) = rumqttc::AsyncClient::new(options, 16);
             tokio::spawn(async move {
                 // Drives the connection; rumqttc reconnects on the next poll after an error.

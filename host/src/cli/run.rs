@@ -38,8 +38,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let bridge =
         Bridge::start(config, config_path.as_deref()).context("the bridge did not start")?;
     eprintln!(
-        "gatehost: local broker on mqtt://{}{}; Ctrl-C stops",
-        bridge.local_addr,
+        "gatehost: local broker {}{}; Ctrl-C stops",
+        bridge.local_url,
         bridge
             .metrics_addr
             .map(|a| format!(", metrics on http://{a}/metrics"))

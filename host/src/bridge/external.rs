@@ -1,0 +1,296 @@
+//! The local side on an external broker (`local.broker = "mqtt://..."`): gatehost keeps one
+//! MQTT 5 session there and subscribes to every rule's filters (as `$share/<group>/<filter>`
+//! with `local.share_group`, so the gatehosts of a group split the messages). The session is
+//! persistent and acknowledges by hand: a message is acknowledged only once what the rules made
+//! of it is stored, so messages that arrive while gatehost is down or crashed wait at the broker
+//! and come again. Subscriptions follow reloads.
+
+use super::chain::Current;
+use super::local::LocalService;
+use super::log_once::LogOnce;
+use crate::config::{BrokerUrl, Config};
+use crate::model::Message;
+use crate::retry::Backoff;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use rumqttc::{TlsConfiguration, Transport};
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How often the subscriptions are compared with the running rule chain.
+const FOLLOW_RELOADS: Duration = Duration::from_secs(1);
+/// Requests (publishes, acknowledgements, subscriptions) queued ahead of the connection.
+const REQUESTS: usize = 1024;
+
+/// A message waiting for its acknowledgement, and what says when it is stored (`None`:
+/// nothing to store).
+type Pending = (Option<oneshot::Receiver<Result<(), String>>>, Publish);
+
+/// Everything the external session needs, checked before the bridge starts.
+pub struct ExternalBroker {
+    url: BrokerUrl,
+    options: MqttOptions,
+    share_group: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExternalError {
+    #[error("local.ca_file {path}: {why}")]
+    Ca { path: String, why: String },
+    #[error("TLS to the local broker: {0}")]
+    Tls(String),
+}
+
+impl ExternalBroker {
+    /// The session `config` asks for, when its local broker is an external one.
+    pub fn from_config(config: &Config) -> Result<Option<ExternalBroker>, ExternalError> {
+        let local = &config.local;
+        let Ok(Some(url)) = local.external_broker() else {
+            return Ok(None);
+        };
+        let client_id = local.client_id.clone().unwrap_or_else(|| "gatehost".into());
+        let mut options = MqttOptions::new(client_id, url.host.clone(), url.port);
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_start(false);
+        // The broker keeps the session (and the messages for it) as long as the queue keeps
+        // messages: what gatehost would not forward any more need not wait for it.
+        let keep = config.store.limits().max_age.as_secs().min(u32::MAX as u64) as u32;
+        options.set_session_expiry_interval(Some(keep));
+        options.set_manual_acks(true);
+        if let Some(user) = &local.username {
+            options.set_credentials(user.clone(), local.password.clone().unwrap_or_default());
+        }
+        if url.tls {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                client_tls(config)?,
+            )));
+        }
+        Ok(Some(ExternalBroker {
+            url,
+            options,
+            share_group: local.share_group.clone(),
+        }))
+    }
+
+    pub fn url(&self) -> &BrokerUrl {
+        &self.url
+    }
+
+    /// Run the session on the current tokio runtime.
+    pub fn start(self, service: Arc<LocalService>, current: Current, log: Arc<LogOnce>) {
+        tokio::spawn(run(self, service, current, log));
+    }
+}
+
+/// Verify the broker against `local.ca_file`, or the system roots.
+pub fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalError> {
+    let pem = match &config.local.ca_file {
+        Some(file) => {
+            let path = config.resolve(file);
+            let text = std::fs::read_to_string(&path).map_err(|e| ExternalError::Ca {
+                path: path.display().to_string(),
+                why: e.to_string(),
+            })?;
+            Some((text, path.display().to_string()))
+        }
+        None => None,
+    };
+    let roots = crate::caps::tls::roots_from(pem.as_ref().map(|(t, p)| (t.as_str(), p.as_str())))
+        .map_err(|e| ExternalError::Tls(e.message))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ExternalError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// The filters the running chain receives, as this session subscribes to them.
+fn wanted(current: &Current, share_group: Option<&str>) -> BTreeSet<String> {
+    current
+        .get()
+        .chain
+        .rules
+        .iter()
+        .flat_map(|r| r.filters.iter())
+        .map(|f| match share_group {
+            Some(group) => format!("$share/{group}/{f}"),
+            None => f.clone(),
+        })
+        .collect()
+}
+
+async fn run(
+    broker: ExternalBroker,
+    service: Arc<LocalService>,
+    current: Current,
+    log: Arc<LogOnce>,
+) {
+    let ExternalBroker {
+        url,
+        options,
+        share_group,
+    } = broker;
+    let (client, mut events) = AsyncClient::new(options, REQUESTS);
+    let (acks, ack_queue) = mpsc::unbounded_channel();
+    tokio::spawn(acknowledge_in_order(
+        client.clone(),
+        ack_queue,
+        log.clone(),
+        url.clone(),
+    ));
+    let mut subscribed: BTreeSet<String> = BTreeSet::new();
+    let mut follow = tokio::time::interval(FOLLOW_RELOADS);
+    let mut backoff = Backoff::default();
+    loop {
+        tokio::select! {
+            event = events.poll() => match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    backoff = Backoff::default();
+                    service.metrics.local_connected.store(true, Ordering::Relaxed);
+                    tracing::info!(broker = %url, "connected to the local broker");
+                    // Subscribe again on every connection: the broker may have lost the session.
+                    subscribed.clear();
+                    follow_chain(&client, &current, share_group.as_deref(), &mut subscribed, &log).await;
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    take(&service, &client, &acks, publish, &log);
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    if ack.return_codes.iter().any(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))) {
+                        log.warn(
+                            "local subscribe",
+                            &format!("{url} refused a subscription: {:?}", ack.return_codes),
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    service.metrics.local_connected.store(false, Ordering::Relaxed);
+                    log.warn(
+                        "local broker",
+                        &format!("the local broker {url} is not reachable: {e}; trying again"),
+                    );
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+            },
+            _ = follow.tick() => {
+                follow_chain(&client, &current, share_group.as_deref(), &mut subscribed, &log).await;
+            }
+        }
+    }
+}
+
+/// Subscribe to filters the chain gained, unsubscribe from those it lost.
+async fn follow_chain(
+    client: &AsyncClient,
+    current: &Current,
+    share_group: Option<&str>,
+    subscribed: &mut BTreeSet<String>,
+    log: &LogOnce,
+) {
+    let wanted = wanted(current, share_group);
+    for filter in wanted.difference(subscribed) {
+        let mut f = Filter::new(filter.clone(), QoS::AtLeastOnce);
+        // What gatehost publishes back to the local broker is not for itself (MQTT 5 forbids
+        // no-local on shared subscriptions).
+        f.nolocal = share_group.is_none();
+        f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+        if let Err(e) = client.try_subscribe_many([f]) {
+            log.warn(
+                "local subscribe",
+                &format!("cannot subscribe to '{filter}': {e}"),
+            );
+            return;
+        }
+        tracing::info!(filter, "subscribed on the local broker");
+    }
+    for filter in subscribed.difference(&wanted) {
+        if client.try_unsubscribe(filter.clone()).is_err() {
+            return;
+        }
+        tracing::info!(filter, "unsubscribed on the local broker");
+    }
+    *subscribed = wanted;
+}
+
+/// Route one message from the local broker; its acknowledgement waits for the commit.
+fn take(
+    service: &LocalService,
+    client: &AsyncClient,
+    acks: &mpsc::UnboundedSender<Pending>,
+    publish: Publish,
+    log: &LogOnce,
+) {
+    let routed = service.route(Message {
+        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+        payload: publish.payload.to_vec(),
+        qos: publish.qos as u8,
+        retain: publish.retain,
+        properties: publish
+            .properties
+            .as_ref()
+            .map(|p| p.user_properties.clone())
+            .unwrap_or_default(),
+    });
+    for m in routed.to_local {
+        let qos = if m.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        if let Err(e) = client.try_publish(m.topic.clone(), qos, false, m.payload) {
+            log.warn(
+                "local publish",
+                &format!(
+                    "a rule's message to '{}' was not published locally: {e}",
+                    m.topic
+                ),
+            );
+        }
+    }
+    match service.store(routed.batch) {
+        Ok(settled) => {
+            let _ = acks.send((settled, publish));
+        }
+        // gatehost is stopping: not acknowledged, the broker sends it again.
+        Err(why) => {
+            log.warn("local store", &why);
+        }
+    }
+}
+
+/// Acknowledge messages in the order they came, each once it is stored. One that could not be
+/// stored is not acknowledged: the connection is dropped so the broker sends it again.
+async fn acknowledge_in_order(
+    client: AsyncClient,
+    mut queue: mpsc::UnboundedReceiver<Pending>,
+    log: Arc<LogOnce>,
+    url: BrokerUrl,
+) {
+    while let Some((settled, publish)) = queue.recv().await {
+        let stored = match settled {
+            None => Ok(()),
+            Some(rx) => rx.await.unwrap_or_else(|_| Err("the queue closed".into())),
+        };
+        match stored {
+            Ok(()) => {
+                if client.ack(&publish).await.is_err() {
+                    return;
+                }
+            }
+            Err(why) => {
+                log.warn(
+                    "local store",
+                    &format!("{why}; reconnecting to {url} so it sends the message again"),
+                );
+                let _ = client.try_disconnect();
+            }
+        }
+    }
+}
