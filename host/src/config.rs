@@ -42,6 +42,7 @@
 //! [[devices]]
 //! name = "press7"
 //! flow = "azure-dps"
+//! from_cloud = ["devices/press7/messages/devicebound/#"]   # cloud-to-device subscriptions
 //! [devices.params]
 //! id_scope = "0ne00055505"
 //! registration_id = "press7"
@@ -70,6 +71,7 @@
 //! name = "plant-to-iothub"
 //! rule = "iothub-telemetry"
 //! from = ["plant1/#"]
+//! # from_cloud = ["devices/+/messages/devicebound/#"]  # also takes cloud-to-device messages
 //!
 //! [[rules]]                                      # the built-in template rule (no plugin)
 //! name = "plant2-telemetry"
@@ -330,6 +332,11 @@ pub struct DeviceConfig {
     /// How long onboarding may take, retries included (default 300 s).
     #[serde(default)]
     pub deadline_secs: Option<u64>,
+    /// Topic filters the device's cloud session subscribes to (cloud-to-device messages, such
+    /// as IoT Hub's `devices/<id>/messages/devicebound/#`); what arrives goes through the rules
+    /// whose `from_cloud` filters match.
+    #[serde(default)]
+    pub from_cloud: Vec<String>,
 }
 
 /// A device template: the flow and parameters of every device whose name matches `match`,
@@ -347,6 +354,9 @@ pub struct DeviceTemplate {
     pub insecure_skip_verify: bool,
     #[serde(default)]
     pub deadline_secs: Option<u64>,
+    /// As for a device, with `{device}` replaced by the device's name.
+    #[serde(default)]
+    pub from_cloud: Vec<String>,
 }
 
 fn any_name() -> String {
@@ -388,6 +398,11 @@ impl DeviceTemplate {
             params,
             insecure_skip_verify: self.insecure_skip_verify,
             deadline_secs: self.deadline_secs,
+            from_cloud: self
+                .from_cloud
+                .iter()
+                .map(|f| f.replace("{device}", name))
+                .collect(),
         })
     }
 }
@@ -427,6 +442,10 @@ pub struct RuleConfig {
     /// is its pattern's filter).
     #[serde(default)]
     pub from: Vec<String>,
+    /// Topic filters of the cloud-to-device messages this rule receives (from the sessions of
+    /// devices with `from_cloud` subscriptions).
+    #[serde(default)]
+    pub from_cloud: Vec<String>,
 }
 
 impl RuleConfig {
@@ -788,6 +807,14 @@ impl Config {
             if let Err(e) = &params {
                 problems.push(e.clone());
             }
+            for filter in &device.from_cloud {
+                if let Err(e) = crate::model::validate_topic_filter(filter) {
+                    problems.push(format!(
+                        "device '{}': from_cloud filter '{filter}' {e}",
+                        device.name
+                    ));
+                }
+            }
             match registry.get(&device.flow) {
                 Ok(p) if p.info.manifest.kind != PluginKind::Flow => problems.push(format!(
                     "device '{}': plugin '{}' is a {}, not a flow",
@@ -821,7 +848,10 @@ impl Config {
             if !names.insert(("rule", rule.name.as_str())) {
                 problems.push(format!("rule '{}' is defined twice", rule.name));
             }
-            if rule.filters().is_empty() && !matches!(rule.template_rule(), Some(Err(_))) {
+            if rule.filters().is_empty()
+                && rule.from_cloud.is_empty()
+                && !matches!(rule.template_rule(), Some(Err(_)))
+            {
                 problems.push(format!(
                     "rule '{}': `from` lists no topic filter",
                     rule.name
@@ -830,6 +860,14 @@ impl Config {
             for filter in &rule.from {
                 if let Err(e) = crate::model::validate_topic_filter(filter) {
                     problems.push(format!("rule '{}': from filter '{filter}' {e}", rule.name));
+                }
+            }
+            for filter in &rule.from_cloud {
+                if let Err(e) = crate::model::validate_topic_filter(filter) {
+                    problems.push(format!(
+                        "rule '{}': from_cloud filter '{filter}' {e}",
+                        rule.name
+                    ));
                 }
             }
             match (&rule.rule, rule.template_rule()) {

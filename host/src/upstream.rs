@@ -142,6 +142,14 @@ impl<'a> DeviceSession<'a> {
         self.session.as_ref().map(MqttSession::waker)
     }
 
+    /// Cloud-to-device messages received so far, taken.
+    pub fn take_received(&mut self) -> Vec<Message> {
+        self.session
+            .as_mut()
+            .map(MqttSession::take_received)
+            .unwrap_or_default()
+    }
+
     /// Offered messages not acknowledged yet.
     pub fn in_flight(&self) -> usize {
         self.session.as_ref().map_or(0, MqttSession::in_flight)
@@ -202,7 +210,19 @@ impl<'a> DeviceSession<'a> {
         let credentials = self.flow.refresh(&self.onboarded.connection)?;
         let options = connection_options(&self.caps, &self.onboarded.connection, &credentials)?;
         let issued = now_secs();
-        let session = MqttSession::connect(&self.caps, &options)?;
+        let mut session = MqttSession::connect(&self.caps, &options)?;
+        // Cloud-to-device subscriptions: one the cloud refuses is said, and the session serves
+        // telemetry all the same.
+        for filter in &self.device.from_cloud {
+            match session.subscribe(filter, 1) {
+                Ok(()) => {
+                    tracing::info!(device = %self.device.name, filter, "subscribed for cloud-to-device messages")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %self.device.name, filter, "the cloud refused the subscription: {e}")
+                }
+            }
+        }
         self.expires_at = credentials.expires_at;
         self.renew_at = credentials
             .expires_at

@@ -986,3 +986,90 @@ fn gatehosts_in_a_share_group_split_the_messages_of_an_external_broker() {
         "both gatehosts took a share: {took:?}"
     );
 }
+
+#[test]
+fn cloud_to_device_messages_go_through_rules_to_local_subscribers() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let sandbox = start_sandbox(d, "");
+    install_shipped_flows(d);
+    std::fs::write(
+        d.join("plugins/to-plant.toml"),
+        "name = \"to-plant\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
+    )
+    .unwrap();
+    // devices/<id>/messages/devicebound/<property bag> -> plant1/<id>/commands, bag as properties
+    std::fs::write(
+        d.join("plugins/to-plant.rhai"),
+        "fn translate(msg) {\n    let device = msg.topic.split(\"/\")[1];\n    [#{ local: true, topic: `plant1/${device}/commands`, payload: msg.payload, qos: 1 }]\n}\n",
+    )
+    .unwrap();
+    let (local, metrics) = (free_port(), free_port());
+    let text = format!(
+        r#"state_dir = "state"
+plugin_dirs = ["plugins"]
+[local]
+listen = "127.0.0.1:{local}"
+[metrics]
+listen = "127.0.0.1:{metrics}"
+
+[[rules]]
+name = "commands"
+rule = "to-plant"
+from_cloud = ["devices/+/messages/devicebound/#"]
+
+[[devices]]
+name = "sym-dev"
+flow = "azure-dps"
+from_cloud = ["devices/sym-dev/messages/devicebound/#"]
+[devices.params]
+id_scope = "0ne00SANDBOX"
+registration_id = "sym-dev"
+symmetric_key = "{DEVICE_KEY}"
+dps_host = "localhost"
+dps_port = "{dps}"
+hub_port = "{hub}"
+ca_file = "{ca}"
+"#,
+        dps = sandbox.port(Service::Dps).unwrap(),
+        hub = sandbox.port(Service::IotHub).unwrap(),
+        ca = sandbox.ca_file().display(),
+    );
+    std::fs::write(d.join("gatehost.toml"), text).unwrap();
+    let g = Gatehost::start(d, metrics);
+    let local_sub = Sub::start(
+        d,
+        &[
+            "-p".into(),
+            local.to_string(),
+            "-t".into(),
+            "plant1/#".into(),
+        ],
+    );
+    eventually(60, "the cloud-to-device subscription", || {
+        g.log().contains("subscribed for cloud-to-device messages")
+    });
+    assert!(sandbox.send_c2d("sym-dev", b"open valve 3", &[]));
+    assert!(sandbox.send_c2d("sym-dev", &[0, 255, 7], &[("k".into(), "v".into())]));
+    eventually(30, "both commands at the local subscriber", || {
+        local_sub.messages().len() >= 2
+    });
+    assert_eq!(
+        local_sub.messages(),
+        vec![
+            (
+                "plant1/sym-dev/commands".to_string(),
+                b"open valve 3".to_vec()
+            ),
+            ("plant1/sym-dev/commands".to_string(), vec![0, 255, 7]),
+        ]
+    );
+    assert_eq!(
+        g.metric("gatehost_messages_from_cloud_total{device=\"sym-dev\"}"),
+        2.0
+    );
+    assert_eq!(
+        g.metric("gatehost_messages_to_local_total{rule=\"commands\"}"),
+        2.0
+    );
+}

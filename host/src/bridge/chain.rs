@@ -14,6 +14,8 @@ use std::sync::{Arc, RwLock};
 pub struct ChainRule {
     pub name: String,
     pub filters: Vec<String>,
+    /// Filters of the cloud-to-device messages it receives.
+    pub cloud_filters: Vec<String>,
     pub plugin: Arc<dyn RulePlugin>,
     /// `template`, or the plugin's name and version (`iothub-telemetry 0.1.0`), for logs.
     pub source: String,
@@ -22,6 +24,10 @@ pub struct ChainRule {
 impl ChainRule {
     pub fn receives(&self, topic: &str) -> bool {
         self.filters.iter().any(|f| filter_matches(f, topic))
+    }
+
+    pub fn receives_from_cloud(&self, topic: &str) -> bool {
+        self.cloud_filters.iter().any(|f| filter_matches(f, topic))
     }
 }
 
@@ -71,6 +77,7 @@ impl RuleChain {
                 (Ok((plugin, source)), _) => rules.push(ChainRule {
                     name: rule.name.clone(),
                     filters: rule.filters(),
+                    cloud_filters: rule.from_cloud.clone(),
                     plugin,
                     source,
                 }),
@@ -81,6 +88,7 @@ impl RuleChain {
                     ));
                     rules.push(ChainRule {
                         filters: rule.filters(),
+                        cloud_filters: rule.from_cloud.clone(),
                         ..old.clone()
                     });
                 }
@@ -92,9 +100,19 @@ impl RuleChain {
         (RuleChain { rules }, problems)
     }
 
-    /// The rules that receive a message on `topic`, in config order.
+    /// The rules that receive a local message on `topic`, in config order.
     pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a ChainRule> + 'a {
         self.rules.iter().filter(move |r| r.receives(topic))
+    }
+
+    /// The rules that receive a cloud-to-device message on `topic`, in config order.
+    pub fn matching_cloud<'a>(
+        &'a self,
+        topic: &'a str,
+    ) -> impl Iterator<Item = &'a ChainRule> + 'a {
+        self.rules
+            .iter()
+            .filter(move |r| r.receives_from_cloud(topic))
     }
 
     /// Every filter of every rule (what an external broker is subscribed to).

@@ -6,7 +6,7 @@
 //! and come again. Subscriptions follow reloads.
 
 use super::chain::Current;
-use super::local::LocalService;
+use super::local::{LocalService, Origin};
 use super::log_once::LogOnce;
 use crate::config::{BrokerUrl, Config};
 use crate::model::Message;
@@ -80,9 +80,16 @@ impl ExternalBroker {
         &self.url
     }
 
-    /// Run the session on the current tokio runtime.
-    pub fn start(self, service: Arc<LocalService>, current: Current, log: Arc<LogOnce>) {
-        tokio::spawn(run(self, service, current, log));
+    /// Run the session on the current tokio runtime; the client publishes to the broker.
+    pub fn start(
+        self,
+        service: Arc<LocalService>,
+        current: Current,
+        log: Arc<LogOnce>,
+    ) -> AsyncClient {
+        let (client, events) = AsyncClient::new(self.options.clone(), REQUESTS);
+        tokio::spawn(run(self, client.clone(), events, service, current, log));
+        client
     }
 }
 
@@ -115,28 +122,38 @@ fn wanted(current: &Current, share_group: Option<&str>) -> BTreeSet<String> {
     current
         .get()
         .chain
-        .rules
-        .iter()
-        .flat_map(|r| r.filters.iter())
+        .filters()
+        .into_iter()
         .map(|f| match share_group {
             Some(group) => format!("$share/{group}/{f}"),
-            None => f.clone(),
+            None => f,
         })
         .collect()
 }
 
+impl super::local::LocalOut for AsyncClient {
+    fn publish(&self, m: &Message) -> Result<(), String> {
+        let qos = if m.qos == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        self.try_publish(m.topic.clone(), qos, false, m.payload.clone())
+            .map_err(|e| e.to_string())
+    }
+}
+
 async fn run(
     broker: ExternalBroker,
+    client: AsyncClient,
+    mut events: rumqttc::v5::EventLoop,
     service: Arc<LocalService>,
     current: Current,
     log: Arc<LogOnce>,
 ) {
     let ExternalBroker {
-        url,
-        options,
-        share_group,
+        url, share_group, ..
     } = broker;
-    let (client, mut events) = AsyncClient::new(options, REQUESTS);
     let (acks, ack_queue) = mpsc::unbounded_channel();
     tokio::spawn(acknowledge_in_order(
         client.clone(),
@@ -227,24 +244,22 @@ fn take(
     publish: Publish,
     log: &LogOnce,
 ) {
-    let routed = service.route(Message {
-        topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-        payload: publish.payload.to_vec(),
-        qos: publish.qos as u8,
-        retain: publish.retain,
-        properties: publish
-            .properties
-            .as_ref()
-            .map(|p| p.user_properties.clone())
-            .unwrap_or_default(),
-    });
-    for m in routed.to_local {
-        let qos = if m.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        };
-        if let Err(e) = client.try_publish(m.topic.clone(), qos, false, m.payload) {
+    let routed = service.route(
+        Message {
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            payload: publish.payload.to_vec(),
+            qos: publish.qos as u8,
+            retain: publish.retain,
+            properties: publish
+                .properties
+                .as_ref()
+                .map(|p| p.user_properties.clone())
+                .unwrap_or_default(),
+        },
+        Origin::Local,
+    );
+    for m in &routed.to_local {
+        if let Err(e) = super::local::LocalOut::publish(client, m) {
             log.warn(
                 "local publish",
                 &format!(

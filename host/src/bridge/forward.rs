@@ -12,6 +12,7 @@ use super::log_once::LogOnce;
 use super::metrics::{Metrics, Sample};
 use super::queue::{now_ms, DeadLetter, Queue, Queued};
 use crate::caps::mqtt::Waker;
+use crate::model::Message;
 use crate::onboard;
 use crate::plugins::registry::Registry;
 use crate::retry::Backoff;
@@ -19,7 +20,7 @@ use crate::upstream::{DeviceSession, Offer, UpstreamError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -75,7 +76,11 @@ struct Shared {
     metrics: Arc<Metrics>,
     log: Arc<LogOnce>,
     stopping: AtomicBool,
+    from_cloud: OnceLock<FromCloud>,
 }
+
+/// What takes the cloud-to-device messages a device's session receives.
+pub type FromCloud = Box<dyn Fn(&str, Message) + Send + Sync>;
 
 /// The device workers.
 pub struct Forwarders {
@@ -97,9 +102,15 @@ impl Forwarders {
                 metrics,
                 log,
                 stopping: AtomicBool::new(false),
+                from_cloud: OnceLock::new(),
             }),
             workers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Where the sessions' cloud-to-device messages go (set once, before they arrive).
+    pub fn set_from_cloud(&self, handler: FromCloud) {
+        let _ = self.shared.from_cloud.set(handler);
     }
 
     /// Tell `device`'s worker that messages are waiting; start it if it is not running.
@@ -340,6 +351,7 @@ fn session(
                 fail("connection", format!("upstream of '{device}' failed: {e}"));
                 break Ended::Retry { connected: true };
             }
+            hand_on_received(shared, device, &mut session);
             stream.more = true;
             continue;
         }
@@ -350,6 +362,7 @@ fn session(
                 break Ended::Retry { connected: true };
             }
         }
+        hand_on_received(shared, device, &mut session);
         // Whatever woke the wait, the queue may have more.
         stream.more = true;
         if stream.unremoved >= BATCH || stream.removed_at.elapsed() >= REMOVE_EVERY {
@@ -498,6 +511,30 @@ impl Stream {
                 "queue",
                 format!("cannot remove delivered messages of '{device}': {e}"),
             ),
+        }
+    }
+}
+
+/// Pass the cloud-to-device messages the session received to the rules.
+fn hand_on_received(shared: &Shared, device: &str, session: &mut DeviceSession<'_>) {
+    let received = session.take_received();
+    if received.is_empty() {
+        return;
+    }
+    match shared.from_cloud.get() {
+        Some(handler) => {
+            for message in received {
+                handler(device, message);
+            }
+        }
+        None => {
+            shared.log.warn(
+                "from cloud",
+                &format!(
+                    "{} cloud-to-device message(s) for '{device}' arrived before the bridge could take them",
+                    received.len()
+                ),
+            );
         }
     }
 }

@@ -5,7 +5,7 @@
 //! delivers every publish to local subscribers, like any broker; on an external broker
 //! (`external.rs`) the broker does that.
 
-use super::chain::Current;
+use super::chain::{ChainRule, Current};
 use super::commit::{Batch, Committer};
 use super::log_once::LogOnce;
 use super::metrics::Metrics;
@@ -73,7 +73,29 @@ impl LocalService {
     }
 }
 
-/// What the rules made of one local message.
+/// Publishes to the local broker from outside a local connection (cloud-to-device messages):
+/// the embedded server, or the session on an external broker.
+pub trait LocalOut: Send + Sync {
+    fn publish(&self, message: &Message) -> Result<(), String>;
+}
+
+impl LocalOut for crate::mqtt_server::MqttServer {
+    fn publish(&self, m: &Message) -> Result<(), String> {
+        crate::mqtt_server::MqttServer::publish(self, &m.topic, &m.payload, m.qos.min(1));
+        Ok(())
+    }
+}
+
+/// Where a message came from.
+#[derive(Clone, Copy)]
+pub enum Origin<'a> {
+    /// A local client (the rules' `from` filters apply).
+    Local,
+    /// A device's cloud session (the rules' `from_cloud` filters apply).
+    Cloud { device: &'a str },
+}
+
+/// What the rules made of one message.
 pub struct Routed {
     /// Messages for devices and dead letters, to be stored before the acknowledgement.
     pub batch: Batch,
@@ -82,19 +104,27 @@ pub struct Routed {
 }
 
 impl LocalService {
-    /// Run `message` through every rule that receives it.
-    pub fn route(&self, message: Message) -> Routed {
-        self.metrics.received.fetch_add(1, Ordering::Relaxed);
+    /// Run `message` through every rule that receives it from `origin`.
+    pub fn route(&self, message: Message, origin: Origin<'_>) -> Routed {
         let running = self.current.get();
+        let rules: Vec<&ChainRule> = match origin {
+            Origin::Local => {
+                self.metrics.received.fetch_add(1, Ordering::Relaxed);
+                running.chain.matching(&message.topic).collect()
+            }
+            Origin::Cloud { device } => {
+                self.metrics.from_cloud.inc(&[device]);
+                running.chain.matching_cloud(&message.topic).collect()
+            }
+        };
         let mut batch = Batch {
             messages: Vec::new(),
             dead_letters: Vec::new(),
             done: None,
         };
         let mut to_local = Vec::new();
-        let mut matched = false;
-        for rule in running.chain.matching(&message.topic) {
-            matched = true;
+        let matched = !rules.is_empty();
+        for rule in rules {
             self.metrics.translated.inc(&[&rule.name]);
             let outputs = match rule.plugin.translate(&message) {
                 Ok(outputs) => outputs,
@@ -137,17 +167,45 @@ impl LocalService {
                 }
             }
         }
-        if !matched {
-            self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-            self.log.warn(
+        match origin {
+            _ if matched => {}
+            Origin::Cloud { device } => {
+                let reason = format!(
+                    "the cloud message for '{device}' on '{}' matches no rule's from_cloud",
+                    message.topic
+                );
+                self.dead_letter(&mut batch, "", "no rule", reason, message);
+            }
+            Origin::Local => {
+                self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
+                self.log.warn(
                 "unrouted",
                 &format!(
                     "'{}' matches no rule: delivered to local subscribers only (counted in gatehost_messages_unrouted_total)",
                     message.topic
                 ),
             );
+            }
         }
         Routed { batch, to_local }
+    }
+
+    /// Route a cloud-to-device message from `device`'s session: what rules send `local` is
+    /// published through `out`, what they send upstream is queued, one that no rule takes is
+    /// dead-lettered.
+    pub fn from_cloud(&self, device: &str, message: Message, out: &dyn LocalOut) {
+        let routed = self.route(message, Origin::Cloud { device });
+        for m in &routed.to_local {
+            if let Err(why) = out.publish(m) {
+                self.log.warn(
+                    "from cloud publish",
+                    &format!("a message for '{}' from the cloud of '{device}' was not published locally: {why}", m.topic),
+                );
+            }
+        }
+        if let Err(why) = self.store(routed.batch) {
+            self.log.warn("from cloud store", &why);
+        }
     }
 
     /// Hand `batch` to the next commit: `Ok(None)` when there is nothing to store (acknowledge
@@ -183,13 +241,16 @@ impl MqttService for LocalService {
     }
 
     fn publish(&self, session: &Session, p: &Publish) -> PublishVerdict {
-        let routed = self.route(Message {
-            topic: p.topic.clone(),
-            payload: p.payload.to_vec(),
-            qos: p.qos as u8,
-            retain: p.retain,
-            properties: Vec::new(),
-        });
+        let routed = self.route(
+            Message {
+                topic: p.topic.clone(),
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                retain: p.retain,
+                properties: Vec::new(),
+            },
+            Origin::Local,
+        );
         for m in &routed.to_local {
             session.broadcast(&m.topic, &m.payload, m.qos);
         }

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub received: AtomicU64,
     /// Received messages that matched no rule (still delivered to local subscribers).
     pub unrouted: AtomicU64,
+    /// Cloud-to-device messages received, by device.
+    pub from_cloud: CounterVec,
     /// Messages a rule took in, by rule.
     pub translated: CounterVec,
     /// Messages a rule sent back to the local broker, by rule.
@@ -121,7 +123,13 @@ impl Metrics {
             "counter",
             self.unrouted.load(Ordering::Relaxed) as f64,
         );
-        let families: [(&str, &str, &[&str], &CounterVec); 8] = [
+        let families: [(&str, &str, &[&str], &CounterVec); 9] = [
+            (
+                "gatehost_messages_from_cloud_total",
+                "Cloud-to-device messages received from a device's cloud session.",
+                &["device"],
+                &self.from_cloud,
+            ),
             (
                 "gatehost_messages_translated_total",
                 "Messages a rule took in.",

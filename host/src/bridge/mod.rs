@@ -107,14 +107,6 @@ impl Bridge {
             log.clone(),
             Box::new(move |device| wake.wake(device)),
         );
-        // Devices with messages from before a restart, and every listed device (onboarded
-        // and connected up front).
-        for device in queue.depths().keys() {
-            forwarders.wake(device);
-        }
-        for device in &config.devices {
-            forwarders.wake(&device.name);
-        }
 
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -139,7 +131,11 @@ impl Bridge {
             Some(broker) => {
                 let url = broker.url().clone();
                 let _guard = runtime.enter();
-                broker.start(service, current.clone(), log.clone());
+                let client = broker.start(service.clone(), current.clone(), log.clone());
+                let cloud = service.clone();
+                forwarders.set_from_cloud(Box::new(move |device, message| {
+                    cloud.from_cloud(device, message, &client)
+                }));
                 let tls = match url.tls {
                     true => Some(external::client_tls(&config)?),
                     false => None,
@@ -151,7 +147,7 @@ impl Bridge {
                 let recorder = Arc::new(Recorder::with_limit(100));
                 let listen = config.local.listen.clone();
                 let server = runtime
-                    .block_on(MqttServer::start(&listen, tls, service, recorder))
+                    .block_on(MqttServer::start(&listen, tls, service.clone(), recorder))
                     .map_err(|source| BridgeError::Listen {
                         addr: listen.clone(),
                         what: "local.listen",
@@ -165,8 +161,12 @@ impl Bridge {
                         .unwrap_or([127, 0, 0, 1].into()),
                     server.port,
                 );
-                // The server lives as long as the runtime.
-                std::mem::forget(server);
+                // The server lives as long as the runtime, and its clients get the
+                // cloud-to-device messages.
+                let server = Arc::new(server);
+                forwarders.set_from_cloud(Box::new(move |device, message| {
+                    service.from_cloud(device, message, server.as_ref())
+                }));
                 let _guard = runtime.enter();
                 simulate::start(
                     &config.simulators,
@@ -177,6 +177,15 @@ impl Bridge {
                 (Some(addr), format!("mqtt://{addr}"))
             }
         };
+
+        // Devices with messages from before a restart, and every listed device (onboarded
+        // and connected up front).
+        for device in queue.depths().keys() {
+            forwarders.wake(device);
+        }
+        for device in &config.devices {
+            forwarders.wake(&device.name);
+        }
 
         let mut bridge = Bridge {
             runtime: None,

@@ -459,6 +459,11 @@ impl MqttSession {
         self.link.waker()
     }
 
+    /// The messages received so far (from subscriptions), oldest first, taken.
+    pub fn take_received(&mut self) -> Vec<Message> {
+        self.received.drain(..).collect()
+    }
+
     /// How many offered messages are not complete yet.
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
