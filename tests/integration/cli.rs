@@ -222,59 +222,44 @@ fn base64_decode(s: &str) -> Vec<u8> {
 #[test]
 fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
     let d = tempfile::tempdir().unwrap();
-    std::fs::write(
-        d.path().join("gatehost.toml"),
-        "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:99999\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
-    )
-    .unwrap();
-    let out = run(gatehost()
-        .arg("run")
-        .arg("--config")
-        .arg(d.path().join("gatehost.toml")));
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    for expected in [
-        "local.broker 'mqtt://10.0.0.5:99999' has port '99999', not a number from 1 to 65535",
-        "local.tls_cert and local.tls_key must be given together",
-        "metrics.listen 'nowhere' must be an address",
-    ] {
-        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
-    }
-
-    // External broker settings.
-    std::fs::write(
-        d.path().join("gatehost.toml"),
-        "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\nca_file = \"ca.pem\"\nshare_group = \"a/b\"\npassword = \"p\"\n",
-    )
-    .unwrap();
-    let out = run(gatehost()
-        .arg("run")
-        .arg("--config")
-        .arg(d.path().join("gatehost.toml")));
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    for expected in [
-        "local.tls_cert and local.tls_key are for the embedded broker",
-        "local.ca_file is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
-        "local.share_group 'a/b' must be a non-empty name without '/', '+' or '#'",
-        "local.password needs a local.username",
-    ] {
-        assert!(out.stderr.contains(expected), "{expected}: {}", out.stderr);
-    }
-    std::fs::write(
-        d.path().join("gatehost.toml"),
-        "plugin_dirs = []\n[local]\nbroker = \"tcp://10.0.0.5\"\nshare_group = \"g\"\n",
-    )
-    .unwrap();
-    let out = run(gatehost()
-        .arg("run")
-        .arg("--config")
-        .arg(d.path().join("gatehost.toml")));
-    assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(
+    let refusals = |config: &str| {
+        std::fs::write(d.path().join("gatehost.toml"), config).unwrap();
+        let out = run(gatehost()
+            .arg("run")
+            .arg("--config")
+            .arg(d.path().join("gatehost.toml")));
+        assert_eq!(out.code, 1, "{}", out.stderr);
         out.stderr
-            .contains("local.broker 'tcp://10.0.0.5' is not a broker address"),
-        "{}",
-        out.stderr
-    );
+    };
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:99999\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
+            &[
+                "local.broker 'mqtt://10.0.0.5:99999' has port '99999', not a number from 1 to 65535",
+                "local.tls_cert and local.tls_key must be given together",
+                "metrics.listen 'nowhere' must be an address",
+            ],
+        ),
+        (
+            "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\nca_file = \"ca.pem\"\nshare_group = \"a/b\"\npassword = \"p\"\n",
+            &[
+                "local.tls_cert and local.tls_key are for the embedded broker",
+                "local.ca_file is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
+                "local.share_group 'a/b' must be a non-empty name without '/', '+' or '#'",
+                "local.password needs a local.username",
+            ],
+        ),
+        (
+            "plugin_dirs = []\n[local]\nbroker = \"tcp://10.0.0.5\"\nshare_group = \"g\"\n",
+            &["local.broker 'tcp://10.0.0.5' is not a broker address"],
+        ),
+    ];
+    for (config, expected) in cases {
+        let stderr = refusals(config);
+        for e in expected {
+            assert!(stderr.contains(e), "{e}: {stderr}");
+        }
+    }
 }
 
 #[test]

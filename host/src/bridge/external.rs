@@ -244,20 +244,7 @@ fn take(
     publish: Publish,
     log: &LogOnce,
 ) {
-    let routed = service.route(
-        Message {
-            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
-            payload: publish.payload.to_vec(),
-            qos: publish.qos as u8,
-            retain: publish.retain,
-            properties: publish
-                .properties
-                .as_ref()
-                .map(|p| p.user_properties.clone())
-                .unwrap_or_default(),
-        },
-        Origin::Local,
-    );
+    let routed = service.route(crate::caps::mqtt::v5_message(&publish), Origin::Local);
     for m in &routed.to_local {
         if let Err(e) = super::local::LocalOut::publish(client, m) {
             log.warn(

@@ -314,17 +314,23 @@ fn v5_event(event: v5::Event) -> LinkEvent {
                 other => Err(reason_text(&format!("{other:?}"))),
             },
         ),
-        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(Message {
-            topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload.to_vec(),
-            qos: p.qos as u8,
-            retain: p.retain,
-            properties: p
-                .properties
-                .map(|props| props.user_properties)
-                .unwrap_or_default(),
-        }),
+        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(v5_message(&p)),
         _ => LinkEvent::Other,
+    }
+}
+
+/// An MQTT 5 PUBLISH as a message (user properties kept).
+pub fn v5_message(p: &v5::mqttbytes::v5::Publish) -> Message {
+    Message {
+        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+        payload: p.payload.to_vec(),
+        qos: p.qos as u8,
+        retain: p.retain,
+        properties: p
+            .properties
+            .as_ref()
+            .map(|props| props.user_properties.clone())
+            .unwrap_or_default(),
     }
 }
 
