@@ -225,3 +225,51 @@ fn rhai_scripts_cannot_import_modules() {
     assert_eq!(e.kind, ErrorKind::Plugin);
     assert!(e.message.contains("/etc/passwd"), "{e}");
 }
+
+#[test]
+fn a_wasm_rule_on_the_sdk_call_arena_keeps_every_message_intact_and_its_memory_bounded() {
+    let dir = PluginDir::new();
+    let m = dir.wasm(
+        "arena",
+        "rule",
+        &wasm("fixture_arena_rule"),
+        "[limits]\nmemory_mib = 16",
+    );
+    let rule = load_rule(dir.env(), &m);
+    // Payloads from empty to larger than the arena's chunk; every tenth is kept by the plugin
+    // forever, so the chunk fills and later allocations go to the system allocator. Without
+    // bounded memory 3 000 calls moving up to 400 KiB each would exceed the 16 MiB cap.
+    let sizes = [0usize, 1, 100, 1_000, 10_000, 100_000, 400_000];
+    let mut kept = 0;
+    for i in 0..3_000usize {
+        let size = if i % 10 == 0 {
+            64
+        } else {
+            sizes[i % sizes.len()]
+        };
+        let payload: Vec<u8> = (0..size).map(|b| (b * 7 + i) as u8).collect();
+        let topic = format!("t/{i}");
+        let mut msg = Message::new(&topic, payload.clone(), 1);
+        msg.properties = vec![("n".into(), i.to_string())];
+        let out = rule
+            .translate(&msg)
+            .unwrap_or_else(|e| panic!("call {i}: {e}"));
+        if i % 10 == 0 {
+            kept += 1;
+        }
+        assert_eq!(out.len(), 1);
+        let got = &out[0].message;
+        assert_eq!(got.topic, format!("echo/{topic}"));
+        assert!(
+            got.payload == payload,
+            "call {i}: payload of {size} bytes changed"
+        );
+        assert_eq!(
+            got.properties,
+            vec![
+                ("n".to_string(), i.to_string()),
+                ("kept".to_string(), kept.to_string())
+            ]
+        );
+    }
+}

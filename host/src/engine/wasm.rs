@@ -23,6 +23,9 @@ use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+/// `GATEHOST_WASM_PERFMAP=1` makes guest functions visible to `perf` by name.
+pub const PERFMAP_ENV: &str = "GATEHOST_WASM_PERFMAP";
+
 /// How often the epoch advances; deadlines are measured in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -92,6 +95,10 @@ impl WasmRuntime {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
+        if std::env::var_os(PERFMAP_ENV).is_some_and(|v| v == "1") {
+            // Names the guest's compiled functions for `perf report` (/tmp/perf-<pid>.map).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(engine_err)?;
 
         let mut rule_linker = Linker::new(&engine);

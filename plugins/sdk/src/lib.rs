@@ -61,6 +61,9 @@ pub mod host {
     };
 }
 
+mod arena;
+pub use arena::CallArena;
+
 pub use rule::gatehost::plugin::types::{Error, ErrorKind};
 
 /// Build an [`Error`] of the given kind: `gatehost_sdk::error(ErrorKind::InvalidInput, "...")`.
