@@ -334,15 +334,33 @@ struct Unacked {
     settled: oneshot::Receiver<Result<(), String>>,
 }
 
+/// Queue the acknowledgement of a publish the service has settled, or say why the connection
+/// must close.
+fn settle(done: Unacked, result: Result<(), String>, out: &mut BytesMut) -> Result<(), String> {
+    result?;
+    queue_ack(out, done.qos, done.pkid);
+    Ok(())
+}
+
 /// PUBACK for QoS 1, PUBREC for QoS 2 (the client then releases it), nothing for QoS 0.
-async fn write_ack<W: AsyncWriteExt + Unpin>(writer: &mut W, qos: QoS, pkid: u16) -> bool {
+fn queue_ack(out: &mut BytesMut, qos: QoS, pkid: u16) {
     match qos {
-        QoS::AtMostOnce => true,
-        QoS::AtLeastOnce => write_packet(writer, Packet::PubAck(PubAck::new(pkid))).await,
+        QoS::AtMostOnce => {}
+        QoS::AtLeastOnce => queue_packet(out, Packet::PubAck(PubAck::new(pkid))),
         QoS::ExactlyOnce => {
             let rec = rumqttc::mqttbytes::v4::PubRec::new(pkid);
-            write_packet(writer, Packet::PubRec(rec)).await
+            queue_packet(out, Packet::PubRec(rec))
         }
+    }
+}
+
+/// Encode `packet` at the end of `out`. A packet the codec cannot encode is left out with a
+/// log line (the packets queued here are built by this server and always encode).
+fn queue_packet(out: &mut BytesMut, packet: Packet) {
+    let mark = out.len();
+    if let Err(e) = packet.write(out, usize::MAX) {
+        out.truncate(mark);
+        tracing::warn!("an MQTT packet for a local client could not be encoded: {e:?}");
     }
 }
 
@@ -597,6 +615,40 @@ impl Connection {
         R: AsyncReadExt + Unpin,
         W: AsyncWriteExt + Unpin,
     {
+        let mut out = BytesMut::new();
+        let why = self
+            .session_loop(
+                session, keep_alive, reader, writer, rx, buf, max_packet, &mut out,
+            )
+            .await;
+        // Acknowledgements queued before the session ended still go out (best effort), so
+        // the client does not send stored messages again.
+        if !out.is_empty() {
+            let _ = writer.write_all(&out).await;
+            let _ = writer.flush().await;
+        }
+        why
+    }
+
+    /// The session loop. Every packet for the client is queued in `out` and written in one
+    /// go before the loop waits again: a commit that stores many publishes answers them with
+    /// one write instead of one per PUBACK.
+    #[allow(clippy::too_many_arguments)]
+    async fn session_loop<R, W>(
+        &self,
+        session: &Session,
+        keep_alive: u16,
+        reader: &mut R,
+        writer: &mut W,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+        buf: &mut BytesMut,
+        max_packet: usize,
+        out: &mut BytesMut,
+    ) -> String
+    where
+        R: AsyncReadExt + Unpin,
+        W: AsyncWriteExt + Unpin,
+    {
         let mut filters: Vec<String> = Vec::new();
         let mut next_pkid: u16 = 0;
         // Publishes whose acknowledgement waits for the service, oldest first.
@@ -621,9 +673,8 @@ impl Connection {
                 match front.settled.try_recv() {
                     Ok(result) => {
                         let done = unacked.pop_front().expect("front exists");
-                        match self.settle(done, result, writer).await {
-                            Ok(()) => {}
-                            Err(why) => return why,
+                        if let Err(why) = settle(done, result, out) {
+                            return why;
                         }
                     }
                     Err(oneshot::error::TryRecvError::Empty) => break,
@@ -684,8 +735,8 @@ impl Connection {
                                 qos: p.qos,
                                 settled,
                             });
-                        } else if !write_ack(writer, p.qos, p.pkid).await {
-                            return broke();
+                        } else {
+                            queue_ack(out, p.qos, p.pkid);
                         }
                         if route {
                             self.clients.broadcast(&p.topic, &p.payload, p.qos);
@@ -693,9 +744,7 @@ impl Connection {
                     }
                     Packet::PubRel(rel) => {
                         let comp = rumqttc::mqttbytes::v4::PubComp::new(rel.pkid);
-                        if !write_packet(writer, Packet::PubComp(comp)).await {
-                            return broke();
-                        }
+                        queue_packet(out, Packet::PubComp(comp));
                     }
                     Packet::Subscribe(s) => {
                         let mut codes = Vec::new();
@@ -716,21 +765,15 @@ impl Connection {
                                 }
                             }
                         }
-                        if !write_packet(writer, Packet::SubAck(SubAck::new(s.pkid, codes))).await {
-                            return broke();
-                        }
+                        queue_packet(out, Packet::SubAck(SubAck::new(s.pkid, codes)));
                     }
                     Packet::Unsubscribe(u) => {
                         filters.retain(|f| !u.topics.contains(f));
                         let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
-                        if !write_packet(writer, Packet::UnsubAck(ack)).await {
-                            return broke();
-                        }
+                        queue_packet(out, Packet::UnsubAck(ack));
                     }
                     Packet::PingReq => {
-                        if !write_packet(writer, Packet::PingResp).await {
-                            return broke();
-                        }
+                        queue_packet(out, Packet::PingResp);
                     }
                     Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
                     Packet::Disconnect => return "the client disconnected".into(),
@@ -754,6 +797,12 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            if !out.is_empty() {
+                if writer.write_all(out).await.is_err() || writer.flush().await.is_err() {
+                    return broke();
+                }
+                out.clear();
+            }
             let may_read = unacked.len() < MAX_UNACKED;
             let oldest = async {
                 match unacked.front_mut() {
@@ -772,7 +821,7 @@ impl Connection {
                     let result = settled.unwrap_or_else(|_| {
                         Err("the gateway stopped before the message was stored; closed".into())
                     });
-                    if let Err(why) = self.settle(done, result, writer).await {
+                    if let Err(why) = settle(done, result, out) {
                         return why;
                     }
                 }
@@ -786,9 +835,7 @@ impl Connection {
                             next_pkid = next_pkid.checked_add(1).unwrap_or(1);
                             publish.pkid = next_pkid;
                         }
-                        if !write_packet(writer, Packet::Publish(publish)).await {
-                            return broke();
-                        }
+                        queue_packet(out, Packet::Publish(publish));
                     }
                     Some(Command::Kick(why)) => return why,
                     None => return "the server stopped".into(),
@@ -796,21 +843,6 @@ impl Connection {
                 _ = silence => return format!("no packet for 1.5 × the {keep_alive} s keep-alive; closed"),
                 _ = expiry => return "the credentials expired; closed".into(),
             }
-        }
-    }
-
-    /// Acknowledge a publish the service has settled, or say why the connection must close.
-    async fn settle<W: AsyncWriteExt + Unpin>(
-        &self,
-        done: Unacked,
-        result: Result<(), String>,
-        writer: &mut W,
-    ) -> Result<(), String> {
-        result?;
-        if write_ack(writer, done.qos, done.pkid).await {
-            Ok(())
-        } else {
-            Err("the connection broke".into())
         }
     }
 
