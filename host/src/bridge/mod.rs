@@ -282,6 +282,9 @@ impl Bridge {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         }
         self.forwarders.stop();
+        if let Err(e) = self.queue.sync() {
+            tracing::warn!("the queue could not be synced at stop (acknowledged messages may be sent again after the restart): {e}");
+        }
     }
 }
 

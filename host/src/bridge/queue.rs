@@ -1,7 +1,9 @@
 //! The store-and-forward queue: translated messages waiting for their device's upstream
-//! session, kept in one crash-safe `redb` file (`<state>/queue.redb`). Every commit is durable
+//! session, kept in one crash-safe `redb` file (`<state>/queue.redb`). Every append is durable
 //! before it returns, so a message the local publisher got its PUBACK for survives `kill -9`
-//! and power loss. Messages are kept per device in arrival order (one global sequence number),
+//! and power loss. Removals of acknowledged messages are not synced on their own but with the
+//! next append (or the 10 s expiry tick, or the stop): a crash can only make a message go out
+//! twice, never lose one. Messages are kept per device in arrival order (one global sequence number),
 //! leave only once the upstream acknowledged them, and the file is bounded by bytes and age
 //! with a counted drop policy. Dead letters (messages no rule or device could take) are kept in
 //! a second, bounded table for the operator.
@@ -410,8 +412,14 @@ impl Queue {
 
     /// Remove `device`'s messages up to and including sequence number `through` (the upstream
     /// acknowledged them).
+    ///
+    /// The removal is not flushed to disk on its own: it becomes durable with the next append.
+    /// A crash before that only sends these messages again (at least once), and saves a sync
+    /// per acknowledged window while messages flow.
     pub fn remove_through(&self, device: &str, through: u64) -> Result<u64, QueueError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.set_durability(redb::Durability::None)
+            .map_err(|e| self.err(redb::Error::from(e)))?;
         let mut removed = (0u64, 0u64);
         {
             let mut queue = tx.open_table(QUEUE).map_err(|e| self.err(e))?;
@@ -426,6 +434,13 @@ impl Queue {
         tx.commit().map_err(|e| self.err(e))?;
         forget(&mut self.counts(), device, removed.0, removed.1);
         Ok(removed.0)
+    }
+
+    /// Make every earlier commit durable (the removals that were not synced on their own):
+    /// called when the bridge stops, so a clean restart sends nothing twice.
+    pub fn sync(&self) -> Result<(), QueueError> {
+        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Drop every message older than the age limit; what was dropped.
