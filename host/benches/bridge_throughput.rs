@@ -11,6 +11,10 @@
 //!
 //!   cargo bench -p gatehost --bench bridge_throughput [-- throughput|latency|rss ...]
 //!
+//! `BRIDGE_BENCH_SETUPS=template` (a comma list of `a`, `template`, `wasm`, `rhai`, `c`) runs only
+//! those throughput setups, e.g. under `perf record`. `BENCH_INFLIGHT=N` sets the publishers'
+//! `mosquitto_pub -M` (QoS 1 messages in flight each, default 20, mosquitto_pub's own default).
+//!
 //! Needs mosquitto, mosquitto-clients and .venv with paho-mqtt (`.ci/install-deps`) and the WASM
 //! plugins built (`cargo build --release --target wasm32-wasip2 --manifest-path
 //! plugins/Cargo.toml`). Prints a table for BENCHMARKS.md.
@@ -190,6 +194,8 @@ fn run_load(port: u16, rx: &mpsc::Receiver<(Instant, String)>) -> f64 {
                 &port.to_string(),
                 "-q",
                 "1",
+                "-M",
+                &std::env::var("BENCH_INFLIGHT").unwrap_or("20".into()),
                 "-l",
                 "-t",
             ])
@@ -349,10 +355,12 @@ fn main() {
 /// (a), (b) with each rule kind and (c): msg/s and CPU per message.
 fn throughput(dir: &Path) {
     let total = (PUBLISHERS * PER_PUBLISHER) as f64;
+    let only = std::env::var("BRIDGE_BENCH_SETUPS").unwrap_or_default();
+    let setup = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
 
     // (a) one plain hop.
-    {
+    if setup("a") {
         let (_broker, port) = mosquitto(dir, false);
         let (_sub, rx) = subscriber(port, "plant1/#", None);
         rows.push((
@@ -368,6 +376,9 @@ fn throughput(dir: &Path) {
         ("WASM", WASM_RULE),
         ("Rhai", RHAI_RULE),
     ] {
+        if !setup(&label.to_lowercase()) {
+            continue;
+        }
         let (_cloud, cloud_port) = mosquitto(dir, true);
         let (_sub, rx) = subscriber(cloud_port, "devices/#", Some(dir));
         let (local, metrics) = gatehost_config(dir, cloud_port, rule);
@@ -383,7 +394,7 @@ fn throughput(dir: &Path) {
     }
 
     // (c) the Python translator.
-    {
+    if setup("c") {
         let (_local, local_port) = mosquitto(dir, false);
         let (_cloud, cloud_port) = mosquitto(dir, true);
         let (_sub, rx) = subscriber(cloud_port, "devices/#", Some(dir));
@@ -418,7 +429,7 @@ fn throughput(dir: &Path) {
 
     println!("\n| setup ({} x {} QoS 1 messages of {PAYLOAD_BYTES} bytes) | msg/s | vs (a) | CPU µs/msg (gatehost / translator) |", PUBLISHERS, PER_PUBLISHER);
     println!("|---|---:|---:|---:|");
-    let ceiling = rows[0].1;
+    let ceiling = rows.first().map_or(f64::NAN, |r| r.1);
     for (label, rate, cpu) in &rows {
         println!(
             "| {label} | {rate:.0} | {:.2}x | {} |",
