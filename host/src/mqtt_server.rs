@@ -580,6 +580,7 @@ impl Connection {
                 }),
         );
 
+        let mut out = BytesMut::new();
         let why = self
             .run(
                 &session,
@@ -589,8 +590,15 @@ impl Connection {
                 &mut rx,
                 &mut buf,
                 max_packet,
+                &mut out,
             )
             .await;
+        // Acknowledgements queued before the session ended still go out (best effort), so the
+        // client does not send stored messages again.
+        if !out.is_empty() {
+            let _ = writer.write_all(&out).await;
+            let _ = writer.flush().await;
+        }
         self.forget(&client_id);
         self.recorder.push(
             self.record("disconnect", &client_id)
@@ -599,42 +607,11 @@ impl Connection {
         );
     }
 
-    /// Serve an accepted session until it ends; why it ended.
+    /// Serve an accepted session until it ends; why it ended. Every packet for the client is
+    /// queued in `out` and written in one go before the loop waits again: a commit that stores
+    /// many publishes answers them with one write instead of one per PUBACK.
     #[allow(clippy::too_many_arguments)]
     async fn run<R, W>(
-        &self,
-        session: &Session,
-        keep_alive: u16,
-        reader: &mut R,
-        writer: &mut W,
-        rx: &mut mpsc::UnboundedReceiver<Command>,
-        buf: &mut BytesMut,
-        max_packet: usize,
-    ) -> String
-    where
-        R: AsyncReadExt + Unpin,
-        W: AsyncWriteExt + Unpin,
-    {
-        let mut out = BytesMut::new();
-        let why = self
-            .session_loop(
-                session, keep_alive, reader, writer, rx, buf, max_packet, &mut out,
-            )
-            .await;
-        // Acknowledgements queued before the session ended still go out (best effort), so
-        // the client does not send stored messages again.
-        if !out.is_empty() {
-            let _ = writer.write_all(&out).await;
-            let _ = writer.flush().await;
-        }
-        why
-    }
-
-    /// The session loop. Every packet for the client is queued in `out` and written in one
-    /// go before the loop waits again: a commit that stores many publishes answers them with
-    /// one write instead of one per PUBACK.
-    #[allow(clippy::too_many_arguments)]
-    async fn session_loop<R, W>(
         &self,
         session: &Session,
         keep_alive: u16,
