@@ -100,19 +100,20 @@ impl RuleChain {
         (RuleChain { rules }, problems)
     }
 
-    /// The rules that receive a local message on `topic`, in config order.
-    pub fn matching<'a>(&'a self, topic: &'a str) -> impl Iterator<Item = &'a ChainRule> + 'a {
-        self.rules.iter().filter(move |r| r.receives(topic))
-    }
-
-    /// The rules that receive a cloud-to-device message on `topic`, in config order.
-    pub fn matching_cloud<'a>(
+    /// The rules that receive a message on `topic`, in config order: their `from` filters for
+    /// a local message, their `from_cloud` filters for a cloud-to-device one.
+    pub fn matching<'a>(
         &'a self,
         topic: &'a str,
+        from_cloud: bool,
     ) -> impl Iterator<Item = &'a ChainRule> + 'a {
-        self.rules
-            .iter()
-            .filter(move |r| r.receives_from_cloud(topic))
+        self.rules.iter().filter(move |r| {
+            if from_cloud {
+                r.receives_from_cloud(topic)
+            } else {
+                r.receives(topic)
+            }
+        })
     }
 
     /// Every filter of every rule (what an external broker is subscribed to).

@@ -5,7 +5,7 @@
 //! delivers every publish to local subscribers, like any broker; on an external broker
 //! (`external.rs`) the broker does that.
 
-use super::chain::{ChainRule, Current};
+use super::chain::Current;
 use super::commit::{Batch, Committer};
 use super::log_once::LogOnce;
 use super::metrics::Metrics;
@@ -107,24 +107,22 @@ impl LocalService {
     /// Run `message` through every rule that receives it from `origin`.
     pub fn route(&self, message: Message, origin: Origin<'_>) -> Routed {
         let running = self.current.get();
-        let rules: Vec<&ChainRule> = match origin {
+        match origin {
             Origin::Local => {
                 self.metrics.received.fetch_add(1, Ordering::Relaxed);
-                running.chain.matching(&message.topic).collect()
             }
-            Origin::Cloud { device } => {
-                self.metrics.from_cloud.inc(&[device]);
-                running.chain.matching_cloud(&message.topic).collect()
-            }
-        };
+            Origin::Cloud { device } => self.metrics.from_cloud.inc(&[device]),
+        }
+        let from_cloud = matches!(origin, Origin::Cloud { .. });
         let mut batch = Batch {
             messages: Vec::new(),
             dead_letters: Vec::new(),
             done: None,
         };
         let mut to_local = Vec::new();
-        let matched = !rules.is_empty();
-        for rule in rules {
+        let mut matched = false;
+        for rule in running.chain.matching(&message.topic, from_cloud) {
+            matched = true;
             self.metrics.translated.inc(&[&rule.name]);
             let outputs = match rule.plugin.translate(&message) {
                 Ok(outputs) => outputs,
@@ -178,13 +176,12 @@ impl LocalService {
             }
             Origin::Local => {
                 self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);
-                self.log.warn(
-                "unrouted",
-                &format!(
-                    "'{}' matches no rule: delivered to local subscribers only (counted in gatehost_messages_unrouted_total)",
+                let why = format!(
+                    "'{}' matches no rule: delivered to local subscribers only \
+                     (counted in gatehost_messages_unrouted_total)",
                     message.topic
-                ),
-            );
+                );
+                self.log.warn("unrouted", &why);
             }
         }
         Routed { batch, to_local }
