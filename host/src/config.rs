@@ -512,41 +512,32 @@ impl LocalConfig {
                 self.broker
             )
         };
-        let (tls, rest) = if let Some(rest) = self.broker.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = self.broker.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(bad("is not a broker address"));
+        // The URL parser the HTTP capability uses; only scheme, host and port may be given.
+        let url =
+            reqwest::Url::parse(&self.broker).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+        let tls = match url.scheme() {
+            "mqtt" => false,
+            "mqtts" => true,
+            _ => return Err(bad("is not a broker address")),
         };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-            let (host, after) = v6
-                .split_once(']')
-                .ok_or_else(|| bad("has no closing ']'"))?;
-            (host, after.strip_prefix(':'))
-        } else {
-            match rest.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
-            return Err(bad("has no usable host"));
+        if !url.username().is_empty()
+            || url.password().is_some()
+            || !matches!(url.path(), "" | "/")
+            || url.query().is_some()
+            || url.fragment().is_some()
+        {
+            return Err(bad("has more than a host and a port"));
         }
-        let port = match port {
-            None => {
-                if tls {
-                    8883
-                } else {
-                    1883
-                }
-            }
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or_else(|| bad(&format!("has port '{p}', not a number from 1 to 65535")))?,
+        let host = url
+            .host_str()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| bad("has no host"))?;
+        let port = match url.port() {
+            Some(0) => return Err(bad("has port 0")),
+            Some(port) => port,
+            None if tls => 8883,
+            None => 1883,
         };
         Ok(Some(BrokerUrl {
             tls,
