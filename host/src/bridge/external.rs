@@ -35,6 +35,8 @@ pub struct ExternalBroker {
     url: BrokerUrl,
     options: MqttOptions,
     share_group: Option<String>,
+    /// How the broker is verified, for `mqtts://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,20 +66,30 @@ impl ExternalBroker {
         if let Some(user) = &local.username {
             options.set_credentials(user.clone(), local.password.clone().unwrap_or_default());
         }
-        if url.tls {
+        let tls = if url.tls {
+            let tls = client_tls(config)?;
             options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-                client_tls(config)?,
+                tls.clone(),
             )));
-        }
+            Some(tls)
+        } else {
+            None
+        };
         Ok(Some(ExternalBroker {
             url,
             options,
             share_group: local.share_group.clone(),
+            tls,
         }))
     }
 
     pub fn url(&self) -> &BrokerUrl {
         &self.url
+    }
+
+    /// The TLS client config the session verifies the broker with (`None` for `mqtt://`).
+    pub fn tls(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
     }
 
     /// Run the session on the current tokio runtime; the client publishes to the broker.
@@ -94,7 +106,7 @@ impl ExternalBroker {
 }
 
 /// Verify the broker against `local.ca_file`, or the system roots.
-pub fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalError> {
+fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalError> {
     let pem = match &config.local.ca_file {
         Some(file) => {
             let path = config.resolve(file);

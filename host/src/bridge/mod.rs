@@ -130,16 +130,13 @@ impl Bridge {
         let (local_addr, local_url) = match external::ExternalBroker::from_config(&config)? {
             Some(broker) => {
                 let url = broker.url().clone();
+                let tls = broker.tls();
                 let _guard = runtime.enter();
                 let client = broker.start(service.clone(), current.clone(), log.clone());
                 let cloud = service.clone();
                 forwarders.set_from_cloud(Box::new(move |device, message| {
                     cloud.from_cloud(device, message, &client)
                 }));
-                let tls = match url.tls {
-                    true => Some(external::client_tls(&config)?),
-                    false => None,
-                };
                 simulate::start(&config.simulators, &url.host, url.port, tls);
                 (None, url.to_string())
             }
