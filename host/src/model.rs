@@ -264,7 +264,7 @@ pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
                 topic.len()
             ));
         }
-        if memchr::memchr3(b'+', b'#', 0, topic.as_bytes()).is_some() {
+        if topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0)) {
             return bad(format!(
                 "has topic '{topic}' with a wildcard or NUL; a published topic must be concrete"
             ));
