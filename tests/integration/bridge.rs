@@ -953,6 +953,18 @@ fn use_external_broker(dir: &Path, port: u16, client_id: &str, extra: &str) {
     std::fs::write(path, text).unwrap();
 }
 
+/// A TLS upstream mosquitto with a subscriber on `dt/#`, and a plain mosquitto as the local
+/// broker, queueing enough for the tests' bursts.
+fn upstream_and_local_brokers(pki: &Pki) -> (Mosquitto, Sub, Mosquitto) {
+    let upstream = Mosquitto::start_tls(pki);
+    let sub = dt_subscriber(pki, upstream.port);
+    let local = Mosquitto::start(
+        &pki.dir,
+        "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100",
+    );
+    (upstream, sub, local)
+}
+
 /// Wait until gatehost is subscribed on its external local broker.
 fn wait_subscribed(g: &Gatehost) {
     eventually(60, "the subscription on the local broker", || {
@@ -963,12 +975,7 @@ fn wait_subscribed(g: &Gatehost) {
 #[test]
 fn on_an_external_broker_messages_wait_there_while_gatehost_is_down() {
     let pki = Pki::new();
-    let upstream = Mosquitto::start_tls(&pki);
-    let sub = dt_subscriber(&pki, upstream.port);
-    let local = Mosquitto::start(
-        &pki.dir,
-        "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100",
-    );
+    let (upstream, sub, local) = upstream_and_local_brokers(&pki);
     let (dir, _, metrics) = tls_gateway(&pki, upstream.port, "");
     let d = dir.path();
     use_external_broker(d, local.port, "gw-a", "");
@@ -1003,12 +1010,7 @@ fn on_an_external_broker_messages_wait_there_while_gatehost_is_down() {
 #[test]
 fn gatehosts_in_a_share_group_split_the_messages_of_an_external_broker() {
     let pki = Pki::new();
-    let upstream = Mosquitto::start_tls(&pki);
-    let sub = dt_subscriber(&pki, upstream.port);
-    let local = Mosquitto::start(
-        &pki.dir,
-        "allow_anonymous true\nmax_queued_messages 100000\nmax_inflight_messages 100",
-    );
+    let (upstream, sub, local) = upstream_and_local_brokers(&pki);
     let mut gateways = Vec::new();
     for id in ["gw-a", "gw-b"] {
         let (dir, _, metrics) = tls_gateway(&pki, upstream.port, "");
