@@ -512,9 +512,16 @@ impl LocalConfig {
                 self.broker
             )
         };
-        // The URL parser the HTTP capability uses; only scheme, host and port may be given.
-        let url =
-            reqwest::Url::parse(&self.broker).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+        let bad_port =
+            |port: &str| bad(&format!("has port '{port}', not a number from 1 to 65535"));
+        // The URL parser behind the HTTP capability; only scheme, host and port may be given.
+        let url = url::Url::parse(&self.broker).map_err(|e| match e {
+            url::ParseError::InvalidPort => {
+                let port = self.broker.rsplit(':').next().unwrap_or_default();
+                bad_port(port.trim_end_matches('/'))
+            }
+            e => bad(&format!("is not a URL: {e}")),
+        })?;
         let tls = match url.scheme() {
             "mqtt" => false,
             "mqtts" => true,
@@ -534,7 +541,7 @@ impl LocalConfig {
             .filter(|h| !h.is_empty())
             .ok_or_else(|| bad("has no host"))?;
         let port = match url.port() {
-            Some(0) => return Err(bad("has port 0")),
+            Some(0) => return Err(bad_port("0")),
             Some(port) => port,
             None if tls => 8883,
             None => 1883,
