@@ -24,7 +24,7 @@
 //! # share_group = "gateways"                     # external: $share/<group>/ subscriptions
 //!
 //! [store]                                          # the store-and-forward queue
-//! file = "queue.redb"                              # in the state directory (the default)
+//! dir = "queue"                                    # in the state directory (the default)
 //! max_mib = 256                                    # bytes kept for upstream (default 256 MiB)
 //! max_age_hours = 168                              # older messages are dropped (default 7 days)
 //! when_full = "drop-oldest"                        # or "drop-newest"; drops are counted
@@ -246,9 +246,9 @@ impl Default for LocalConfig {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreConfig {
-    /// The queue file, relative to the state directory (default `queue.redb`).
+    /// The queue's folder, relative to the state directory (default `queue`).
     #[serde(default)]
-    pub file: Option<PathBuf>,
+    pub dir: Option<PathBuf>,
     #[serde(default)]
     pub max_mib: Option<u64>,
     #[serde(default)]
@@ -645,14 +645,10 @@ impl Config {
         })
     }
 
-    /// The store-and-forward queue file.
+    /// The store-and-forward queue's folder.
     pub fn queue_path(&self) -> PathBuf {
-        let file = self
-            .store
-            .file
-            .clone()
-            .unwrap_or_else(|| "queue.redb".into());
-        self.state_dir().join(file)
+        let dir = self.store.dir.clone().unwrap_or_else(|| "queue".into());
+        self.state_dir().join(dir)
     }
 
     /// The plugin directories (resolved) and the installed bundles (`<state>/plugins`).
