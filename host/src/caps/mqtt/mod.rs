@@ -27,6 +27,9 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a SUBACK, or for the broker to acknowledge the oldest publish in flight.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// At most this many events already waiting are taken with the one [`MqttSession::poll_completed`]
+/// waited for.
+const DRAIN_AT_ONCE: usize = 1024;
 /// How long [`MqttSession::publish_batch`] waits for one connection event at a time.
 const BATCH_POLL: Duration = Duration::from_secs(1);
 
@@ -446,6 +449,14 @@ impl MqttSession {
         }
         if let Some(event) = self.recv(timeout)? {
             self.keep(event);
+            // Take what else has arrived meanwhile, so a burst of acknowledgements is one
+            // wake-up of the caller rather than one each.
+            for _ in 0..DRAIN_AT_ONCE {
+                match self.recv(Duration::ZERO)? {
+                    Some(event) => self.keep(event),
+                    None => break,
+                }
+            }
         }
         if let Some(refusal) = self.refusal.take() {
             return Err(refusal);
