@@ -1026,12 +1026,7 @@ mod tests {
             .collect();
         let dropped = q.append(&batch, &[]).unwrap();
         assert_eq!(dropped.0[&("d".to_string(), "queue full")], 2);
-        let kept: Vec<u8> = q
-            .peek("d", 0, 10)
-            .unwrap()
-            .iter()
-            .map(|m| m.message.payload[0])
-            .collect();
+        let kept: Vec<u8> = payloads(&q, "d").iter().map(|p| p[0]).collect();
         assert_eq!(kept, [2, 3, 4]);
 
         let newest = QueueLimits {
@@ -1040,12 +1035,7 @@ mod tests {
         };
         let q = Queue::open(&dir.path().join("q2"), newest).unwrap();
         q.append(&batch, &[]).unwrap();
-        let kept: Vec<u8> = q
-            .peek("d", 0, 10)
-            .unwrap()
-            .iter()
-            .map(|m| m.message.payload[0])
-            .collect();
+        let kept: Vec<u8> = payloads(&q, "d").iter().map(|p| p[0]).collect();
         assert_eq!(kept, [0, 1, 2]);
     }
 
