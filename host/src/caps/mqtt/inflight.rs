@@ -3,19 +3,23 @@
 //! acknowledged, how many at the front are complete, and how long the broker has made no progress.
 
 use rumqttc::QoS;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 struct Entry {
     qos: QoS,
-    /// Set when the PUBLISH went out (QoS 0 ones complete then).
-    pkid: Option<u16>,
     done: bool,
 }
 
-/// Offered publishes, oldest first.
+/// Offered publishes, oldest first. Every entry has a serial number (the front's is `front`),
+/// so a packet id finds its entry without a scan of the window.
 pub struct InFlight {
     entries: VecDeque<Entry>,
+    front: u64,
+    /// How many entries at the front went out (publishes go out in the order offered).
+    sent: usize,
+    /// Packet id → serial of the open QoS 1/2 publish that carries it.
+    open: HashMap<u16, u64>,
     /// When the front last moved (or the first entry came in).
     progress_at: Instant,
 }
@@ -24,6 +28,9 @@ impl Default for InFlight {
     fn default() -> Self {
         InFlight {
             entries: VecDeque::new(),
+            front: 0,
+            sent: 0,
+            open: HashMap::new(),
             progress_at: Instant::now(),
         }
     }
@@ -35,18 +42,18 @@ impl InFlight {
         if self.entries.is_empty() {
             self.progress_at = Instant::now();
         }
-        self.entries.push_back(Entry {
-            qos,
-            pkid: None,
-            done: false,
-        });
+        self.entries.push_back(Entry { qos, done: false });
     }
 
     /// The oldest publish not yet out went out with `pkid`.
     pub fn sent(&mut self, pkid: u16) {
-        if let Some(entry) = self.entries.iter_mut().find(|e| e.pkid.is_none()) {
-            entry.pkid = Some(pkid);
+        let serial = self.front + self.sent as u64;
+        if let Some(entry) = self.entries.get_mut(self.sent) {
             entry.done = entry.qos == QoS::AtMostOnce;
+            if !entry.done {
+                self.open.insert(pkid, serial);
+            }
+            self.sent += 1;
         }
     }
 
@@ -54,11 +61,10 @@ impl InFlight {
     /// acknowledgement for something else). Packet ids are reused only once acknowledged, so
     /// at most one open entry carries it.
     pub fn acked(&mut self, pkid: u16) -> bool {
-        match self
-            .entries
-            .iter_mut()
-            .find(|e| !e.done && e.qos != QoS::AtMostOnce && e.pkid == Some(pkid))
-        {
+        let Some(serial) = self.open.remove(&pkid) else {
+            return false;
+        };
+        match self.entries.get_mut((serial - self.front) as usize) {
             Some(entry) => {
                 entry.done = true;
                 true
@@ -74,6 +80,8 @@ impl InFlight {
             self.entries.pop_front();
             n += 1;
         }
+        self.front += n as u64;
+        self.sent -= n;
         if n > 0 {
             self.progress_at = Instant::now();
         }
