@@ -213,6 +213,12 @@ fn segment_ids(dir: &Path) -> std::io::Result<Vec<u32>> {
     Ok(ids)
 }
 
+/// Turns an I/O error on `path` into a [`QueueError`].
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> QueueError {
+    let path = path.to_path_buf();
+    move |source| QueueError::Io { path, source }
+}
+
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -364,17 +370,13 @@ impl Queue {
             source,
         };
         std::fs::create_dir_all(dir).map_err(folder_error)?;
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| QueueError::Io { path, source }
-        };
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&lock_path)
-            .map_err(io(&lock_path))?;
+            .map_err(io_error(&lock_path))?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -382,10 +384,10 @@ impl Queue {
                     path: dir.to_path_buf(),
                 })
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(io(&lock_path)(e)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
-        let dead =
-            DeadLetters::open(dir, limits.max_dead_letters).map_err(io(&dir.join(dead::FILE)))?;
+        let dead = DeadLetters::open(dir, limits.max_dead_letters)
+            .map_err(io_error(&dir.join(dead::FILE)))?;
         let mut state = State {
             next_seq: 1,
             devices: BTreeMap::new(),
@@ -400,13 +402,13 @@ impl Queue {
         let ids = segment_ids(dir).map_err(folder_error)?;
         for (i, &id) in ids.iter().enumerate() {
             let path = dir.join(segment_name(id));
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            let bytes = std::fs::read(&path).map_err(io_error(&path))?;
             let scan = record::scan(&bytes);
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&path)
-                .map_err(io(&path))?;
+                .map_err(io_error(&path))?;
             if scan.end < bytes.len() as u64 {
                 let lost = bytes.len() as u64 - scan.end;
                 if i + 1 == ids.len() {
@@ -414,7 +416,7 @@ impl Queue {
                 } else {
                     tracing::error!(segment = %path.display(), "the queue segment is damaged at byte {}: the {lost} bytes after it cannot be read and their messages are lost", scan.end);
                 }
-                file.set_len(scan.end).map_err(io(&path))?;
+                file.set_len(scan.end).map_err(io_error(&path))?;
             }
             state.segments.insert(
                 id,
@@ -450,31 +452,21 @@ impl Queue {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn io_error(&self, path: &Path) -> impl FnOnce(std::io::Error) -> QueueError {
-        let path = path.to_path_buf();
-        move |source| QueueError::Io { path, source }
-    }
-
     /// Create segment `id` with its header and make it the active one.
     fn start_segment(&self, state: &mut State, id: u32) -> Result<(), QueueError> {
         let path = self.dir.join(segment_name(id));
         let mut header = Vec::new();
-        record::write(
-            &mut header,
-            &Record::Header {
-                next_seq: state.next_seq,
-            },
-        );
+        record::write_header(&mut header, state.next_seq);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)
-            .map_err(self.io_error(&path))?;
+            .map_err(io_error(&path))?;
         file.write_all_at(&header, 0)
             .and_then(|()| file.sync_data())
             .and_then(|()| sync_dir(&self.dir))
-            .map_err(self.io_error(&path))?;
+            .map_err(io_error(&path))?;
         state.segments.insert(
             id,
             Segment {
@@ -497,7 +489,7 @@ impl Queue {
             return Ok(());
         }
         let old = state.active();
-        old.file.sync_data().map_err(self.io_error(&old.path))?;
+        old.file.sync_data().map_err(io_error(&old.path))?;
         self.start_segment(state, state.active + 1)?;
         self.tidy(state)
     }
@@ -517,7 +509,7 @@ impl Queue {
                 self.copy_forward(state, id)?;
             }
             let gone = state.segments.remove(&id).expect("oldest segment");
-            std::fs::remove_file(&gone.path).map_err(self.io_error(&gone.path))?;
+            std::fs::remove_file(&gone.path).map_err(io_error(&gone.path))?;
         }
         Ok(())
     }
@@ -538,16 +530,16 @@ impl Queue {
         let mut out = Vec::new();
         let mut at = Vec::with_capacity(moving.len());
         for (_, _, slot) in &moving {
-            let mut buf = vec![0; slot.len as usize];
-            file.read_exact_at(&mut buf, slot.offset)
-                .map_err(self.io_error(&path))?;
-            at.push(out.len() as u64);
-            out.extend_from_slice(&buf);
+            let from = out.len();
+            at.push(from as u64);
+            out.resize(from + slot.len as usize, 0);
+            file.read_exact_at(&mut out[from..], slot.offset)
+                .map_err(io_error(&path))?;
         }
-        let (active_file, base) = state.write(&out).map_err(self.io_error(&path))?;
+        let (active_file, base) = state.write(&out).map_err(io_error(&path))?;
         active_file
             .sync_data()
-            .map_err(self.io_error(&state.active().path))?;
+            .map_err(io_error(&state.active().path))?;
         let active = state.active;
         for ((device, seq, slot), offset) in moving.into_iter().zip(at) {
             let moved = Slot {
@@ -594,11 +586,7 @@ impl Queue {
                                         let (device, seq, _, _, size) =
                                             entry.take().expect("found as some");
                                         admitted_bytes -= u64::from(size);
-                                        let removed = Record::Removed {
-                                            device: device.to_string(),
-                                            seq,
-                                        };
-                                        record::write(&mut out, &removed);
+                                        record::write_removal(&mut out, device, seq, false);
                                         device.to_string()
                                     }
                                     None => break,
@@ -618,15 +606,7 @@ impl Queue {
             let seq = state.next_seq;
             state.next_seq += 1;
             let offset = out.len() as u64;
-            let len = record::write(
-                &mut out,
-                &Record::Message {
-                    device: device.clone(),
-                    seq,
-                    enqueued_ms: now,
-                    message: message.clone(),
-                },
-            );
+            let len = record::write_message(&mut out, device, seq, now, message);
             added.push(Some((device, seq, offset, len as u32, size as u32)));
             admitted_bytes += size;
         }
@@ -634,7 +614,7 @@ impl Queue {
             Ok(written) => written,
             Err(e) => {
                 state.next_seq -= added.len() as u64;
-                return Err(self.io_error(&state.active().path)(e));
+                return Err(io_error(&state.active().path)(e));
             }
         };
         let segment = state.active;
@@ -654,11 +634,11 @@ impl Queue {
                 .dead
                 .add(dead_letters)
                 .and_then(|()| state.dead.sync())
-                .map_err(self.io_error(&path))?;
+                .map_err(io_error(&path))?;
         }
         let path = state.active().path.clone();
         drop(state);
-        file.sync_data().map_err(self.io_error(&path))?;
+        file.sync_data().map_err(io_error(&path))?;
         Ok(dropped)
     }
 
@@ -671,13 +651,7 @@ impl Queue {
             .min_by_key(|&(_, seq)| seq)
             .map(|(d, seq)| (d.clone(), seq))?;
         state.remove_one(&device, seq);
-        record::write(
-            out,
-            &Record::RemovedThrough {
-                device: device.clone(),
-                seq,
-            },
-        );
+        record::write_removal(out, &device, seq, true);
         Some(device)
     }
 
@@ -686,29 +660,23 @@ impl Queue {
     pub fn set_aside(&self, device: &str, seq: u64, letter: &DeadLetter) -> Result<(), QueueError> {
         let mut state = self.lock();
         if state.remove_one(device, seq).0 > 0 {
-            record::write(
-                &mut state.pending,
-                &Record::Removed {
-                    device: device.to_string(),
-                    seq,
-                },
-            );
+            record::write_removal(&mut state.pending, device, seq, false);
         }
         let path = self.dir.join(dead::FILE);
         state
             .dead
             .add(std::slice::from_ref(letter))
             .and_then(|()| state.dead.sync())
-            .map_err(self.io_error(&path))?;
+            .map_err(io_error(&path))?;
         self.flush(state)
     }
 
     /// Write the pending removals and sync, releasing the lock before the sync.
     fn flush(&self, mut state: MutexGuard<'_, State>) -> Result<(), QueueError> {
         let path = state.active().path.clone();
-        let (file, _) = state.write(&[]).map_err(self.io_error(&path))?;
+        let (file, _) = state.write(&[]).map_err(io_error(&path))?;
         drop(state);
-        file.sync_data().map_err(self.io_error(&path))
+        file.sync_data().map_err(io_error(&path))
     }
 
     /// Up to `max` of `device`'s messages after sequence number `after`, oldest first.
@@ -743,7 +711,7 @@ impl Queue {
             let path = self.dir.join(segment_name(slot.segment));
             let bytes = span
                 .read(file, slot, &from_disk[i..])
-                .map_err(self.io_error(&path))?;
+                .map_err(io_error(&path))?;
             out[*at] = self.queued(device, *seq, Some(bytes), slot.segment)?;
         }
         Ok(out)
@@ -786,13 +754,7 @@ impl Queue {
         let mut state = self.lock();
         let (removed, _) = state.remove_through(device, through);
         if removed > 0 {
-            record::write(
-                &mut state.pending,
-                &Record::RemovedThrough {
-                    device: device.to_string(),
-                    seq: through,
-                },
-            );
+            record::write_removal(&mut state.pending, device, through, true);
         }
         Ok(removed)
     }
@@ -823,13 +785,7 @@ impl Queue {
             .collect();
         for (device, through) in expired {
             let (n, _) = state.remove_through(&device, through);
-            record::write(
-                &mut state.pending,
-                &Record::RemovedThrough {
-                    device: device.clone(),
-                    seq: through,
-                },
-            );
+            record::write_removal(&mut state.pending, &device, through, true);
             *dropped.0.entry((device, "too old")).or_default() += n;
         }
         self.tidy(&mut state)?;
@@ -872,7 +828,7 @@ impl Queue {
     /// The kept dead letters, oldest first.
     pub fn dead_letters(&self) -> Result<Vec<DeadLetter>, QueueError> {
         let path = self.dir.join(dead::FILE);
-        self.lock().dead.read().map_err(self.io_error(&path))
+        self.lock().dead.read().map_err(io_error(&path))
     }
 
     /// The queue's folder.
@@ -880,8 +836,9 @@ impl Queue {
         &self.dir
     }
 
-    /// The segment files on disk and their total size (for tests and diagnostics).
-    pub fn segments(&self) -> (usize, u64) {
+    /// The segment files on disk and their total size.
+    #[cfg(test)]
+    fn segments(&self) -> (usize, u64) {
         let state = self.lock();
         let bytes = state.segments.values().map(|s| s.len).sum();
         (state.segments.len(), bytes)

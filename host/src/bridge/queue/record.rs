@@ -31,36 +31,62 @@ const MESSAGE: u8 = 1;
 const REMOVED_THROUGH: u8 = 2;
 const REMOVED: u8 = 3;
 
-/// Append `record`, framed, to `out`; the framed length.
+/// Append a segment header, framed, to `out`; the framed length.
+pub fn write_header(out: &mut Vec<u8>, next_seq: u64) -> usize {
+    framed(out, |out| {
+        out.push(HEADER);
+        out.extend_from_slice(&next_seq.to_be_bytes());
+    })
+}
+
+/// Append a message record, framed, to `out` (borrowing the message: appends are the hot
+/// path); the framed length.
+pub fn write_message(
+    out: &mut Vec<u8>,
+    device: &str,
+    seq: u64,
+    enqueued_ms: u64,
+    message: &Message,
+) -> usize {
+    framed(out, |out| {
+        out.push(MESSAGE);
+        string(out, device);
+        out.extend_from_slice(&seq.to_be_bytes());
+        encode_message(out, enqueued_ms, message);
+    })
+}
+
+/// Append a removal of `device`'s message `seq` (`through`: and every one before it), framed,
+/// to `out`; the framed length.
+pub fn write_removal(out: &mut Vec<u8>, device: &str, seq: u64, through: bool) -> usize {
+    framed(out, |out| {
+        out.push(if through { REMOVED_THROUGH } else { REMOVED });
+        string(out, device);
+        out.extend_from_slice(&seq.to_be_bytes());
+    })
+}
+
+/// Append any record, framed (what the writers above produce, from a [`Record`]).
+#[cfg(test)]
 pub fn write(out: &mut Vec<u8>, record: &Record) -> usize {
-    let start = out.len();
-    out.extend_from_slice(&[0; FRAME]);
     match record {
-        Record::Header { next_seq } => {
-            out.push(HEADER);
-            out.extend_from_slice(&next_seq.to_be_bytes());
-        }
+        Record::Header { next_seq } => write_header(out, *next_seq),
         Record::Message {
             device,
             seq,
             enqueued_ms,
             message,
-        } => {
-            out.push(MESSAGE);
-            string(out, device);
-            out.extend_from_slice(&seq.to_be_bytes());
-            encode_message(out, *enqueued_ms, message);
-        }
-        Record::RemovedThrough { device, seq } | Record::Removed { device, seq } => {
-            out.push(if matches!(record, Record::Removed { .. }) {
-                REMOVED
-            } else {
-                REMOVED_THROUGH
-            });
-            string(out, device);
-            out.extend_from_slice(&seq.to_be_bytes());
-        }
+        } => write_message(out, device, *seq, *enqueued_ms, message),
+        Record::RemovedThrough { device, seq } => write_removal(out, device, *seq, true),
+        Record::Removed { device, seq } => write_removal(out, device, *seq, false),
     }
+}
+
+/// `length | crc32 | body`, the body written by `body`; the framed length.
+fn framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME]);
+    body(out);
     let body_len = out.len() - start - FRAME;
     let crc = crc32fast::hash(&out[start + FRAME..]);
     out[start..start + 4].copy_from_slice(&(body_len as u32).to_be_bytes());
