@@ -1177,4 +1177,18 @@ mod tests {
         let q = Queue::open(&path, limits).unwrap();
         assert_eq!(q.dead_letters().unwrap(), [letter(7), letter(8), letter(9)]);
     }
+
+    #[test]
+    fn a_queue_folder_that_cannot_be_made_is_named_in_one_sentence() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Queue::open(&file.join("queue"), QueueLimits::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.starts_with("cannot create the queue folder"), "{e}");
+        assert!(e.contains("not-a-folder"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
 }
