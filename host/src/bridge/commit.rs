@@ -1,14 +1,17 @@
-//! Group commit: the messages of every local connection that arrive while one commit is being
-//! written go into the next commit together, so one durable write acknowledges many publishes.
-//! Each batch's sender learns when its messages are stored (then the local publisher gets its
-//! PUBACK) or that they are not (then its connection closes unacknowledged and it sends again).
-//! The same thread expires messages past the queue's age limit.
+//! Group commit in two stages. The commit thread writes the batches of every local connection
+//! that arrived meanwhile to the queue in one write and wakes their devices' workers at once;
+//! the sync thread makes whatever was written since its last sync durable in one `fdatasync`
+//! and only then tells each batch's sender (then the local publisher gets its PUBACK), or tells
+//! it the batch could not be stored (then its connection closes unacknowledged and the publisher
+//! sends again). Forwarding thus never waits for the disk, and while one sync runs the next
+//! writes pile up for the next one. The commit thread also expires messages past the queue's
+//! age limit.
 
 use super::log_once::LogOnce;
 use super::metrics::Metrics;
-use super::queue::{DeadLetter, Dropped, Queue};
+use super::queue::{DeadLetter, Dropped, Queue, Staged};
 use crate::model::Message;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -35,7 +38,8 @@ pub struct Committer {
     tx: Sender<Batch>,
 }
 
-/// Called with every device that got messages in a commit.
+/// Called with every device that got messages in a commit, as soon as they can be read
+/// (before they are synced).
 pub type OnStored = Box<dyn Fn(&str) + Send>;
 
 impl Committer {
@@ -47,9 +51,21 @@ impl Committer {
         on_stored: OnStored,
     ) -> (Committer, JoinHandle<()>) {
         let (tx, rx) = channel();
+        let (to_sync, written) = channel();
+        let sync_metrics = metrics.clone();
+        let sync_log = log.clone();
+        let sync_thread = std::thread::Builder::new()
+            .name("queue-sync".into())
+            .spawn(move || sync_written(&sync_metrics, &sync_log, &written))
+            .expect("the sync thread starts");
         let thread = std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || run(&queue, &metrics, &log, &on_stored, &rx))
+            .spawn(move || {
+                run(&queue, &metrics, &log, &on_stored, &rx, &to_sync);
+                // What was written is synced and acknowledged before the thread ends.
+                drop(to_sync);
+                let _ = sync_thread.join();
+            })
             .expect("the commit thread starts");
         (Committer { tx }, thread)
     }
@@ -68,6 +84,7 @@ fn run(
     log: &LogOnce,
     on_stored: &OnStored,
     rx: &Receiver<Batch>,
+    to_sync: &Sender<Written>,
 ) {
     let mut last_expiry = Instant::now();
     loop {
@@ -101,30 +118,66 @@ fn run(
             dead.extend(batch.dead_letters);
             waiting.extend(batch.done);
         }
-        match queue.append(&messages, &dead) {
-            Ok(dropped) => {
-                for w in waiting {
-                    let _ = w.send(Ok(()));
-                }
-                let mut devices = BTreeSet::new();
+        match queue.stage(&messages, &dead) {
+            Ok(staged) => {
+                let mut per_device: BTreeMap<&str, u64> = BTreeMap::new();
                 for (device, _) in &messages {
-                    if devices.insert(device.as_str()) {
-                        metrics.queued.add(
-                            &[device],
-                            messages.iter().filter(|(d, _)| d == device).count() as u64,
-                        );
-                    }
+                    *per_device.entry(device.as_str()).or_default() += 1;
                 }
-                count_drops(metrics, log, &dropped);
-                for device in devices {
+                for (device, n) in per_device {
+                    metrics.queued.add(&[device], n);
                     on_stored(device);
+                }
+                if let Err(unsynced) = to_sync.send(Written { staged, waiting }) {
+                    refuse(
+                        unsynced.0.waiting,
+                        "the queue is closed (gatehost is stopping)",
+                    );
                 }
             }
             Err(e) => {
                 let why = format!("the message could not be stored: {e}");
                 log.warn("queue append", &why);
-                for w in waiting {
-                    let _ = w.send(Err(why.clone()));
+                refuse(waiting, &why);
+            }
+        }
+    }
+}
+
+/// Appends written and indexed, waiting for their sync, and who waits for them.
+struct Written {
+    staged: Staged,
+    waiting: Vec<Waiter>,
+}
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+fn refuse(waiting: Vec<Waiter>, why: &str) {
+    for w in waiting {
+        let _ = w.send(Err(why.to_string()));
+    }
+}
+
+/// The sync thread: sync what was written meanwhile (one sync for any number of appends),
+/// then tell their senders. Runs while the commit thread writes the next appends.
+fn sync_written(metrics: &Metrics, log: &LogOnce, rx: &Receiver<Written>) {
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        group.extend(rx.try_iter());
+        let (staged, waiting): (Vec<_>, Vec<_>) =
+            group.into_iter().map(|w| (w.staged, w.waiting)).unzip();
+        for (result, waiting) in Staged::sync_all(staged).into_iter().zip(waiting) {
+            match result {
+                Ok(dropped) => {
+                    for w in waiting {
+                        let _ = w.send(Ok(()));
+                    }
+                    count_drops(metrics, log, &dropped);
+                }
+                Err(e) => {
+                    let why = format!("the message could not be stored: {e}");
+                    log.warn("queue sync", &why);
+                    refuse(waiting, &why);
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The store-and-forward queue: translated messages waiting for their device's upstream
 //! session, kept in an append-only log of segment files (`<state>/queue/00000001.log`, ...) with
-//! an index in memory. Every append is written and `fdatasync`ed before it returns, so a message
-//! the local publisher got its PUBACK for survives `kill -9` and power loss. Removals of
+//! an index in memory. Every append is `fdatasync`ed before its local publishers are acknowledged,
+//! so a message the local publisher got its PUBACK for survives `kill -9` and power loss (the
+//! device workers may already read it while the sync runs). Removals of
 //! acknowledged messages are records of their own, written with the next append (or the 10 s
 //! expiry tick, or the stop) rather than synced on their own: a crash can only make a message go
 //! out twice, never lose one. Messages are kept per device in arrival order (one global sequence
@@ -163,6 +164,47 @@ struct State {
     tail: Vec<u8>,
     tail_start: u64,
     dead: DeadLetters,
+}
+
+/// Messages written to the log and indexed by [`Queue::stage`], not yet durable.
+#[must_use = "staged messages are durable only once synced"]
+pub struct Staged {
+    file: Arc<File>,
+    path: PathBuf,
+    dropped: Dropped,
+}
+
+impl Staged {
+    /// Make the staged messages durable; what the byte limit made drop to fit them.
+    pub fn sync(self) -> Result<Dropped, QueueError> {
+        self.file.sync_data().map_err(io_error(&self.path))?;
+        Ok(self.dropped)
+    }
+
+    /// Make several staged appends durable with one sync per file they went to (a sync covers
+    /// every write to its file before it): each one's dropped messages, or why its file could
+    /// not be synced.
+    pub fn sync_all(staged: Vec<Staged>) -> Vec<Result<Dropped, String>> {
+        let mut synced: Vec<(Arc<File>, Result<(), String>)> = Vec::new();
+        staged
+            .into_iter()
+            .map(|s| {
+                let known = synced.iter().find(|(f, _)| Arc::ptr_eq(f, &s.file));
+                let result = match known {
+                    Some((_, result)) => result.clone(),
+                    None => {
+                        let result = s
+                            .file
+                            .sync_data()
+                            .map_err(|e| io_error(&s.path)(e).to_string());
+                        synced.push((s.file.clone(), result.clone()));
+                        result
+                    }
+                };
+                result.map(|()| s.dropped)
+            })
+            .collect()
+    }
 }
 
 pub struct Queue {
@@ -559,6 +601,19 @@ impl Queue {
         messages: &[(String, Message)],
         dead_letters: &[DeadLetter],
     ) -> Result<Dropped, QueueError> {
+        self.stage(messages, dead_letters)?.sync()
+    }
+
+    /// Write messages for their devices to the log and index them, and set dead letters aside,
+    /// without syncing the log: the device workers can read the messages at once, but they are
+    /// durable (and their local publishers may be acknowledged) only once [`Staged::sync`]
+    /// returned. Forwarding a message before it is durable is safe: if gatehost dies first,
+    /// its publisher was never acknowledged and sends it again (at least once, as always).
+    pub fn stage(
+        &self,
+        messages: &[(String, Message)],
+        dead_letters: &[DeadLetter],
+    ) -> Result<Staged, QueueError> {
         let now = now_ms();
         let mut dropped = Dropped::default();
         let mut state = self.lock();
@@ -637,9 +692,11 @@ impl Queue {
                 .map_err(io_error(&path))?;
         }
         let path = state.active().path.clone();
-        drop(state);
-        file.sync_data().map_err(io_error(&path))?;
-        Ok(dropped)
+        Ok(Staged {
+            file,
+            path,
+            dropped,
+        })
     }
 
     /// Remove the oldest message of all devices (its removal record goes to `out`); its device.
@@ -1176,6 +1233,29 @@ mod tests {
         assert!(lines <= 4, "{lines} lines kept in the file");
         let q = Queue::open(&path, limits).unwrap();
         assert_eq!(q.dead_letters().unwrap(), [letter(7), letter(8), letter(9)]);
+    }
+
+    #[test]
+    fn staged_messages_are_readable_before_their_sync_and_one_sync_covers_many_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let q = Queue::open(&path, QueueLimits::default()).unwrap();
+        let first = q.stage(&[("d".into(), msg("t", b"one"))], &[]).unwrap();
+        let second = q.stage(&[("d".into(), msg("t", b"two"))], &[]).unwrap();
+        let both = [b"one".to_vec(), b"two".to_vec()];
+        assert_eq!(
+            payloads(&q, "d"),
+            both,
+            "the workers need not wait for the disk"
+        );
+        let results = Staged::sync_all(vec![first, second]);
+        assert_eq!(results.len(), 2, "one result per append");
+        assert!(results
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(Dropped::is_empty)));
+        drop(q);
+        let q = Queue::open(&path, QueueLimits::default()).unwrap();
+        assert_eq!(payloads(&q, "d"), both);
     }
 
     #[test]
