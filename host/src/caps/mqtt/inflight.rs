@@ -1,25 +1,47 @@
-//! The publishes a session has handed to its connection and not yet seen completed, in the order
-//! they were handed over: the packet id each got when it went out, which ones the broker
-//! acknowledged, how many at the front are complete, and how long the broker has made no progress.
+//! The publishes a session has handed to its connection and not yet seen completed, in two
+//! halves. [`PacketIds`] lives on the connection's reader thread: publishes go out in the order
+//! they were handed over, so the n-th PUBLISH out is serial n, and it turns the broker's
+//! acknowledgements of packet ids into completions of serials (a QoS 0 publish is complete once
+//! out). [`InFlight`] lives with the session: which serials are complete, how many at the front
+//! are, and how long the broker has made no progress. Only completions cross between the two, so
+//! a publish costs its session one event instead of two.
 
-use rumqttc::QoS;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-struct Entry {
-    qos: QoS,
-    done: bool,
+/// The reader thread's half: packet id → serial of the open QoS 1/2 publish that carries it.
+#[derive(Default)]
+pub struct PacketIds {
+    /// The serial the next PUBLISH out gets.
+    next: u64,
+    open: HashMap<u16, u64>,
 }
 
-/// Offered publishes, oldest first. Every entry has a serial number (the front's is `front`),
-/// so a packet id finds its entry without a scan of the window.
+impl PacketIds {
+    /// The next publish went out with `pkid` (0 for QoS 0): its serial when that completes it.
+    pub fn sent(&mut self, pkid: u16) -> Option<u64> {
+        let serial = self.next;
+        self.next += 1;
+        if pkid == 0 {
+            return Some(serial);
+        }
+        self.open.insert(pkid, serial);
+        None
+    }
+
+    /// The broker acknowledged `pkid`: the serial it completes, `None` when no publish in
+    /// flight has that id (an acknowledgement for something else). Packet ids are reused only
+    /// once acknowledged, so at most one open publish carries it.
+    pub fn acked(&mut self, pkid: u16) -> Option<u64> {
+        self.open.remove(&pkid)
+    }
+}
+
+/// The session's half: offered publishes, oldest first; the front one has serial `front`.
 pub struct InFlight {
-    entries: VecDeque<Entry>,
+    /// Whether each publish is complete.
+    done: VecDeque<bool>,
     front: u64,
-    /// How many entries at the front went out (publishes go out in the order offered).
-    sent: usize,
-    /// Packet id → serial of the open QoS 1/2 publish that carries it.
-    open: HashMap<u16, u64>,
     /// When the front last moved (or the first entry came in).
     progress_at: Instant,
 }
@@ -27,61 +49,44 @@ pub struct InFlight {
 impl Default for InFlight {
     fn default() -> Self {
         InFlight {
-            entries: VecDeque::new(),
+            done: VecDeque::new(),
             front: 0,
-            sent: 0,
-            open: HashMap::new(),
             progress_at: Instant::now(),
         }
     }
 }
 
 impl InFlight {
-    /// A publish was handed to the connection.
-    pub fn push(&mut self, qos: QoS) {
-        if self.entries.is_empty() {
+    /// A publish was handed to the connection (it gets the next serial).
+    pub fn push(&mut self) {
+        if self.done.is_empty() {
             self.progress_at = Instant::now();
         }
-        self.entries.push_back(Entry { qos, done: false });
+        self.done.push_back(false);
     }
 
-    /// The oldest publish not yet out went out with `pkid`.
-    pub fn sent(&mut self, pkid: u16) {
-        let serial = self.front + self.sent as u64;
-        if let Some(entry) = self.entries.get_mut(self.sent) {
-            entry.done = entry.qos == QoS::AtMostOnce;
-            if !entry.done {
-                self.open.insert(pkid, serial);
-            }
-            self.sent += 1;
-        }
-    }
-
-    /// The broker acknowledged `pkid`; `false` when no publish in flight has that id (an
-    /// acknowledgement for something else). Packet ids are reused only once acknowledged, so
-    /// at most one open entry carries it.
-    pub fn acked(&mut self, pkid: u16) -> bool {
-        let Some(serial) = self.open.remove(&pkid) else {
+    /// The publish with `serial` is complete; `false` when it is not in flight.
+    pub fn completed(&mut self, serial: u64) -> bool {
+        let Some(at) = serial.checked_sub(self.front) else {
             return false;
         };
-        match self.entries.get_mut((serial - self.front) as usize) {
-            Some(entry) => {
-                entry.done = true;
+        match self.done.get_mut(at as usize) {
+            Some(done) if !*done => {
+                *done = true;
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     /// Forget the complete publishes at the front; how many there were.
     pub fn take_completed(&mut self) -> usize {
         let mut n = 0;
-        while self.entries.front().is_some_and(|e| e.done) {
-            self.entries.pop_front();
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
             n += 1;
         }
         self.front += n as u64;
-        self.sent -= n;
         if n > 0 {
             self.progress_at = Instant::now();
         }
@@ -89,12 +94,12 @@ impl InFlight {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.done.len()
     }
 
     /// How long the front has not moved, while something is in flight.
     pub fn stalled_for(&self) -> Option<Duration> {
-        (!self.entries.is_empty()).then(|| self.progress_at.elapsed())
+        (!self.done.is_empty()).then(|| self.progress_at.elapsed())
     }
 }
 
@@ -104,32 +109,38 @@ mod tests {
 
     #[test]
     fn completes_in_order_even_when_acknowledged_out_of_order() {
-        let mut f = InFlight::default();
-        f.push(QoS::AtLeastOnce);
-        f.push(QoS::AtLeastOnce);
-        f.push(QoS::AtMostOnce);
-        f.sent(1);
-        f.sent(2);
-        f.sent(0);
-        assert!(f.acked(2));
+        let (mut ids, mut f) = (PacketIds::default(), InFlight::default());
+        for _ in 0..3 {
+            f.push();
+        }
+        assert_eq!(ids.sent(1), None);
+        assert_eq!(ids.sent(2), None);
+        assert_eq!(ids.sent(0), Some(2), "QoS 0 is complete once out");
+        assert!(f.completed(2));
+        assert_eq!(ids.acked(2), Some(1));
+        assert!(f.completed(1));
         assert_eq!(f.take_completed(), 0, "the first is still open");
-        assert!(!f.acked(7), "an id nobody waits for");
-        assert!(f.acked(1));
+        assert_eq!(ids.acked(7), None, "an id nobody waits for");
+        assert_eq!(ids.acked(1), Some(0));
+        assert!(f.completed(0));
         assert_eq!(f.take_completed(), 3);
         assert_eq!(f.len(), 0);
         assert_eq!(f.stalled_for(), None);
+        assert!(!f.completed(0), "already gone");
     }
 
     #[test]
     fn a_reused_packet_id_acknowledges_the_open_publish() {
-        let mut f = InFlight::default();
-        f.push(QoS::AtLeastOnce);
-        f.sent(1);
-        assert!(f.acked(1));
-        f.push(QoS::AtLeastOnce);
-        f.sent(1);
-        assert!(f.acked(1));
-        assert!(!f.acked(1), "both are done");
+        let (mut ids, mut f) = (PacketIds::default(), InFlight::default());
+        f.push();
+        f.push();
+        ids.sent(1);
+        assert_eq!(ids.acked(1), Some(0));
+        ids.sent(1);
+        assert_eq!(ids.acked(1), Some(1));
+        assert_eq!(ids.acked(1), None, "both are done");
+        assert!(f.completed(0) && f.completed(1));
+        assert!(!f.completed(1), "completed once");
         assert_eq!(f.take_completed(), 2);
     }
 }

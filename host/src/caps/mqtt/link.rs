@@ -5,6 +5,7 @@
 //! events over a channel, which a [`Waker`] can also interrupt: a caller waits on the
 //! connection and on its own news at once, with the channel's precise timeouts.
 
+use super::inflight::PacketIds;
 use super::{err, io_failure, tls_failure, MAX_PAYLOAD_BYTES};
 use crate::caps::tls;
 use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
@@ -20,10 +21,9 @@ pub enum LinkEvent {
     ConnAck(Result<(), String>),
     /// SUBACK for the first filter: accepted, or the refusal reason.
     SubAck(Result<(), String>),
-    /// A PUBLISH went out with this packet id (0 for QoS 0).
-    Sent(u16),
-    /// PUBACK or PUBCOMP for this packet id: accepted, or (MQTT 5) the refusal reason.
-    Acked(u16, Result<(), String>),
+    /// The publish with this serial (the n-th handed over, from 0) is complete: acknowledged
+    /// (PUBACK or PUBCOMP), or out for QoS 0; accepted, or (MQTT 5) the refusal reason.
+    Completed(u64, Result<(), String>),
     /// A message from a subscription.
     Message(Message),
     /// A [`Waker`] was called.
@@ -33,6 +33,15 @@ pub enum LinkEvent {
 }
 
 type Item = Result<LinkEvent, PluginError>;
+
+/// What the connection reported, with packet ids not yet turned into serials.
+enum Wire {
+    Event(LinkEvent),
+    /// A PUBLISH went out with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// PUBACK or PUBCOMP for this packet id: accepted, or (MQTT 5) the refusal reason.
+    Acked(u16, Result<(), String>),
+}
 
 /// Everything needed to open a link.
 pub struct LinkOptions<'a> {
@@ -225,14 +234,27 @@ impl Link {
 }
 
 /// The reader thread: pass `next`'s events on until the connection fails (the error is the last
-/// item), the client is gone (`None`), or nobody listens any more. Pings and outgoing acks stay
-/// here.
-fn forward_events(tx: &SyncSender<Item>, mut next: impl FnMut() -> Option<Item>) {
+/// item), the client is gone (`None`), or nobody listens any more. Pings, outgoing acks and
+/// publishes going out stay here; acknowledgements go on as completions of serials.
+fn forward_events(
+    tx: &SyncSender<Item>,
+    mut next: impl FnMut() -> Option<Result<Wire, PluginError>>,
+) {
+    let mut ids = PacketIds::default();
     loop {
         let item = match next() {
-            Some(Ok(LinkEvent::Other)) => continue,
-            Some(item) => item,
             None => return,
+            Some(Err(e)) => Err(e),
+            Some(Ok(Wire::Event(LinkEvent::Other))) => continue,
+            Some(Ok(Wire::Event(event))) => Ok(event),
+            Some(Ok(Wire::Sent(pkid))) => match ids.sent(pkid) {
+                Some(serial) => Ok(LinkEvent::Completed(serial, Ok(()))),
+                None => continue,
+            },
+            Some(Ok(Wire::Acked(pkid, result))) => match ids.acked(pkid) {
+                Some(serial) => Ok(LinkEvent::Completed(serial, result)),
+                None => continue,
+            },
         };
         let last = item.is_err();
         match tx.try_send(item) {
@@ -258,9 +280,9 @@ fn v5_qos(qos: QoS) -> v5::mqttbytes::QoS {
     }
 }
 
-fn v311_event(event: rumqttc::Event) -> LinkEvent {
+fn v311_event(event: rumqttc::Event) -> Wire {
     use rumqttc::{ConnectReturnCode, Event, Incoming, Outgoing, SubscribeReasonCode};
-    match event {
+    Wire::Event(match event {
         Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck(match ack.code {
             ConnectReturnCode::Success => Ok(()),
             code => Err(v311_refusal(code).into()),
@@ -271,9 +293,9 @@ fn v311_event(event: rumqttc::Event) -> LinkEvent {
                 _ => Ok(()),
             })
         }
-        Event::Outgoing(Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
-        Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::Acked(ack.pkid, Ok(())),
-        Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::Acked(comp.pkid, Ok(())),
+        Event::Outgoing(Outgoing::Publish(pkid)) => return Wire::Sent(pkid),
+        Event::Incoming(Incoming::PubAck(ack)) => return Wire::Acked(ack.pkid, Ok(())),
+        Event::Incoming(Incoming::PubComp(comp)) => return Wire::Acked(comp.pkid, Ok(())),
         Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(Message {
             topic: p.topic,
             payload: p.payload.to_vec(),
@@ -282,13 +304,13 @@ fn v311_event(event: rumqttc::Event) -> LinkEvent {
             properties: Vec::new(),
         }),
         _ => LinkEvent::Other,
-    }
+    })
 }
 
-fn v5_event(event: v5::Event) -> LinkEvent {
+fn v5_event(event: v5::Event) -> Wire {
     use v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, PubCompReason, SubscribeReasonCode};
     use v5::{Event, Incoming};
-    match event {
+    Wire::Event(match event {
         Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck(match ack.code {
             ConnectReturnCode::Success => Ok(()),
             code => Err(reason_text(&format!("{code:?}"))),
@@ -299,24 +321,28 @@ fn v5_event(event: v5::Event) -> LinkEvent {
                 Some(code) => Err(reason_text(&format!("{code:?}"))),
             })
         }
-        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => LinkEvent::Sent(pkid),
-        Event::Incoming(Incoming::PubAck(ack)) => LinkEvent::Acked(
-            ack.pkid,
-            match ack.reason {
-                PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
-                other => Err(reason_text(&format!("{other:?}"))),
-            },
-        ),
-        Event::Incoming(Incoming::PubComp(comp)) => LinkEvent::Acked(
-            comp.pkid,
-            match comp.reason {
-                PubCompReason::Success => Ok(()),
-                other => Err(reason_text(&format!("{other:?}"))),
-            },
-        ),
+        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => return Wire::Sent(pkid),
+        Event::Incoming(Incoming::PubAck(ack)) => {
+            return Wire::Acked(
+                ack.pkid,
+                match ack.reason {
+                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
+                    other => Err(reason_text(&format!("{other:?}"))),
+                },
+            )
+        }
+        Event::Incoming(Incoming::PubComp(comp)) => {
+            return Wire::Acked(
+                comp.pkid,
+                match comp.reason {
+                    PubCompReason::Success => Ok(()),
+                    other => Err(reason_text(&format!("{other:?}"))),
+                },
+            )
+        }
         Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(v5_message(&p)),
         _ => LinkEvent::Other,
-    }
+    })
 }
 
 /// An MQTT 5 PUBLISH as a message (user properties kept).

@@ -424,7 +424,7 @@ impl MqttSession {
     fn hand_over(&mut self, msg: &Message, qos: QoS) -> bool {
         let taken = self.link.try_publish(msg, qos);
         if taken {
-            self.in_flight.push(qos);
+            self.in_flight.push();
         }
         taken
     }
@@ -569,9 +569,8 @@ impl MqttSession {
     fn keep(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Message(msg) => self.received.push_back(msg),
-            LinkEvent::Sent(pkid) => self.in_flight.sent(pkid),
-            LinkEvent::Acked(pkid, result) => {
-                let ours = self.in_flight.acked(pkid);
+            LinkEvent::Completed(serial, result) => {
+                let ours = self.in_flight.completed(serial);
                 if let (true, Err(why)) = (ours, result) {
                     self.refusal.get_or_insert(err(
                         ErrorKind::Refused,
