@@ -175,10 +175,9 @@ pub struct Staged {
 }
 
 impl Staged {
-    /// Make the staged messages durable; what the byte limit made drop to fit them.
-    pub fn sync(self) -> Result<Dropped, QueueError> {
-        self.file.sync_data().map_err(io_error(&self.path))?;
-        Ok(self.dropped)
+    /// Sync the file this append went to.
+    fn sync_file(&self) -> Result<(), QueueError> {
+        self.file.sync_data().map_err(io_error(&self.path))
     }
 
     /// Make several staged appends durable with one sync per file they went to (a sync covers
@@ -193,10 +192,7 @@ impl Staged {
                 let result = match known {
                     Some((_, result)) => result.clone(),
                     None => {
-                        let result = s
-                            .file
-                            .sync_data()
-                            .map_err(|e| io_error(&s.path)(e).to_string());
+                        let result = s.sync_file().map_err(|e| e.to_string());
                         synced.push((s.file.clone(), result.clone()));
                         result
                     }
@@ -594,21 +590,24 @@ impl Queue {
         Ok(())
     }
 
-    /// Store messages for their devices and set dead letters aside, durably (synced before it
-    /// returns). Returns what the byte limit made drop.
+    /// [`Queue::stage`] and sync at once (the bridge syncs on its own thread): what the byte
+    /// limit made drop.
+    #[cfg(test)]
     pub fn append(
         &self,
         messages: &[(String, Message)],
         dead_letters: &[DeadLetter],
     ) -> Result<Dropped, QueueError> {
-        self.stage(messages, dead_letters)?.sync()
+        let staged = self.stage(messages, dead_letters)?;
+        staged.sync_file()?;
+        Ok(staged.dropped)
     }
 
     /// Write messages for their devices to the log and index them, and set dead letters aside,
     /// without syncing the log: the device workers can read the messages at once, but they are
-    /// durable (and their local publishers may be acknowledged) only once [`Staged::sync`]
-    /// returned. Forwarding a message before it is durable is safe: if gatehost dies first,
-    /// its publisher was never acknowledged and sends it again (at least once, as always).
+    /// durable (and their local publishers may be acknowledged) only once synced
+    /// ([`Staged::sync_all`]). Forwarding a message before it is durable is safe: if gatehost
+    /// dies first, its publisher was never acknowledged and sends it again (at least once).
     pub fn stage(
         &self,
         messages: &[(String, Message)],
