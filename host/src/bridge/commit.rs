@@ -40,7 +40,7 @@ pub struct Committer {
 
 /// Called with every device that got messages in a commit, as soon as they can be read
 /// (before they are synced).
-pub type OnStored = Box<dyn Fn(&str) + Send>;
+pub type OnWritten = Box<dyn Fn(&str) + Send>;
 
 impl Committer {
     /// Start the commit thread. It stops when every [`Committer`] is dropped.
@@ -48,7 +48,7 @@ impl Committer {
         queue: Arc<Queue>,
         metrics: Arc<Metrics>,
         log: Arc<LogOnce>,
-        on_stored: OnStored,
+        on_written: OnWritten,
     ) -> (Committer, JoinHandle<()>) {
         let (tx, rx) = channel();
         let (to_sync, written) = channel();
@@ -61,7 +61,7 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("queue-commit".into())
             .spawn(move || {
-                run(&queue, &metrics, &log, &on_stored, &rx, &to_sync);
+                run(&queue, &metrics, &log, &on_written, &rx, &to_sync);
                 // What was written is synced and acknowledged before the thread ends.
                 drop(to_sync);
                 let _ = sync_thread.join();
@@ -82,7 +82,7 @@ fn run(
     queue: &Queue,
     metrics: &Metrics,
     log: &LogOnce,
-    on_stored: &OnStored,
+    on_written: &OnWritten,
     rx: &Receiver<Batch>,
     to_sync: &Sender<Written>,
 ) {
@@ -126,7 +126,7 @@ fn run(
                 }
                 for (device, n) in per_device {
                     metrics.queued.add(&[device], n);
-                    on_stored(device);
+                    on_written(device);
                 }
                 if let Err(unsynced) = to_sync.send(Written { staged, waiting }) {
                     refuse(
