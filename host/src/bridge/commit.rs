@@ -195,3 +195,76 @@ fn count_drops(metrics: &Metrics, log: &LogOnce, dropped: &Dropped) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::queue::QueueLimits;
+    use std::sync::Mutex;
+
+    fn batch(payload: Vec<u8>) -> (Batch, oneshot::Receiver<Result<(), String>>) {
+        let (done, settled) = oneshot::channel();
+        let batch = Batch {
+            messages: vec![("d".into(), Message::new("t", payload, 1))],
+            dead_letters: Vec::new(),
+            done: Some(done),
+        };
+        (batch, settled)
+    }
+
+    /// Segments of 64 KiB, so a 70 KiB message fills one and the next append starts another.
+    fn small_limits() -> QueueLimits {
+        QueueLimits {
+            max_bytes: 512 * 1024,
+            ..QueueLimits::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_wakes_its_device_and_is_acknowledged_once_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let queue = Arc::new(Queue::open(&path, small_limits()).unwrap());
+        let woken = Arc::new(Mutex::new(Vec::new()));
+        let seen = woken.clone();
+        let (committer, thread) = Committer::start(
+            queue.clone(),
+            Arc::default(),
+            Arc::default(),
+            Box::new(move |device| seen.lock().unwrap().push(device.to_string())),
+        );
+        let (b, settled) = batch(b"hello".to_vec());
+        committer.submit(b).unwrap();
+        assert_eq!(settled.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(*woken.lock().unwrap(), ["d"]);
+        drop(committer);
+        thread.join().unwrap();
+        drop(queue);
+        let reopened = Queue::open(&path, small_limits()).unwrap();
+        let queued = reopened.peek("d", 0, 10).unwrap();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].message.payload, b"hello");
+    }
+
+    #[test]
+    fn a_batch_the_queue_cannot_write_is_refused_in_one_sentence_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let queue = Arc::new(Queue::open(&path, small_limits()).unwrap());
+        let (committer, _thread) =
+            Committer::start(queue, Arc::default(), Arc::default(), Box::new(|_| {}));
+        let (b, settled) = batch(vec![b'x'; 70 * 1024]);
+        committer.submit(b).unwrap();
+        assert_eq!(settled.blocking_recv().unwrap(), Ok(()));
+        // The next append needs a new segment file, and its folder is gone.
+        std::fs::remove_dir_all(&path).unwrap();
+        let (b, settled) = batch(b"lost?".to_vec());
+        committer.submit(b).unwrap();
+        let why = settled.blocking_recv().unwrap().unwrap_err();
+        assert!(
+            why.starts_with("the message could not be stored: the queue file ")
+                && why.contains(&path.join("00000002.log").display().to_string()),
+            "{why}"
+        );
+    }
+}
