@@ -21,6 +21,8 @@
 //! # username = "gatehost"                        # external: credentials, CA for mqtts://
 //! # password = "..."
 //! # ca_file = "certs/local-ca.pem"
+//! # client_cert = "certs/gatehost.pem"           # external mqtts://: gatehost's certificate
+//! # client_key = "certs/gatehost.key"            # (chain, leaf first) and key, when required
 //! # share_group = "gateways"                     # external: $share/<group>/ subscriptions
 //!
 //! [store]                                          # the store-and-forward queue
@@ -192,6 +194,12 @@ pub struct LocalConfig {
     /// system roots).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// External broker over `mqtts://` that asks for client certificates: gatehost's
+    /// certificate chain (PEM, leaf first) and its private key (PEM).
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// External broker: subscribe as `$share/<group>/<filter>` (MQTT 5 shared subscriptions),
     /// so the gatehosts of one group split the messages between them.
     #[serde(default)]
@@ -216,6 +224,8 @@ impl std::fmt::Debug for LocalConfig {
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
             .field("share_group", &self.share_group)
             .field("listen", &self.listen)
             .field("tls_cert", &self.tls_cert)
@@ -233,6 +243,8 @@ impl Default for LocalConfig {
             username: None,
             password: None,
             ca_file: None,
+            client_cert: None,
+            client_key: None,
             share_group: None,
             listen: default_listen(),
             tls_cert: None,
@@ -705,6 +717,8 @@ impl Config {
                     ("username", local.username.is_some()),
                     ("password", local.password.is_some()),
                     ("ca_file", local.ca_file.is_some()),
+                    ("client_cert", local.client_cert.is_some()),
+                    ("client_key", local.client_key.is_some()),
                     ("share_group", local.share_group.is_some()),
                 ];
                 for (key, set) in external_only {
@@ -723,10 +737,22 @@ impl Config {
                             .to_string(),
                     );
                 }
-                if local.ca_file.is_some() && !url.tls {
-                    problems.push(format!(
-                        "local.ca_file is set but {url} is not TLS (use mqtts://)"
-                    ));
+                let tls_only = [
+                    ("ca_file", local.ca_file.is_some()),
+                    ("client_cert", local.client_cert.is_some()),
+                    ("client_key", local.client_key.is_some()),
+                ];
+                for (key, set) in tls_only {
+                    if set && !url.tls {
+                        problems.push(format!(
+                            "local.{key} is set but {url} is not TLS (use mqtts://)"
+                        ));
+                    }
+                }
+                if local.client_cert.is_some() != local.client_key.is_some() {
+                    problems.push(
+                        "local.client_cert and local.client_key must be given together".to_string(),
+                    );
                 }
                 if local.password.is_some() && local.username.is_none() {
                     problems.push("local.password needs a local.username".to_string());

@@ -934,13 +934,17 @@ fn a_clean_restart_after_delivery_sends_nothing_twice() {
 /// `extra` [local] lines); every device's upstream client id gets `-<client_id>` appended, so
 /// several gateways can hold sessions for the same devices.
 fn use_external_broker(dir: &Path, port: u16, client_id: &str, extra: &str) {
+    let url = format!("mqtt://127.0.0.1:{port}");
+    use_external_broker_at(dir, &url, client_id, extra);
+}
+
+/// [`use_external_broker`] with the broker's URL.
+fn use_external_broker_at(dir: &Path, url: &str, client_id: &str, extra: &str) {
     let path = dir.join("gatehost.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut text = text.replacen(
         "[local]\n",
-        &format!(
-            "[local]\nbroker = \"mqtt://127.0.0.1:{port}\"\nclient_id = \"{client_id}\"\n{extra}"
-        ),
+        &format!("[local]\nbroker = \"{url}\"\nclient_id = \"{client_id}\"\n{extra}"),
         1,
     );
     for device in ["dev01", "dev02"] {
@@ -1005,6 +1009,111 @@ fn on_an_external_broker_messages_wait_there_while_gatehost_is_down() {
     );
     assert_all_in_order(&got, 2000);
     assert!(g.http("/healthz").contains("\"local_connected\":true"));
+}
+
+#[test]
+fn an_external_broker_that_requires_client_certificates_gets_gatehosts() {
+    let pki = Pki::new();
+    let upstream = Mosquitto::start_tls(&pki);
+    let sub = dt_subscriber(&pki, upstream.port);
+    // The local broker verifies client certificates against the same CA.
+    let local = Mosquitto::start_tls(&pki);
+    let (dir, _, metrics) = tls_gateway(&pki, upstream.port, "");
+    let d = dir.path();
+    issue_device(&pki, d, "gateway");
+    let url = format!("mqtts://localhost:{}", local.port);
+    let config = d.join("gatehost.toml");
+    let plain = std::fs::read_to_string(&config).unwrap();
+
+    // Without a certificate the broker refuses gatehost: said, and retried.
+    use_external_broker_at(d, &url, "gw-a", "ca_file = \"ca.pem\"\n");
+    let g = Gatehost::start(d, metrics);
+    eventually(30, "the refusal in the log", || {
+        g.log().contains(&format!(
+            "the local broker {url} is not reachable: TLS with {url} failed: \
+             the server requires a client certificate and none is configured"
+        ))
+    });
+    assert_eq!(g.metric("gatehost_local_broker_connected"), 0.0);
+    drop(g);
+
+    // A key that is not the certificate's: refused at start, naming both files.
+    std::fs::write(&config, &plain).unwrap();
+    use_external_broker_at(
+        d,
+        &url,
+        "gw-a",
+        "ca_file = \"ca.pem\"\nclient_cert = \"gateway.pem\"\nclient_key = \"dev01.key\"\n",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["run", "--config", "gatehost.toml"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "local.client_cert ./gateway.pem cannot be used with local.client_key ./dev01.key: \
+             the key is not the certificate's"
+        ),
+        "{stderr}"
+    );
+
+    // A certificate of a CA the broker does not trust: said as such.
+    std::fs::write(&config, &plain).unwrap();
+    use_external_broker_at(
+        d,
+        &url,
+        "gw-a",
+        &format!(
+            "ca_file = \"ca.pem\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+            pki.path("rogue_chain.pem"),
+            pki.path("rogue.key")
+        ),
+    );
+    let g = Gatehost::start(d, metrics);
+    eventually(30, "the rejection in the log", || {
+        g.log().contains(
+            "the server rejected the client certificate; is it issued by a CA the server trusts?",
+        )
+    });
+    drop(g);
+
+    // With its certificate gatehost subscribes and forwards.
+    std::fs::write(&config, &plain).unwrap();
+    use_external_broker_at(
+        d,
+        &url,
+        "gw-a",
+        "ca_file = \"ca.pem\"\nclient_cert = \"gateway.pem\"\nclient_key = \"gateway.key\"\n",
+    );
+    let g = Gatehost::start(d, metrics);
+    wait_subscribed(&g);
+    assert_eq!(
+        g.metric("gatehost_local_broker_connected"),
+        1.0,
+        "{}",
+        g.log()
+    );
+    let published = Command::new("mosquitto_pub")
+        .args(["-h", "localhost", "-p", &local.port.to_string(), "-q", "1"])
+        .args(["-t", "plant/dev01/temp", "-m", "21.5", "-i", "press7"])
+        .args(["--cafile", &pki.path("ca.pem")])
+        .args([
+            "--cert",
+            &pki.path("dev01_chain.pem"),
+            "--key",
+            &pki.path("dev01.key"),
+        ])
+        .status()
+        .unwrap();
+    assert!(published.success());
+    eventually(60, "the message upstream", || !sub.messages().is_empty());
+    assert_eq!(
+        sub.messages()[0],
+        ("dt/dev01/temp".to_string(), b"21.5".to_vec())
+    );
 }
 
 #[test]

@@ -231,7 +231,7 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
         assert_eq!(out.code, 1, "{}", out.stderr);
         out.stderr
     };
-    let cases: [(&str, &[&str]); 3] = [
+    let cases: [(&str, &[&str]); 4] = [
         (
             "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:99999\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
             &[
@@ -241,10 +241,12 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
             ],
         ),
         (
-            "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\nca_file = \"ca.pem\"\nshare_group = \"a/b\"\npassword = \"p\"\n",
+            "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\nca_file = \"ca.pem\"\nclient_cert = \"gw.pem\"\nshare_group = \"a/b\"\npassword = \"p\"\n",
             &[
                 "local.tls_cert and local.tls_key are for the embedded broker",
                 "local.ca_file is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
+                "local.client_cert is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
+                "local.client_cert and local.client_key must be given together",
                 "local.share_group 'a/b' must be a non-empty name without '/', '+' or '#'",
                 "local.password needs a local.username",
             ],
@@ -252,6 +254,10 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
         (
             "plugin_dirs = []\n[local]\nbroker = \"tcp://10.0.0.5\"\nshare_group = \"g\"\n",
             &["local.broker 'tcp://10.0.0.5' is not a broker address"],
+        ),
+        (
+            "plugin_dirs = []\n[local]\nclient_key = \"gw.key\"\n",
+            &["local.client_key is for an external broker; local.broker is \"embedded\""],
         ),
     ];
     for (config, expected) in cases {

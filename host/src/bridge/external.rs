@@ -1,9 +1,10 @@
-//! The local side on an external broker (`local.broker = "mqtt://..."`): gatehost keeps one
-//! MQTT 5 session there and subscribes to every rule's filters (as `$share/<group>/<filter>`
-//! with `local.share_group`, so the gatehosts of a group split the messages). The session is
-//! persistent and acknowledges by hand: a message is acknowledged only once what the rules made
-//! of it is stored, so messages that arrive while gatehost is down or crashed wait at the broker
-//! and come again. Subscriptions follow reloads.
+//! The local side on an external broker (`local.broker = "mqtt://..."`, or `mqtts://` with an
+//! optional client certificate): gatehost keeps one MQTT 5 session there and subscribes to
+//! every rule's filters (as `$share/<group>/<filter>` with `local.share_group`, so the
+//! gatehosts of a group split the messages). The session is persistent and acknowledges by
+//! hand: a message is acknowledged only once what the rules made of it is stored, so messages
+//! that arrive while gatehost is down or crashed wait at the broker and come again.
+//! Subscriptions follow reloads.
 
 use super::chain::Current;
 use super::local::{LocalService, Origin};
@@ -11,11 +12,13 @@ use super::log_once::LogOnce;
 use crate::config::{BrokerUrl, Config};
 use crate::model::Message;
 use crate::retry::Backoff;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, RetainForwardRule};
+use rumqttc::v5::mqttbytes::v5::{
+    Filter, Packet, Publish, RetainForwardRule, SubAck, SubscribeReasonCode,
+};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
-use rumqttc::{TlsConfiguration, Transport};
-use std::collections::BTreeSet;
+use rumqttc::{Outgoing, TlsConfiguration, Transport};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,11 +124,39 @@ fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalErro
     let roots = crate::caps::tls::roots_from(pem.as_ref().map(|(t, p)| (t.as_str(), p.as_str())))
         .map_err(|e| ExternalError::Tls(e.message))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ExternalError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let local = &config.local;
+    let config = match (&local.client_cert, &local.client_key) {
+        (Some(cert), Some(key)) => {
+            let (cert, key) = (config.resolve(cert), config.resolve(key));
+            let (chain, key_der) =
+                crate::caps::tls::chain_and_key_files(&cert, &key).map_err(ExternalError::Tls)?;
+            // An expired certificate is said at start, not found as an anonymous refusal.
+            if let Some(leaf) = chain.first() {
+                crate::caps::certs::x509::check_validity(
+                    leaf,
+                    crate::caps::crypto::now_unix() as i64,
+                    &cert.display().to_string(),
+                )
+                .map_err(|e| ExternalError::Tls(e.message))?;
+            }
+            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
+                let why = match e {
+                    rustls::Error::InconsistentKeys(_) => "the key is not the certificate's".into(),
+                    other => other.to_string(),
+                };
+                ExternalError::Tls(format!(
+                    "local.client_cert {} cannot be used with local.client_key {}: {why}",
+                    cert.display(),
+                    key.display()
+                ))
+            })?
+        }
+        _ => builder.with_no_client_auth(),
+    };
     Ok(Arc::new(config))
 }
 
@@ -173,79 +204,121 @@ async fn run(
         log.clone(),
         url.clone(),
     ));
-    let mut subscribed: BTreeSet<String> = BTreeSet::new();
+    let mut subscriptions = Subscriptions::default();
     let mut follow = tokio::time::interval(FOLLOW_RELOADS);
     let mut backoff = Backoff::default();
+    let mut connected = false;
     loop {
         tokio::select! {
             event = events.poll() => match event {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     backoff = Backoff::default();
+                    connected = true;
                     service.metrics.local_connected.store(true, Ordering::Relaxed);
                     tracing::info!(broker = %url, "connected to the local broker");
                     // Subscribe again on every connection: the broker may have lost the session.
-                    subscribed.clear();
-                    follow_chain(&client, &current, share_group.as_deref(), &mut subscribed, &log).await;
+                    subscriptions = Subscriptions::default();
+                    subscriptions.follow(&client, &current, share_group.as_deref(), &log);
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     take(&service, &client, &acks, publish, &log);
                 }
-                Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                    if ack.return_codes.iter().any(|c| !matches!(c, rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_))) {
-                        log.warn(
-                            "local subscribe",
-                            &format!("{url} refused a subscription: {:?}", ack.return_codes),
-                        );
-                    }
-                }
+                Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => subscriptions.sent(pkid),
+                Ok(Event::Incoming(Packet::SubAck(ack))) => subscriptions.acknowledged(&ack, &url, &log),
                 Ok(_) => {}
                 Err(e) => {
+                    connected = false;
+                    subscriptions.connection_lost();
                     service.metrics.local_connected.store(false, Ordering::Relaxed);
+                    let why = crate::caps::mqtt::v5_error(&url.to_string(), e).message;
                     log.warn(
                         "local broker",
-                        &format!("the local broker {url} is not reachable: {e}; trying again"),
+                        &format!("the local broker {url} is not reachable: {why}; trying again"),
                     );
                     tokio::time::sleep(backoff.next_delay()).await;
                 }
             },
-            _ = follow.tick() => {
-                follow_chain(&client, &current, share_group.as_deref(), &mut subscribed, &log).await;
+            // Reloads change the filters; while disconnected, the next CONNACK subscribes.
+            _ = follow.tick(), if connected => {
+                subscriptions.follow(&client, &current, share_group.as_deref(), &log);
             }
         }
     }
 }
 
-/// Subscribe to filters the chain gained, unsubscribe from those it lost.
-async fn follow_chain(
-    client: &AsyncClient,
-    current: &Current,
-    share_group: Option<&str>,
-    subscribed: &mut BTreeSet<String>,
-    log: &LogOnce,
-) {
-    let wanted = wanted(current, share_group);
-    for filter in wanted.difference(subscribed) {
-        let mut f = Filter::new(filter.clone(), QoS::AtLeastOnce);
-        // What gatehost publishes back to the local broker is not for itself (MQTT 5 forbids
-        // no-local on shared subscriptions).
-        f.nolocal = share_group.is_none();
-        f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
-        if let Err(e) = client.try_subscribe_many([f]) {
-            log.warn(
-                "local subscribe",
-                &format!("cannot subscribe to '{filter}': {e}"),
-            );
-            return;
+/// The session's subscriptions: what was asked for, and which SUBSCRIBE (by packet id) carries
+/// which filter until the broker answers it.
+#[derive(Default)]
+struct Subscriptions {
+    /// The filters subscribed to (asked for; the broker's answer is logged when it comes).
+    subscribed: BTreeSet<String>,
+    /// Filters whose SUBSCRIBE has not gone out yet, in the order they were asked for.
+    unsent: VecDeque<String>,
+    /// SUBSCRIBEs out, waiting for their SUBACK.
+    unanswered: HashMap<u16, String>,
+}
+
+impl Subscriptions {
+    /// Subscribe to filters the chain gained, unsubscribe from those it lost.
+    fn follow(
+        &mut self,
+        client: &AsyncClient,
+        current: &Current,
+        share_group: Option<&str>,
+        log: &LogOnce,
+    ) {
+        let wanted = wanted(current, share_group);
+        for filter in wanted.difference(&self.subscribed) {
+            let mut f = Filter::new(filter.clone(), QoS::AtLeastOnce);
+            // What gatehost publishes back to the local broker is not for itself (MQTT 5
+            // forbids no-local on shared subscriptions).
+            f.nolocal = share_group.is_none();
+            f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+            if let Err(e) = client.try_subscribe_many([f]) {
+                log.warn(
+                    "local subscribe",
+                    &format!("cannot subscribe to '{filter}': {e}"),
+                );
+                return;
+            }
+            self.unsent.push_back(filter.clone());
         }
-        tracing::info!(filter, "subscribed on the local broker");
-    }
-    for filter in subscribed.difference(&wanted) {
-        if client.try_unsubscribe(filter.clone()).is_err() {
-            return;
+        for filter in self.subscribed.difference(&wanted) {
+            if client.try_unsubscribe(filter.clone()).is_err() {
+                return;
+            }
+            tracing::info!(filter, "unsubscribed on the local broker");
         }
-        tracing::info!(filter, "unsubscribed on the local broker");
+        self.subscribed = wanted;
     }
-    *subscribed = wanted;
+
+    /// A SUBSCRIBE went out with `pkid` (they go out in the order they were asked for).
+    fn sent(&mut self, pkid: u16) {
+        if let Some(filter) = self.unsent.pop_front() {
+            self.unanswered.insert(pkid, filter);
+        }
+    }
+
+    fn acknowledged(&mut self, ack: &SubAck, url: &BrokerUrl, log: &LogOnce) {
+        let filter = self.unanswered.remove(&ack.pkid).unwrap_or_default();
+        match ack.return_codes.first() {
+            Some(SubscribeReasonCode::Success(_)) | None => {
+                tracing::info!(filter, "subscribed on the local broker");
+            }
+            Some(code) => {
+                log.warn(
+                    &format!("local subscribe {filter}"),
+                    &format!("{url} refused the subscription to '{filter}': {code:?}"),
+                );
+            }
+        }
+    }
+
+    /// Nothing in flight survives the connection; the next CONNACK subscribes afresh.
+    fn connection_lost(&mut self) {
+        self.unsent.clear();
+        self.unanswered.clear();
+    }
 }
 
 /// Route one message from the local broker; its acknowledgement waits for the commit.

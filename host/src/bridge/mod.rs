@@ -293,24 +293,12 @@ impl Drop for Bridge {
 
 /// The rustls server config for local clients, when `[local]` asks for TLS.
 fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, BridgeError> {
-    use rustls::pki_types::pem::PemObject;
     let (Some(cert), Some(key)) = (&config.local.tls_cert, &config.local.tls_key) else {
         return Ok(None);
     };
-    let (cert, key) = (config.resolve(cert), config.resolve(key));
-    let text = std::fs::read_to_string(&cert)
-        .map_err(|e| BridgeError::Tls(format!("cannot read {}: {e}", cert.display())))?;
-    let chain = crate::caps::certs::x509::parse_pem_certs(&text, &cert.display().to_string())
-        .map_err(|e| BridgeError::Tls(e.message))?
-        .into_iter()
-        .map(rustls::pki_types::CertificateDer::from)
-        .collect();
-    let key_der = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).map_err(|e| {
-        BridgeError::Tls(format!(
-            "{} holds no usable private key: {e}",
-            key.display()
-        ))
-    })?;
+    let cert = config.resolve(cert);
+    let (chain, key_der) = crate::caps::tls::chain_and_key_files(&cert, &config.resolve(key))
+        .map_err(BridgeError::Tls)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

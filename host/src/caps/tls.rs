@@ -7,7 +7,7 @@ use super::certs::{x509, KeyHandle};
 use super::CapContext;
 use crate::model::{ErrorKind, PluginError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
@@ -126,7 +126,8 @@ pub fn find_rustls_error<'a>(
     None
 }
 
-/// rustls's certificate errors, said as what the operator should check.
+/// rustls's certificate errors and the server's certificate alerts, said as what the operator
+/// should check.
 pub fn describe(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
@@ -141,6 +142,16 @@ pub fn describe(e: &rustls::Error) -> String {
                 "the server's certificate is not signed by a CA in the configured CA file ({e})"
             )
         }
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            format!("the server requires a client certificate and none is configured ({e})")
+        }
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::CertificateUnknown,
+        ) => format!(
+            "the server rejected the client certificate; is it issued by a CA the server trusts? ({e})"
+        ),
         other => other.to_string(),
     }
 }
@@ -150,6 +161,27 @@ fn root_store(ctx: &CapContext, ca_file: Option<&str>) -> Result<RootCertStore, 
         Some(file) => roots_from(Some((&ctx.read_text(file)?, file))),
         None => roots_from(None),
     }
+}
+
+/// A certificate chain (PEM, leaf first) and its private key (PEM) from files the gateway
+/// config names: the host's own listener or client identity, never a plugin's. Errors name the
+/// file at fault.
+pub fn chain_and_key_files(
+    chain: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    use rustls::pki_types::pem::PemObject;
+    let text = std::fs::read_to_string(chain)
+        .map_err(|e| format!("cannot read {}: {e}", chain.display()))?;
+    let chain: Vec<CertificateDer<'static>> =
+        x509::parse_pem_certs(&text, &chain.display().to_string())
+            .map_err(|e| e.message)?
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("{} holds no usable private key: {e}", key.display()))?;
+    Ok((chain, key))
 }
 
 /// Trust anchors: the CA certificates of a PEM text (with the name to quote in errors), or the

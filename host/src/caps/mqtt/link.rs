@@ -400,7 +400,10 @@ fn v311_error(endpoint: &str, e: rumqttc::ConnectionError) -> PluginError {
             format!("{endpoint} did not answer in time"),
         ),
         E::Tls(rumqttc::TlsError::Io(io)) | E::Io(io) => io_failure(endpoint, &io),
-        E::MqttState(rumqttc::StateError::Io(io)) => io_failure(endpoint, &io),
+        E::MqttState(rumqttc::StateError::Io(io))
+        | E::MqttState(rumqttc::StateError::Deserialization(rumqttc::mqttbytes::Error::Io(io))) => {
+            io_failure(endpoint, &io)
+        }
         E::Tls(rumqttc::TlsError::TLS(e)) => tls_failure(endpoint, &tls::describe(&e)),
         E::Tls(e) => tls_failure(endpoint, &e.to_string()),
         other => err(
@@ -410,7 +413,8 @@ fn v311_error(endpoint: &str, e: rumqttc::ConnectionError) -> PluginError {
     }
 }
 
-fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
+/// An MQTT 5 connection error in one sentence naming `endpoint`.
+pub fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
     use v5::ConnectionError as E;
     match e {
         E::ConnectionRefused(code) | E::MqttState(v5::StateError::ConnFail { reason: code }) => {
@@ -421,7 +425,10 @@ fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
             format!("{endpoint} did not answer in time"),
         ),
         E::Tls(rumqttc::TlsError::Io(io)) | E::Io(io) => io_failure(endpoint, &io),
-        E::MqttState(v5::StateError::Io(io)) => io_failure(endpoint, &io),
+        E::MqttState(v5::StateError::Io(io))
+        | E::MqttState(v5::StateError::Deserialization(v5::mqttbytes::Error::Io(io))) => {
+            io_failure(endpoint, &io)
+        }
         E::MqttState(v5::StateError::ServerDisconnect {
             reason_code,
             reason_string,

@@ -15,7 +15,7 @@ use super::tls::{self, TlsOptions};
 use super::CapContext;
 use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
 use inflight::InFlight;
-pub use link::{v5_message, Waker};
+pub use link::{v5_error, v5_message, Waker};
 use link::{Link, LinkEvent, LinkOptions};
 use rumqttc::QoS;
 use std::collections::VecDeque;
