@@ -101,6 +101,18 @@ impl Drop for Gatehost {
     }
 }
 
+/// Run `gatehost run` in `dir` expecting it to refuse to start (exit code 1); its stderr.
+fn run_refused(dir: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
+        .args(["run", "--config", "gatehost.toml"])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// Wait up to `secs` for `done`.
 fn eventually(secs: u64, what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
@@ -824,13 +836,7 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     assert!(log.contains("over the upstream limit of 262144"), "{log}");
 
     // A second gatehost on the same state is told the queue is in use.
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
-        .args(["run", "--config", "gatehost.toml"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_refused(d);
     assert!(
         stderr.contains("is in use by another gatehost process"),
         "{stderr}"
@@ -1045,13 +1051,7 @@ fn an_external_broker_that_requires_client_certificates_gets_gatehosts() {
         "gw-a",
         "ca_file = \"ca.pem\"\nclient_cert = \"gateway.pem\"\nclient_key = \"dev01.key\"\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
-        .args(["run", "--config", "gatehost.toml"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let stderr = run_refused(d);
     assert!(
         stderr.contains(
             "local.client_cert ./gateway.pem cannot be used with local.client_key ./dev01.key: \
