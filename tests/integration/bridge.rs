@@ -1017,6 +1017,95 @@ fn on_an_external_broker_messages_wait_there_while_gatehost_is_down() {
     assert!(g.http("/healthz").contains("\"local_connected\":true"));
 }
 
+/// `mosquitto_pub` of one QoS 1 message to `port` on `host` with extra (TLS) arguments, given
+/// 20 s; whether it succeeded.
+fn mosquitto_pub_with(host: &str, port: u16, topic: &str, payload: &str, extra: &[&str]) -> bool {
+    Command::new("timeout")
+        .args([
+            "20",
+            "mosquitto_pub",
+            "-h",
+            host,
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+        ])
+        .args(["-t", topic, "-m", payload])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn the_embedded_broker_serves_local_devices_over_tls() {
+    let pki = Pki::new();
+    let upstream = Mosquitto::start_tls(&pki);
+    let sub = dt_subscriber(&pki, upstream.port);
+    let (dir, local, metrics) = tls_gateway(&pki, upstream.port, "");
+    let d = dir.path();
+    let config = d.join("gatehost.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[local]\n",
+        &format!(
+            "[local]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            pki.path("server_chain.pem"),
+            pki.path("server.key")
+        ),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let g = Gatehost::start(d, metrics);
+
+    // A device that verifies the gateway's certificate against the site CA gets through.
+    let ca = pki.path("ca.pem");
+    assert!(mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/temp",
+        "21.5",
+        &["--cafile", &ca]
+    ));
+    eventually(60, "the TLS message upstream", || {
+        !sub.messages().is_empty()
+    });
+    assert_eq!(
+        sub.messages()[0],
+        ("dt/dev01/temp".to_string(), b"21.5".to_vec())
+    );
+
+    // Plain MQTT on the TLS port, and a device that trusts another CA, get no session.
+    assert!(!mosquitto_pub_with(
+        "127.0.0.1",
+        local,
+        "plant/dev01/plain",
+        "x",
+        &[]
+    ));
+    let rogue = pki.path("rogue-ca.pem");
+    assert!(!mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/rogue",
+        "x",
+        &["--cafile", &rogue]
+    ));
+    assert!(mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/marker",
+        "end",
+        &["--cafile", &ca]
+    ));
+    eventually(60, "the marker upstream", || sub.messages().len() >= 2);
+    let topics: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
+    assert_eq!(topics, ["dt/dev01/temp", "dt/dev01/marker"]);
+    assert_eq!(g.metric("gatehost_messages_received_total"), 2.0);
+}
+
 #[test]
 fn an_external_broker_that_requires_client_certificates_gets_gatehosts() {
     let pki = Pki::new();
