@@ -16,6 +16,7 @@
 //! listen = "127.0.0.1:1883"                        # embedded: where it listens
 //! # tls_cert = "certs/gateway.pem"               # serve MQTT over TLS instead of plain TCP
 //! # tls_key = "certs/gateway.key"
+//! # client_ca = "certs/devices-ca.pem"          # and require device certificates of this CA
 //! # max_packet_kib = 1024                        # larger local packets close the connection
 //! # client_id = "gatehost-line1"                 # external: the persistent session's id
 //! # username = "gatehost"                        # external: credentials, CA for mqtts://
@@ -211,6 +212,10 @@ pub struct LocalConfig {
     pub tls_cert: Option<PathBuf>,
     #[serde(default)]
     pub tls_key: Option<PathBuf>,
+    /// With `tls_cert`: local clients must present a certificate issued by a CA in this PEM
+    /// file (mutual TLS); without it any client may connect over TLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
     /// The largest packet a local client may send, in KiB (default 1024).
     #[serde(default)]
     pub max_packet_kib: Option<u64>,
@@ -230,6 +235,7 @@ impl std::fmt::Debug for LocalConfig {
             .field("listen", &self.listen)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
+            .field("client_ca", &self.client_ca)
             .field("max_packet_kib", &self.max_packet_kib)
             .finish()
     }
@@ -249,6 +255,7 @@ impl Default for LocalConfig {
             listen: default_listen(),
             tls_cert: None,
             tls_key: None,
+            client_ca: None,
             max_packet_kib: None,
         }
     }
@@ -730,10 +737,11 @@ impl Config {
                 }
             }
             Ok(Some(url)) => {
-                if local.tls_cert.is_some() || local.tls_key.is_some() {
+                if local.tls_cert.is_some() || local.tls_key.is_some() || local.client_ca.is_some()
+                {
                     problems.push(
-                        "local.tls_cert and local.tls_key are for the embedded broker; with an \
-                         external one, its own listener does TLS"
+                        "local.tls_cert, local.tls_key and local.client_ca are for the embedded \
+                         broker; with an external one, its own listener does TLS"
                             .to_string(),
                     );
                 }
@@ -780,6 +788,13 @@ impl Config {
                 problems.push("local.tls_cert and local.tls_key must be given together".to_string())
             }
             _ => {}
+        }
+        if self.local.client_ca.is_some() && self.local.tls_cert.is_none() {
+            problems.push(
+                "local.client_ca needs local.tls_cert and local.tls_key (client certificates \
+                 come with TLS)"
+                    .to_string(),
+            );
         }
         if self.local.max_packet_kib == Some(0) {
             problems.push("local.max_packet_kib must be at least 1".to_string());

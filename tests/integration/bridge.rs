@@ -1041,7 +1041,7 @@ fn mosquitto_pub_with(host: &str, port: u16, topic: &str, payload: &str, extra: 
 }
 
 #[test]
-fn the_embedded_broker_serves_local_devices_over_tls() {
+fn the_embedded_broker_serves_local_devices_over_tls_and_mutual_tls() {
     let pki = Pki::new();
     let upstream = Mosquitto::start_tls(&pki);
     let sub = dt_subscriber(&pki, upstream.port);
@@ -1103,6 +1103,59 @@ fn the_embedded_broker_serves_local_devices_over_tls() {
     eventually(60, "the marker upstream", || sub.messages().len() >= 2);
     let topics: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
     assert_eq!(topics, ["dt/dev01/temp", "dt/dev01/marker"]);
+    assert_eq!(g.metric("gatehost_messages_received_total"), 2.0);
+    drop(g);
+
+    // With local.client_ca, only devices with a certificate of that CA get a session.
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[local]\n",
+        &format!("[local]\nclient_ca = \"{ca}\"\n"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let g = Gatehost::start(d, metrics);
+    let (chain, key) = (pki.path("dev01_chain.pem"), pki.path("dev01.key"));
+    let with_cert = ["--cafile", &ca, "--cert", &chain, "--key", &key];
+    assert!(mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/mtls",
+        "1",
+        &with_cert
+    ));
+    assert!(!mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/nocert",
+        "x",
+        &["--cafile", &ca]
+    ));
+    let (rogue_chain, rogue_key) = (pki.path("rogue_chain.pem"), pki.path("rogue.key"));
+    let rogue_cert = ["--cafile", &ca, "--cert", &rogue_chain, "--key", &rogue_key];
+    assert!(!mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/roguecert",
+        "x",
+        &rogue_cert
+    ));
+    assert!(mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/marker2",
+        "end",
+        &with_cert
+    ));
+    eventually(60, "the second marker upstream", || {
+        sub.messages().iter().any(|(t, _)| t == "dt/dev01/marker2")
+    });
+    // (The first gatehost was killed: a message it had sent may go out once more.)
+    let topics: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
+    let after: Vec<&String> = topics[2..]
+        .iter()
+        .filter(|t| *t != "dt/dev01/marker")
+        .collect();
+    assert_eq!(after, ["dt/dev01/mtls", "dt/dev01/marker2"]);
     assert_eq!(g.metric("gatehost_messages_received_total"), 2.0);
 }
 

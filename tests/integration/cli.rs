@@ -243,7 +243,7 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
         (
             "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5\"\ntls_cert = \"a.pem\"\ntls_key = \"a.key\"\nca_file = \"ca.pem\"\nclient_cert = \"gw.pem\"\nshare_group = \"a/b\"\npassword = \"p\"\n",
             &[
-                "local.tls_cert and local.tls_key are for the embedded broker",
+                "local.tls_cert, local.tls_key and local.client_ca are for the embedded broker",
                 "local.ca_file is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
                 "local.client_cert is set but mqtt://10.0.0.5:1883 is not TLS (use mqtts://)",
                 "local.client_cert and local.client_key must be given together",
@@ -256,8 +256,11 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
             &["local.broker 'tcp://10.0.0.5' is not a broker address"],
         ),
         (
-            "plugin_dirs = []\n[local]\nclient_key = \"gw.key\"\n",
-            &["local.client_key is for an external broker; local.broker is \"embedded\""],
+            "plugin_dirs = []\n[local]\nclient_key = \"gw.key\"\nclient_ca = \"ca.pem\"\n",
+            &[
+                "local.client_key is for an external broker; local.broker is \"embedded\"",
+                "local.client_ca needs local.tls_cert and local.tls_key",
+            ],
         ),
     ];
     for (config, expected) in cases {

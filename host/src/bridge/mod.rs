@@ -300,10 +300,28 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
     let (chain, key_der) = crate::caps::tls::chain_and_key_files(&cert, &config.resolve(key))
         .map_err(BridgeError::Tls)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| BridgeError::Tls(e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| BridgeError::Tls(e.to_string()))?;
+    let builder = match &config.local.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(file) => {
+            let path = config.resolve(file);
+            let name = path.display().to_string();
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| BridgeError::Tls(format!("cannot read {name}: {e}")))?;
+            let roots = crate::caps::tls::roots_from(Some((&pem, &name)))
+                .map_err(|e| BridgeError::Tls(e.message))?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| BridgeError::Tls(format!("{name}: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let server = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| BridgeError::Tls(format!("{}: {e}", cert.display())))?;
     Ok(Some(Arc::new(server)))
