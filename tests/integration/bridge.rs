@@ -1106,6 +1106,17 @@ fn the_embedded_broker_serves_local_devices_over_tls_and_mutual_tls() {
     assert_eq!(g.metric("gatehost_messages_received_total"), 2.0);
     drop(g);
 
+    // A client CA file that is not there: refused at start, naming it.
+    let with_tls = std::fs::read_to_string(&config).unwrap();
+    let missing = with_tls.replacen("[local]\n", "[local]\nclient_ca = \"missing-ca.pem\"\n", 1);
+    std::fs::write(&config, missing).unwrap();
+    let stderr = run_refused(d);
+    assert!(
+        stderr.contains("local TLS: cannot read ./missing-ca.pem"),
+        "{stderr}"
+    );
+    std::fs::write(&config, with_tls).unwrap();
+
     // With local.client_ca, only devices with a certificate of that CA get a session.
     let text = std::fs::read_to_string(&config).unwrap().replacen(
         "[local]\n",

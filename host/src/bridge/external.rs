@@ -44,8 +44,9 @@ pub struct ExternalBroker {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExternalError {
-    #[error("local.ca_file {path}: {why}")]
-    Ca { path: String, why: String },
+    /// The CA file cannot be read or holds no usable CA (the sentence names the file).
+    #[error("local.ca_file: {0}")]
+    Ca(String),
     #[error("TLS to the local broker: {0}")]
     Tls(String),
 }
@@ -110,19 +111,12 @@ impl ExternalBroker {
 
 /// Verify the broker against `local.ca_file`, or the system roots.
 fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalError> {
-    let pem = match &config.local.ca_file {
-        Some(file) => {
-            let path = config.resolve(file);
-            let text = std::fs::read_to_string(&path).map_err(|e| ExternalError::Ca {
-                path: path.display().to_string(),
-                why: e.to_string(),
-            })?;
-            Some((text, path.display().to_string()))
-        }
-        None => None,
-    };
-    let roots = crate::caps::tls::roots_from(pem.as_ref().map(|(t, p)| (t.as_str(), p.as_str())))
-        .map_err(|e| ExternalError::Tls(e.message))?;
+    let ca_file = config.local.ca_file.as_ref().map(|f| config.resolve(f));
+    let roots =
+        crate::caps::tls::roots_from_file(ca_file.as_deref()).map_err(|why| match &ca_file {
+            Some(_) => ExternalError::Ca(why),
+            None => ExternalError::Tls(why),
+        })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

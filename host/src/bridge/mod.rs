@@ -307,17 +307,13 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         None => builder.with_no_client_auth(),
         Some(file) => {
             let path = config.resolve(file);
-            let name = path.display().to_string();
-            let pem = std::fs::read_to_string(&path)
-                .map_err(|e| BridgeError::Tls(format!("cannot read {name}: {e}")))?;
-            let roots = crate::caps::tls::roots_from(Some((&pem, &name)))
-                .map_err(|e| BridgeError::Tls(e.message))?;
+            let roots = crate::caps::tls::roots_from_file(Some(&path)).map_err(BridgeError::Tls)?;
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
                 Arc::new(roots),
                 provider,
             )
             .build()
-            .map_err(|e| BridgeError::Tls(format!("{name}: {e}")))?;
+            .map_err(|e| BridgeError::Tls(format!("{}: {e}", path.display())))?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -184,6 +184,17 @@ pub fn chain_and_key_files(
     Ok((chain, key))
 }
 
+/// Trust anchors from a CA file the gateway config names (PEM), or the system roots without one.
+/// Errors name the file.
+pub fn roots_from_file(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
+    let Some(path) = ca_file else {
+        return roots_from(None).map_err(|e| e.message);
+    };
+    let name = path.display().to_string();
+    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
+    roots_from(Some((&pem, &name))).map_err(|e| e.message)
+}
+
 /// Trust anchors: the CA certificates of a PEM text (with the name to quote in errors), or the
 /// system roots.
 pub fn roots_from(ca_pem: Option<(&str, &str)>) -> Result<RootCertStore, PluginError> {
