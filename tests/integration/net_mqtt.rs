@@ -693,3 +693,105 @@ fn insecure_skip_verify_comes_only_from_the_device_config() {
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Tls | ErrorKind::Closed), "{e}");
 }
+
+/// Plain MQTT options for `client` on the local broker at `port`.
+fn plain_options(port: u16, client: &str, protocol: ProtocolVersion) -> ConnectOptions {
+    ConnectOptions {
+        host: "127.0.0.1".into(),
+        port,
+        client_id: client.into(),
+        username: None,
+        password: None,
+        keep_alive_secs: 30,
+        clean_session: true,
+        protocol,
+        tls: None,
+        connect_timeout_ms: 3000,
+    }
+}
+
+#[test]
+fn qos2_goes_both_ways_exactly_once_within_the_brokers_receive_maximum() {
+    let pki = Pki::new();
+    // mosquitto's defaults: 20 QoS 2 messages in flight per client (it drops those beyond that
+    // from MQTT 3.1.1 clients while acknowledging them).
+    let default = Mosquitto::start(&pki.dir, "allow_anonymous true");
+    // MQTT 5 clients learn from this one's CONNACK that it takes 2 unacknowledged publishes
+    // (mosquitto sends max_inflight_messages as the receive maximum) and packets of 300 bytes.
+    let strict = Mosquitto::start(
+        &pki.dir,
+        "allow_anonymous true\nmax_inflight_messages 2\nmax_packet_size 300",
+    );
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    for (protocol, port) in [
+        (ProtocolVersion::Mqtt311, default.port),
+        (ProtocolVersion::Mqtt5, default.port),
+        (ProtocolVersion::Mqtt5, strict.port),
+    ] {
+        let client = format!("q2-{protocol:?}-{port}");
+        let mut s = MqttSession::connect(&ctx, &plain_options(port, &client, protocol)).unwrap();
+        let topic = format!("q2/{client}");
+        s.subscribe(&format!("{topic}/#"), 2).unwrap();
+        // PUBLISH, PUBREC, PUBREL, PUBCOMP out; PUBLISH, PUBREC, PUBREL, PUBCOMP back.
+        let batch: Vec<Message> = (0..60)
+            .map(|i| Message::new(format!("{topic}/seq"), format!("{i}"), 2))
+            .collect();
+        s.publish_batch(&batch).unwrap();
+        for i in 0..60 {
+            let m = s
+                .receive(Duration::from_secs(5))
+                .unwrap()
+                .unwrap_or_else(|| panic!("{client}: message {i} comes back"));
+            assert_eq!(
+                (m.payload, m.qos),
+                (i.to_string().into_bytes(), 2),
+                "{client}"
+            );
+        }
+        assert_eq!(
+            s.receive(Duration::from_millis(300)).unwrap(),
+            None,
+            "{client}: each exactly once"
+        );
+    }
+
+    // A packet over the broker's maximum is refused before it is sent, and the session lives on.
+    let mut s = MqttSession::connect(
+        &ctx,
+        &plain_options(strict.port, "big", ProtocolVersion::Mqtt5),
+    )
+    .unwrap();
+    s.subscribe("big/#", 1).unwrap();
+    let e = s
+        .publish(&Message::new("big/one", vec![b'x'; 400], 1))
+        .unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Refused, "{e}");
+    assert!(
+        e.message
+            .contains("is larger than the broker takes (300 bytes)"),
+        "{e}"
+    );
+    s.publish(&Message::new("big/small", "fits", 1)).unwrap();
+    let m = s
+        .receive(Duration::from_secs(5))
+        .unwrap()
+        .expect("the small one");
+    assert_eq!(m.payload, b"fits");
+}
+
+#[test]
+fn pings_keep_an_idle_session_open() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki.dir, "allow_anonymous true");
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    let mut o = plain_options(broker.port, "idle", ProtocolVersion::Mqtt311);
+    o.keep_alive_secs = 5;
+    let mut s = MqttSession::connect(&ctx, &o).unwrap();
+    s.subscribe("idle/#", 1).unwrap();
+    // mosquitto closes a client it has heard nothing from for 1.5 keep-alives (7.5 s).
+    std::thread::sleep(Duration::from_secs(9));
+    s.publish(&Message::new("idle/after", "still here", 1))
+        .unwrap();
+    let m = s.receive(Duration::from_secs(5)).unwrap().expect("echo");
+    assert_eq!(m.payload, b"still here");
+}

@@ -1,5 +1,5 @@
 //! The publishes a session has handed to its connection and not yet seen completed, in two
-//! halves. [`PacketIds`] lives on the connection's reader thread: publishes go out in the order
+//! halves. [`PacketIds`] lives on the connection's thread: publishes go out in the order
 //! they were handed over, so the n-th PUBLISH out is serial n, and it turns the broker's
 //! acknowledgements of packet ids into completions of serials (a QoS 0 publish is complete once
 //! out). [`InFlight`] lives with the session: which serials are complete, how many at the front
@@ -9,7 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-/// The reader thread's half: packet id → serial of the open QoS 1/2 publish that carries it.
+/// The connection thread's half: packet id → serial of the open QoS 1/2 publish that carries it.
 #[derive(Default)]
 pub struct PacketIds {
     /// The serial the next PUBLISH out gets.
@@ -27,6 +27,23 @@ impl PacketIds {
         }
         self.open.insert(pkid, serial);
         None
+    }
+
+    /// The next publish could not be sent at all: its serial (it is complete, failed).
+    pub fn skipped(&mut self) -> u64 {
+        let serial = self.next;
+        self.next += 1;
+        serial
+    }
+
+    /// How many QoS 1/2 publishes are out and not acknowledged.
+    pub fn open(&self) -> usize {
+        self.open.len()
+    }
+
+    /// Whether an open publish carries `pkid`.
+    pub fn is_open(&self, pkid: u16) -> bool {
+        self.open.contains_key(&pkid)
     }
 
     /// The broker acknowledged `pkid`: the serial it completes, `None` when no publish in

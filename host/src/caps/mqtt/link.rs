@@ -1,47 +1,44 @@
-//! The wire side of an MQTT session: one rumqttc client and connection, MQTT 3.1.1 or 5, with
-//! their events and errors turned into one vocabulary ([`LinkEvent`], [`PluginError`]) so the
-//! session logic in `mod.rs` is written once for both protocol versions. A reader thread per
-//! link drives the connection (so pings go out while nobody waits on the session) and hands its
-//! events over a channel, which a [`Waker`] can also interrupt: a caller waits on the
-//! connection and on its own news at once, with the channel's precise timeouts.
+//! The wire side of an MQTT session: one connection (TCP, optionally rustls), MQTT 3.1.1 or 5,
+//! driven by its own thread so pings go out while nobody waits on the session. The session
+//! hands requests over a channel; the connection thread takes every request waiting at once
+//! (up to the in-flight window), encodes them into one buffer and writes it with one flush, so
+//! a burst of publishes costs one TLS record and one system call rather than one each. What the
+//! broker says comes back as [`LinkEvent`]s on a channel a [`Waker`] can also interrupt: a
+//! caller waits on the connection and on its own news at once, with precise timeouts.
 
+use super::errors::{io_failure, refused, tls_failure};
 use super::inflight::PacketIds;
-use super::{err, io_failure, tls_failure, MAX_PAYLOAD_BYTES};
-use crate::caps::tls;
+use super::wire::{Codec, Incoming, Outgoing};
+use super::{err, MAX_PAYLOAD_BYTES};
 use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
-use rumqttc::{v5, QoS, TlsConfiguration, Transport};
+use bytes::BytesMut;
+use rumqttc::mqttbytes::QoS;
+use rustls_pki_types::ServerName;
+use std::collections::HashSet;
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// What the connection reported, in protocol-neutral terms.
 #[derive(Debug)]
 pub enum LinkEvent {
-    /// CONNACK: accepted, or the refusal reason.
-    ConnAck(Result<(), String>),
+    /// CONNACK accepting the session (a refusal ends the link with an error).
+    Connected,
     /// SUBACK for the first filter: accepted, or the refusal reason.
     SubAck(Result<(), String>),
     /// The publish with this serial (the n-th handed over, from 0) is complete: acknowledged
-    /// (PUBACK or PUBCOMP), or out for QoS 0; accepted, or (MQTT 5) the refusal reason.
+    /// (PUBACK or PUBCOMP), or written for QoS 0; accepted, or the refusal reason.
     Completed(u64, Result<(), String>),
     /// A message from a subscription.
     Message(Message),
     /// A [`Waker`] was called.
     Woken,
-    /// Anything else (pings, outgoing acks).
-    Other,
 }
 
 type Item = Result<LinkEvent, PluginError>;
-
-/// What the connection reported, with packet ids not yet turned into serials.
-enum Wire {
-    Event(LinkEvent),
-    /// A PUBLISH went out with this packet id (0 for QoS 0).
-    Sent(u16),
-    /// PUBACK or PUBCOMP for this packet id: accepted, or (MQTT 5) the refusal reason.
-    Acked(u16, Result<(), String>),
-}
 
 /// Everything needed to open a link.
 pub struct LinkOptions<'a> {
@@ -53,20 +50,22 @@ pub struct LinkOptions<'a> {
     pub keep_alive: Duration,
     pub clean_session: bool,
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// Whole seconds, as rumqttc counts them.
-    pub connect_timeout_secs: u64,
+    /// For TCP, TLS and the CONNACK together.
+    pub connect_timeout: Duration,
 }
 
-enum Client {
-    V311(rumqttc::Client),
-    V5(v5::Client),
+/// What a session asks of its connection.
+enum Request {
+    Publish(Message, QoS),
+    Subscribe(String, QoS),
+    Disconnect,
 }
 
-/// The client half of a connection whose reader thread sends its events to `events`.
+/// The session's half of a connection whose thread sends its events to `events`.
 pub struct Link {
-    client: Client,
+    requests: mpsc::Sender<Request>,
     events: Receiver<Item>,
-    /// For wakers: the same channel the reader thread sends to.
+    /// For wakers: the same channel the connection thread sends to.
     sender: SyncSender<Item>,
 }
 
@@ -82,86 +81,66 @@ impl Waker {
     }
 }
 
-/// The request channel's capacity: how many publishes may be queued ahead of the socket.
+/// The request channel's capacity: how many requests may wait for the connection thread.
 const CHANNEL_CAPACITY: usize = 64;
-/// How many events the reader thread may be ahead of the session (then the connection waits:
-/// TCP flow control toward the broker).
+/// How many events the connection thread may be ahead of the session (then it waits, and TCP
+/// flow control holds the broker back).
 const EVENT_CAPACITY: usize = 1024;
+/// QoS 1/2 publishes sent and not yet acknowledged, at most (fewer if the broker says so).
+const MAX_IN_FLIGHT: usize = 100;
+/// QoS 2 publishes in flight at most with MQTT 3.1.1, whose brokers cannot say how many they
+/// take: mosquitto takes `max_inflight_messages` (20 by default) and drops the QoS 2 messages
+/// beyond it while acknowledging them as if received (MQTT 3.1.1's PUBREC has no reason code).
+/// MQTT 5 brokers say their receive maximum in the CONNACK.
+const MQTT311_EXACTLY_ONCE_IN_FLIGHT: usize = 10;
 const MAX_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
+/// How long a write may wait for the broker to take the bytes.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Read in pieces of at least this much.
+const READ_CHUNK: usize = 16 * 1024;
 
 impl Link {
-    /// Set up the client and start the reader thread; the CONNECT goes out at once.
+    /// Start the connection thread; the TCP connection, TLS handshake and CONNECT begin at once.
     pub fn open(o: LinkOptions<'_>) -> Result<Link, PluginError> {
-        // Small MQTT packets must not wait for Nagle's algorithm: with several publishes in
-        // flight, the last one would sit until the broker's delayed ACK (about 40 ms).
-        let mut network = rumqttc::NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        network.set_connection_timeout(o.connect_timeout_secs);
-        let transport = o
-            .tls
-            .map(|config| Transport::tls_with_config(TlsConfiguration::Rustls(config)));
-        let endpoint = format!("{}:{}", o.host, o.port);
+        let (requests, requests_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (sender, events) = sync_channel(EVENT_CAPACITY);
-        let tx = sender.clone();
-        let name = format!("mqtt {endpoint}");
-        let (client, reader): (Client, Box<dyn FnOnce() + Send>) = match o.protocol {
-            ProtocolVersion::Mqtt311 => {
-                let mut options = rumqttc::MqttOptions::new(o.client_id, o.host, o.port);
-                options.set_keep_alive(o.keep_alive);
-                options.set_clean_session(o.clean_session);
-                options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
-                if let Some((user, password)) = o.credentials {
-                    options.set_credentials(user, password);
-                }
-                if let Some(transport) = transport {
-                    options.set_transport(transport);
-                }
-                let (client, mut connection) = rumqttc::Client::new(options, CHANNEL_CAPACITY);
-                connection.eventloop.set_network_options(network);
-                let read = move || {
-                    forward_events(&tx, || match connection.recv() {
-                        Err(_) => None,
-                        Ok(Ok(event)) => Some(Ok(v311_event(event))),
-                        Ok(Err(e)) => Some(Err(v311_error(&endpoint, e))),
-                    })
-                };
-                (Client::V311(client), Box::new(read))
-            }
-            ProtocolVersion::Mqtt5 => {
-                let mut options = v5::MqttOptions::new(o.client_id, o.host, o.port);
-                options.set_keep_alive(o.keep_alive);
-                options.set_clean_start(o.clean_session);
-                options.set_max_packet_size(Some(MAX_PACKET as u32));
-                options.set_connection_timeout(o.connect_timeout_secs);
-                options.set_network_options(network);
-                if let Some((user, password)) = o.credentials {
-                    options.set_credentials(user, password);
-                }
-                if let Some(transport) = transport {
-                    options.set_transport(transport);
-                }
-                let (client, mut connection) = v5::Client::new(options, CHANNEL_CAPACITY);
-                let read = move || {
-                    forward_events(&tx, || match connection.recv() {
-                        Err(_) => None,
-                        Ok(Ok(event)) => Some(Ok(v5_event(event))),
-                        Ok(Err(e)) => Some(Err(v5_error(&endpoint, e))),
-                    })
-                };
-                (Client::V5(client), Box::new(read))
-            }
+        let endpoint = format!("{}:{}", o.host, o.port);
+        let connection = Connection {
+            endpoint: endpoint.clone(),
+            host: o.host.to_owned(),
+            port: o.port,
+            client_id: o.client_id.to_owned(),
+            credentials: o.credentials,
+            keep_alive: o.keep_alive,
+            clean_session: o.clean_session,
+            tls: o.tls,
+            connect_timeout: o.connect_timeout,
+            codec: Codec::new(o.protocol, MAX_PACKET),
+            events: sender.clone(),
+            out: BytesMut::with_capacity(READ_CHUNK),
+            ids: PacketIds::default(),
+            last_pkid: 0,
+            subscribing: HashSet::new(),
+            receiving: HashSet::new(),
+            max_in_flight: MAX_IN_FLIGHT,
+            exactly_once: HashSet::new(),
+            max_exactly_once: match o.protocol {
+                ProtocolVersion::Mqtt311 => MQTT311_EXACTLY_ONCE_IN_FLIGHT,
+                ProtocolVersion::Mqtt5 => MAX_IN_FLIGHT,
+            },
+            written: Vec::new(),
         };
         std::thread::Builder::new()
-            .name(name)
-            .spawn(reader)
+            .name(format!("mqtt {endpoint}"))
+            .spawn(move || connection.run(requests_rx))
             .map_err(|e| {
                 err(
                     ErrorKind::Io,
-                    format!("cannot start an MQTT reader thread: {e}"),
+                    format!("cannot start an MQTT connection thread: {e}"),
                 )
             })?;
         Ok(Link {
-            client,
+            requests,
             events,
             sender,
         })
@@ -175,34 +154,20 @@ impl Link {
     /// Queue a SUBSCRIBE unless the request channel is full; `false` = full (or closed: the
     /// next [`Link::recv`] says which).
     pub fn try_subscribe(&self, filter: &str, qos: QoS) -> bool {
-        match &self.client {
-            Client::V311(client) => client.try_subscribe(filter, qos).is_ok(),
-            Client::V5(client) => client.try_subscribe(filter, v5_qos(qos)).is_ok(),
-        }
+        self.requests
+            .try_send(Request::Subscribe(filter.to_owned(), qos))
+            .is_ok()
     }
 
     /// Queue a PUBLISH unless the request channel is full; `false` = full (or closed: the next
     /// [`Link::recv`] says which).
     pub fn try_publish(&self, m: &Message, qos: QoS) -> bool {
-        match &self.client {
-            Client::V311(client) => client
-                .try_publish(m.topic.as_str(), qos, m.retain, m.payload.clone())
-                .is_ok(),
-            Client::V5(client) => {
-                let properties = v5::mqttbytes::v5::PublishProperties {
-                    user_properties: m.properties.clone(),
-                    ..Default::default()
-                };
-                client
-                    .try_publish_with_properties(
-                        m.topic.as_str(),
-                        v5_qos(qos),
-                        m.retain,
-                        m.payload.clone(),
-                        properties,
-                    )
-                    .is_ok()
+        match self.requests.try_reserve() {
+            Ok(permit) => {
+                permit.send(Request::Publish(m.clone(), qos));
+                true
             }
+            Err(_) => false,
         }
     }
 
@@ -210,10 +175,7 @@ impl Link {
     /// connection all the same).
     pub fn disconnect(&self) {
         // A closed channel means the connection is already gone, which is what was asked for.
-        match &self.client {
-            Client::V311(client) => drop(client.try_disconnect()),
-            Client::V5(client) => drop(client.try_disconnect()),
-        }
+        let _ = self.requests.try_send(Request::Disconnect);
     }
 
     /// The next event, or `Ok(None)` after `timeout`. Errors name `endpoint`.
@@ -233,218 +195,472 @@ impl Link {
     }
 }
 
-/// The reader thread: pass `next`'s events on until the connection fails (the error is the last
-/// item), the client is gone (`None`), or nobody listens any more. Pings, outgoing acks and
-/// publishes going out stay here; acknowledgements go on as completions of serials.
-fn forward_events(
-    tx: &SyncSender<Item>,
-    mut next: impl FnMut() -> Option<Result<Wire, PluginError>>,
-) {
-    let mut ids = PacketIds::default();
-    loop {
-        let item = match next() {
-            None => return,
-            Some(Err(e)) => Err(e),
-            Some(Ok(Wire::Event(LinkEvent::Other))) => continue,
-            Some(Ok(Wire::Event(event))) => Ok(event),
-            Some(Ok(Wire::Sent(pkid))) => match ids.sent(pkid) {
-                Some(serial) => Ok(LinkEvent::Completed(serial, Ok(()))),
-                None => continue,
-            },
-            Some(Ok(Wire::Acked(pkid, result))) => match ids.acked(pkid) {
-                Some(serial) => Ok(LinkEvent::Completed(serial, result)),
-                None => continue,
-            },
+/// A byte stream to the broker: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The connection thread's state.
+struct Connection {
+    endpoint: String,
+    host: String,
+    port: u16,
+    client_id: String,
+    credentials: Option<(String, String)>,
+    keep_alive: Duration,
+    clean_session: bool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    connect_timeout: Duration,
+    codec: Codec,
+    events: SyncSender<Item>,
+    /// Packets encoded and not yet written.
+    out: BytesMut,
+    /// Packet ids of our QoS 1/2 publishes in flight → their serials.
+    ids: PacketIds,
+    last_pkid: u16,
+    /// Packet ids of SUBSCRIBEs waiting for their SUBACK.
+    subscribing: HashSet<u16>,
+    /// Packet ids of QoS 2 messages received and not yet released by the broker.
+    receiving: HashSet<u16>,
+    max_in_flight: usize,
+    /// Packet ids of our QoS 2 publishes in flight.
+    exactly_once: HashSet<u16>,
+    /// How many of those at most.
+    max_exactly_once: usize,
+    /// Serials of QoS 0 publishes in `out`: complete once it is written.
+    written: Vec<u64>,
+}
+
+/// Why the connection thread stops.
+enum Stop {
+    /// The session asked for it, or is gone.
+    Done,
+    /// Nobody listens for events any more.
+    Unheard,
+    Failed(PluginError),
+}
+
+impl From<PluginError> for Stop {
+    fn from(e: PluginError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl Connection {
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        let stop = match runtime {
+            Ok(runtime) => runtime.block_on(self.serve(requests)),
+            Err(e) => Stop::Failed(err(
+                ErrorKind::Io,
+                format!("cannot start an MQTT connection runtime: {e}"),
+            )),
         };
-        let last = item.is_err();
-        match tx.try_send(item) {
-            Ok(()) => {}
-            Err(TrySendError::Full(item)) => {
-                if tx.send(item).is_err() {
-                    return;
+        // The last item tells the session the link is over.
+        let last = match stop {
+            Stop::Unheard => return,
+            Stop::Done => err(
+                ErrorKind::Closed,
+                format!(
+                    "{} closed the connection: the session is closed",
+                    self.endpoint
+                ),
+            ),
+            Stop::Failed(e) => e,
+        };
+        let _ = self.events.send(Err(last));
+    }
+
+    async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> Stop {
+        let connected = tokio::time::timeout(self.connect_timeout, self.connect()).await;
+        let mut stream = match connected {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Stop::Failed(e),
+            Err(_) => {
+                return Stop::Failed(err(
+                    ErrorKind::Timeout,
+                    format!("{} did not answer in time", self.endpoint),
+                ))
+            }
+        };
+        if !self.emit(Ok(LinkEvent::Connected)) {
+            return Stop::Unheard;
+        }
+        let stop = self.exchange(&mut stream, &mut requests).await;
+        if let Stop::Done = stop {
+            // Say goodbye; the session is over whether or not the broker hears it.
+            self.out.clear();
+            if self
+                .codec
+                .encode(Outgoing::Disconnect, &mut self.out)
+                .is_ok()
+            {
+                let _ = self.write(&mut stream).await;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(200), stream.shutdown()).await;
+        }
+        stop
+    }
+
+    /// Open the TCP connection (and TLS), send the CONNECT and wait for the CONNACK.
+    async fn connect(&mut self) -> Result<Box<dyn Stream>, PluginError> {
+        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| io_failure(&self.endpoint, &e))?;
+        // Small packets must not wait for Nagle's algorithm: the last of a burst would sit until
+        // the broker's delayed ACK (about 40 ms).
+        tcp.set_nodelay(true)
+            .map_err(|e| io_failure(&self.endpoint, &e))?;
+        let mut stream: Box<dyn Stream> = match &self.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = ServerName::try_from(self.host.clone()).map_err(|_| {
+                    tls_failure(
+                        &self.endpoint,
+                        &format!("'{}' is not a valid DNS name or IP address", self.host),
+                    )
+                })?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| io_failure(&self.endpoint, &e))?;
+                Box::new(tls)
+            }
+        };
+        let keep_alive_secs = u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX);
+        self.codec
+            .encode(
+                Outgoing::Connect {
+                    client_id: &self.client_id,
+                    keep_alive_secs,
+                    clean_session: self.clean_session,
+                    credentials: self.credentials.as_ref(),
+                },
+                &mut self.out,
+            )
+            .map_err(|why| {
+                err(
+                    ErrorKind::InvalidInput,
+                    format!("cannot send the CONNECT: {why}"),
+                )
+            })?;
+        self.write(&mut stream).await?;
+        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        loop {
+            match self.codec.decode(&mut inbuf) {
+                Err(why) => return Err(self.protocol_error(&why)),
+                Ok(Some(Incoming::ConnAck(Ok(limits)))) => {
+                    self.codec.set_limits(limits);
+                    if let Some(max) = limits.receive_maximum {
+                        self.max_in_flight = self.max_in_flight.min(usize::from(max.max(1)));
+                    }
+                    return Ok(stream);
+                }
+                Ok(Some(Incoming::ConnAck(Err(why)))) => return Err(refused(&why)),
+                Ok(Some(Incoming::Disconnect(why))) => return Err(self.disconnected(&why)),
+                // Nothing else may come before the CONNACK; wait for it (or the timeout).
+                Ok(Some(_)) => continue,
+                Ok(None) => self.read(&mut stream, &mut inbuf).await?,
+            }
+        }
+    }
+
+    /// Serve the session until it is done or the connection fails.
+    async fn exchange(
+        &mut self,
+        stream: &mut Box<dyn Stream>,
+        requests: &mut mpsc::Receiver<Request>,
+    ) -> Stop {
+        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
+        let keep_alive = self.keep_alive;
+        // When to ping if nothing else is sent; while a ping is out, when it is overdue.
+        let mut ping_at = Instant::now() + keep_alive;
+        let mut ping_out = false;
+        // A request taken from the channel that waits for room in flight (order is kept).
+        let mut parked: Option<Request> = None;
+        loop {
+            if let Some(request) = parked.take() {
+                if self.has_room_for(&request) {
+                    match self.take_request(request) {
+                        Ok(true) => {}
+                        Ok(false) => return Stop::Done,
+                        Err(stop) => return stop,
+                    }
+                } else {
+                    parked = Some(request);
                 }
             }
-            Err(TrySendError::Disconnected(_)) => return,
-        }
-        if last {
-            return;
-        }
-    }
-}
-
-fn v5_qos(qos: QoS) -> v5::mqttbytes::QoS {
-    match qos {
-        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
-    }
-}
-
-fn v311_event(event: rumqttc::Event) -> Wire {
-    use rumqttc::{ConnectReturnCode, Event, Incoming, Outgoing, SubscribeReasonCode};
-    Wire::Event(match event {
-        Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck(match ack.code {
-            ConnectReturnCode::Success => Ok(()),
-            code => Err(v311_refusal(code).into()),
-        }),
-        Event::Incoming(Incoming::SubAck(ack)) => {
-            LinkEvent::SubAck(match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Failure) => Err("failure".into()),
-                _ => Ok(()),
-            })
-        }
-        Event::Outgoing(Outgoing::Publish(pkid)) => return Wire::Sent(pkid),
-        Event::Incoming(Incoming::PubAck(ack)) => return Wire::Acked(ack.pkid, Ok(())),
-        Event::Incoming(Incoming::PubComp(comp)) => return Wire::Acked(comp.pkid, Ok(())),
-        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(Message {
-            topic: p.topic,
-            payload: p.payload.to_vec(),
-            qos: p.qos as u8,
-            retain: p.retain,
-            properties: Vec::new(),
-        }),
-        _ => LinkEvent::Other,
-    })
-}
-
-fn v5_event(event: v5::Event) -> Wire {
-    use v5::mqttbytes::v5::{ConnectReturnCode, PubAckReason, PubCompReason, SubscribeReasonCode};
-    use v5::{Event, Incoming};
-    Wire::Event(match event {
-        Event::Incoming(Incoming::ConnAck(ack)) => LinkEvent::ConnAck(match ack.code {
-            ConnectReturnCode::Success => Ok(()),
-            code => Err(reason_text(&format!("{code:?}"))),
-        }),
-        Event::Incoming(Incoming::SubAck(ack)) => {
-            LinkEvent::SubAck(match ack.return_codes.first() {
-                Some(SubscribeReasonCode::Success(_)) | None => Ok(()),
-                Some(code) => Err(reason_text(&format!("{code:?}"))),
-            })
-        }
-        Event::Outgoing(rumqttc::Outgoing::Publish(pkid)) => return Wire::Sent(pkid),
-        Event::Incoming(Incoming::PubAck(ack)) => {
-            return Wire::Acked(
-                ack.pkid,
-                match ack.reason {
-                    PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
-                    other => Err(reason_text(&format!("{other:?}"))),
+            if !self.out.is_empty() {
+                if let Err(e) = self.write(stream).await {
+                    return Stop::Failed(e);
+                }
+                if !ping_out || ping_at <= Instant::now() {
+                    ping_at = Instant::now() + keep_alive;
+                }
+                for serial in std::mem::take(&mut self.written) {
+                    if !self.emit(Ok(LinkEvent::Completed(serial, Ok(())))) {
+                        return Stop::Unheard;
+                    }
+                }
+            }
+            if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+                inbuf.reserve(READ_CHUNK);
+            }
+            let room = parked.is_none() && self.ids.open() < self.max_in_flight;
+            tokio::select! {
+                read = stream.read_buf(&mut inbuf) => match read {
+                    Ok(0) => return Stop::Failed(io_failure(
+                        &self.endpoint,
+                        &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
+                    )),
+                    Ok(_) => {
+                        if let Err(stop) = self.take_incoming(&mut inbuf, &mut ping_out) {
+                            return stop;
+                        }
+                    }
+                    Err(e) => return Stop::Failed(io_failure(&self.endpoint, &e)),
                 },
-            )
-        }
-        Event::Incoming(Incoming::PubComp(comp)) => {
-            return Wire::Acked(
-                comp.pkid,
-                match comp.reason {
-                    PubCompReason::Success => Ok(()),
-                    other => Err(reason_text(&format!("{other:?}"))),
+                request = requests.recv(), if room => {
+                    let Some(mut request) = request else { return Stop::Done };
+                    // Everything else already waiting goes out in the same write.
+                    loop {
+                        if !self.has_room_for(&request) {
+                            parked = Some(request);
+                            break;
+                        }
+                        match self.take_request(request) {
+                            Ok(true) => {}
+                            Ok(false) => return Stop::Done,
+                            Err(stop) => return stop,
+                        }
+                        match requests.try_recv() {
+                            Ok(next) => request = next,
+                            Err(_) => break,
+                        }
+                    }
                 },
-            )
+                _ = tokio::time::sleep_until(ping_at) => {
+                    if ping_out {
+                        return Stop::Failed(err(
+                            ErrorKind::Timeout,
+                            format!(
+                                "{} did not answer a ping within {} s",
+                                self.endpoint,
+                                keep_alive.as_secs()
+                            ),
+                        ));
+                    }
+                    if self.codec.encode(Outgoing::PingReq, &mut self.out).is_ok() {
+                        ping_out = true;
+                    }
+                },
+            }
         }
-        Event::Incoming(Incoming::Publish(p)) => LinkEvent::Message(v5_message(&p)),
-        _ => LinkEvent::Other,
-    })
-}
-
-/// An MQTT 5 PUBLISH as a message (user properties kept).
-pub fn v5_message(p: &v5::mqttbytes::v5::Publish) -> Message {
-    Message {
-        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-        payload: p.payload.to_vec(),
-        qos: p.qos as u8,
-        retain: p.retain,
-        properties: p
-            .properties
-            .as_ref()
-            .map(|props| props.user_properties.clone())
-            .unwrap_or_default(),
     }
-}
 
-/// `NotAuthorized` → `not authorized`: MQTT 5 reason codes as words.
-fn reason_text(debug_name: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in debug_name.chars().enumerate() {
-        if c.is_uppercase() && i > 0 {
-            out.push(' ');
+    /// Whether `request` may go now: QoS 1/2 publishes wait while the in-flight window is full.
+    fn has_room_for(&self, request: &Request) -> bool {
+        match request {
+            Request::Publish(_, QoS::AtMostOnce) | Request::Subscribe(..) | Request::Disconnect => {
+                true
+            }
+            Request::Publish(_, QoS::AtLeastOnce) => self.ids.open() < self.max_in_flight,
+            Request::Publish(_, QoS::ExactlyOnce) => {
+                self.ids.open() < self.max_in_flight
+                    && self.exactly_once.len() < self.max_exactly_once
+            }
         }
-        out.extend(c.to_lowercase());
     }
-    out
-}
 
-fn v311_refusal(code: rumqttc::ConnectReturnCode) -> &'static str {
-    use rumqttc::ConnectReturnCode as C;
-    match code {
-        C::RefusedProtocolVersion => "unacceptable protocol version",
-        C::BadClientId => "client id rejected",
-        C::ServiceUnavailable => "server unavailable",
-        C::BadUserNamePassword => "bad user name or password",
-        C::NotAuthorized => "not authorized",
-        C::Success => "success",
-    }
-}
-
-fn refused(why: &str) -> PluginError {
-    err(
-        ErrorKind::Refused,
-        format!("the broker refused the connection: {why}"),
-    )
-}
-
-fn v311_error(endpoint: &str, e: rumqttc::ConnectionError) -> PluginError {
-    use rumqttc::ConnectionError as E;
-    match e {
-        E::ConnectionRefused(code) => refused(v311_refusal(code)),
-        E::NetworkTimeout => err(
-            ErrorKind::Timeout,
-            format!("{endpoint} did not answer in time"),
-        ),
-        E::Tls(rumqttc::TlsError::Io(io)) | E::Io(io) => io_failure(endpoint, &io),
-        E::MqttState(rumqttc::StateError::Io(io))
-        | E::MqttState(rumqttc::StateError::Deserialization(rumqttc::mqttbytes::Error::Io(io))) => {
-            io_failure(endpoint, &io)
+    /// Encode one request into `out`; `false` when it is the session's DISCONNECT.
+    fn take_request(&mut self, request: Request) -> Result<bool, Stop> {
+        match request {
+            Request::Disconnect => return Ok(false),
+            Request::Subscribe(filter, qos) => {
+                let pkid = self.next_pkid();
+                let packet = Outgoing::Subscribe {
+                    filter: &filter,
+                    qos,
+                    pkid,
+                };
+                match self.codec.encode(packet, &mut self.out) {
+                    Ok(()) => {
+                        self.subscribing.insert(pkid);
+                    }
+                    Err(why) => {
+                        let refusal = format!("cannot subscribe to '{filter}': {why}");
+                        if !self.emit(Ok(LinkEvent::SubAck(Err(refusal)))) {
+                            return Err(Stop::Unheard);
+                        }
+                    }
+                }
+            }
+            Request::Publish(message, qos) => {
+                let pkid = match qos {
+                    QoS::AtMostOnce => 0,
+                    _ => self.next_pkid(),
+                };
+                let packet = Outgoing::Publish {
+                    message: &message,
+                    qos,
+                    pkid,
+                };
+                match self.codec.encode(packet, &mut self.out) {
+                    Ok(()) => {
+                        if let Some(serial) = self.ids.sent(pkid) {
+                            self.written.push(serial);
+                        }
+                        if qos == QoS::ExactlyOnce {
+                            self.exactly_once.insert(pkid);
+                        }
+                    }
+                    // Not sent: it is complete, with the reason it could not go.
+                    Err(why) => {
+                        let serial = self.ids.skipped();
+                        if !self.emit(Ok(LinkEvent::Completed(serial, Err(why)))) {
+                            return Err(Stop::Unheard);
+                        }
+                    }
+                }
+            }
         }
-        E::Tls(rumqttc::TlsError::TLS(e)) => tls_failure(endpoint, &tls::describe(&e)),
-        E::Tls(e) => tls_failure(endpoint, &e.to_string()),
-        other => err(
+        Ok(true)
+    }
+
+    /// Handle every whole packet in `inbuf`; answers go to `out`.
+    fn take_incoming(&mut self, inbuf: &mut BytesMut, ping_out: &mut bool) -> Result<(), Stop> {
+        loop {
+            let packet = match self.codec.decode(inbuf) {
+                Ok(Some(packet)) => packet,
+                Ok(None) => return Ok(()),
+                Err(why) => return Err(Stop::Failed(self.protocol_error(&why))),
+            };
+            let event = match packet {
+                Incoming::Acked(pkid, result) => {
+                    self.exactly_once.remove(&pkid);
+                    self.ids
+                        .acked(pkid)
+                        .map(|serial| LinkEvent::Completed(serial, result))
+                }
+                Incoming::Received(pkid) => {
+                    self.answer(Outgoing::PubRel(pkid));
+                    None
+                }
+                Incoming::Released(pkid) => {
+                    self.receiving.remove(&pkid);
+                    self.answer(Outgoing::PubComp(pkid));
+                    None
+                }
+                Incoming::SubAck(pkid, result) => {
+                    self.subscribing.remove(&pkid);
+                    Some(LinkEvent::SubAck(result))
+                }
+                Incoming::Publish(message, pkid) => match message.qos {
+                    1 => {
+                        self.answer(Outgoing::PubAck(pkid));
+                        Some(LinkEvent::Message(message))
+                    }
+                    2 => {
+                        self.answer(Outgoing::PubRec(pkid));
+                        // A resend before our PUBREC arrived is the same message.
+                        self.receiving
+                            .insert(pkid)
+                            .then_some(LinkEvent::Message(message))
+                    }
+                    _ => Some(LinkEvent::Message(message)),
+                },
+                Incoming::PingResp => {
+                    *ping_out = false;
+                    None
+                }
+                Incoming::Disconnect(why) => return Err(Stop::Failed(self.disconnected(&why))),
+                Incoming::ConnAck(_) | Incoming::Unexpected => None,
+            };
+            if let Some(event) = event {
+                if !self.emit(Ok(event)) {
+                    return Err(Stop::Unheard);
+                }
+            }
+        }
+    }
+
+    /// Queue an acknowledgement (these are a few bytes and always encode).
+    fn answer(&mut self, packet: Outgoing<'_>) {
+        let _ = self.codec.encode(packet, &mut self.out);
+    }
+
+    /// A packet id no publish or subscription in flight carries.
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let pkid = self.last_pkid;
+            if !self.ids.is_open(pkid) && !self.subscribing.contains(&pkid) {
+                return pkid;
+            }
+        }
+    }
+
+    /// Write and flush everything in `out`.
+    async fn write(&mut self, stream: &mut Box<dyn Stream>) -> Result<(), PluginError> {
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        })
+        .await;
+        self.out.clear();
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(io_failure(&self.endpoint, &e)),
+            Err(_) => Err(err(
+                ErrorKind::Timeout,
+                format!(
+                    "{} took no data for {} s",
+                    self.endpoint,
+                    WRITE_TIMEOUT.as_secs()
+                ),
+            )),
+        }
+    }
+
+    /// Read more bytes into `inbuf`; the end of the stream is an error.
+    async fn read(
+        &self,
+        stream: &mut Box<dyn Stream>,
+        inbuf: &mut BytesMut,
+    ) -> Result<(), PluginError> {
+        inbuf.reserve(READ_CHUNK);
+        match stream.read_buf(inbuf).await {
+            Ok(0) => Err(io_failure(
+                &self.endpoint,
+                &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
+            )),
+            Ok(_) => Ok(()),
+            Err(e) => Err(io_failure(&self.endpoint, &e)),
+        }
+    }
+
+    fn protocol_error(&self, why: &str) -> PluginError {
+        err(
             ErrorKind::Closed,
-            format!("{endpoint} closed the connection: {other}"),
-        ),
+            format!("{} sent {why}; the connection is closed", self.endpoint),
+        )
     }
-}
 
-/// An MQTT 5 connection error in one sentence naming `endpoint`.
-pub fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
-    use v5::ConnectionError as E;
-    match e {
-        E::ConnectionRefused(code) | E::MqttState(v5::StateError::ConnFail { reason: code }) => {
-            refused(&reason_text(&format!("{code:?}")))
-        }
-        E::Timeout(_) => err(
-            ErrorKind::Timeout,
-            format!("{endpoint} did not answer in time"),
-        ),
-        E::Tls(rumqttc::TlsError::Io(io)) | E::Io(io) => io_failure(endpoint, &io),
-        E::MqttState(v5::StateError::Io(io))
-        | E::MqttState(v5::StateError::Deserialization(v5::mqttbytes::Error::Io(io))) => {
-            io_failure(endpoint, &io)
-        }
-        E::MqttState(v5::StateError::ServerDisconnect {
-            reason_code,
-            reason_string,
-        }) => err(
+    fn disconnected(&self, why: &str) -> PluginError {
+        err(
             ErrorKind::Closed,
-            format!(
-                "{endpoint} closed the connection: {}{}",
-                reason_text(&format!("{reason_code:?}")),
-                reason_string.map(|s| format!(" ({s})")).unwrap_or_default()
-            ),
-        ),
-        E::Tls(rumqttc::TlsError::TLS(e)) => tls_failure(endpoint, &tls::describe(&e)),
-        E::Tls(e) => tls_failure(endpoint, &e.to_string()),
-        other => err(
-            ErrorKind::Closed,
-            format!("{endpoint} closed the connection: {other}"),
-        ),
+            format!("{} closed the connection: {why}", self.endpoint),
+        )
+    }
+
+    /// Hand an event to the session (waiting while its channel is full); `false` when nobody
+    /// listens any more.
+    fn emit(&self, item: Item) -> bool {
+        match self.events.try_send(item) {
+            Ok(()) => true,
+            Err(TrySendError::Full(item)) => self.events.send(item).is_ok(),
+            Err(TrySendError::Disconnected(_)) => false,
+        }
     }
 }

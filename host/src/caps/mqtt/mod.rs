@@ -1,26 +1,30 @@
-//! The `mqtt` capability: outbound MQTT 3.1.1 and 5 sessions for plugins (rumqttc over rustls), only to
-//! endpoints the plugin's manifest declares. A reader thread per session drives the connection
-//! (pings included); each call waits for its own acknowledgement (CONNACK, SUBACK, PUBACK), and
+//! The `mqtt` capability: outbound MQTT 3.1.1 and 5 sessions for plugins (our own connection
+//! over tokio and rustls, rumqttc's packet codec), only to endpoints the plugin's manifest
+//! declares. A connection thread per session drives the connection (pings included); each call waits for its own acknowledgement (CONNACK, SUBACK, PUBACK), and
 //! messages that arrive meanwhile are kept for `receive`. The bridge streams publishes instead
 //! ([`MqttSession::offer`], [`MqttSession::poll_completed`]). Every failure is a typed error:
 //! `refused` (CONNACK refusal, SUBACK failure), `closed` (the broker hung up), `tls`, `timeout`,
 //! `io` (unreachable, DNS), `invalid-input`, `permission-denied`, `limit-exceeded`.
 
+mod errors;
 mod inflight;
 mod link;
 pub mod rhai;
 pub mod wasm;
+mod wire;
 
 use super::tls::{self, TlsOptions};
 use super::CapContext;
 use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
+pub use errors::v5_error;
 use inflight::InFlight;
-pub use link::{v5_error, v5_message, Waker};
+pub use link::Waker;
 use link::{Link, LinkEvent, LinkOptions};
-use rumqttc::QoS;
+use rumqttc::mqttbytes::QoS;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
+pub use wire::v5_message;
 
 /// Largest payload a plugin may publish: IoT Hub's 256 KB (the largest provider limit).
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
@@ -263,9 +267,8 @@ impl MqttSession {
             keep_alive: Duration::from_secs(o.keep_alive_secs.into()),
             clean_session: o.clean_session,
             tls,
-            // rumqttc counts whole seconds; ours is the deadline that answers, with its clearer
-            // message.
-            connect_timeout_secs: timeout.as_secs() + 1,
+            // The session's own deadline below answers first, with its clearer message.
+            connect_timeout: timeout + Duration::from_secs(1),
         });
         let link = match link {
             Ok(link) => link,
@@ -286,12 +289,7 @@ impl MqttSession {
             open: true,
         };
         session.wait_for(timeout, "the CONNACK", |event| match event {
-            LinkEvent::ConnAck(result) => Some(result.clone().map_err(|why| {
-                err(
-                    ErrorKind::Refused,
-                    format!("the broker refused the connection: {why}"),
-                )
-            })),
+            LinkEvent::Connected => Some(Ok(())),
             _ => None,
         })?;
         Ok(session)
@@ -580,39 +578,6 @@ impl MqttSession {
             }
             _ => {}
         }
-    }
-}
-
-fn tls_failure(endpoint: &str, why: &str) -> PluginError {
-    err(ErrorKind::Tls, format!("TLS with {endpoint} failed: {why}"))
-}
-
-fn io_failure(endpoint: &str, io: &std::io::Error) -> PluginError {
-    use std::io::ErrorKind as Io;
-    if let Some(inner) = tls::find_rustls_error(io) {
-        return tls_failure(endpoint, &tls::describe(inner));
-    }
-    match io.kind() {
-        Io::UnexpectedEof | Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe => err(
-            ErrorKind::Closed,
-            format!("{endpoint} closed the connection ({io})"),
-        ),
-        Io::ConnectionRefused => err(
-            ErrorKind::Io,
-            format!("{endpoint} is unreachable: connection refused (is a broker listening?)"),
-        ),
-        Io::TimedOut => err(
-            ErrorKind::Timeout,
-            format!("{endpoint} did not answer in time"),
-        ),
-        _ if io.to_string().contains("lookup") || io.to_string().contains("resolve") => err(
-            ErrorKind::Io,
-            format!("cannot resolve the host of {endpoint}: {io}"),
-        ),
-        _ => err(
-            ErrorKind::Io,
-            format!("network error with {endpoint}: {io}"),
-        ),
     }
 }
 
