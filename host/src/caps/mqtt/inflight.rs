@@ -3,8 +3,9 @@
 //! they were handed over, so the n-th PUBLISH out is serial n, and it turns the broker's
 //! acknowledgements of packet ids into completions of serials (a QoS 0 publish is complete once
 //! out). [`InFlight`] lives with the session: which serials are complete, how many at the front
-//! are, and how long the broker has made no progress. Only completions cross between the two, so
-//! a publish costs its session one event instead of two.
+//! are, and how long the broker has made no progress. Only completions cross between the two, and
+//! the connection hands over all the completions of one read at once, so a burst of
+//! acknowledgements costs its session one event.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};

@@ -29,9 +29,11 @@ pub enum LinkEvent {
     Connected,
     /// SUBACK for the first filter: accepted, or the refusal reason.
     SubAck(Result<(), String>),
-    /// The publish with this serial (the n-th handed over, from 0) is complete: acknowledged
-    /// (PUBACK or PUBCOMP), or written for QoS 0; accepted, or the refusal reason.
-    Completed(u64, Result<(), String>),
+    /// The publishes with these serials (the n-th handed over is serial n, from 0) are
+    /// complete: acknowledged (PUBACK or PUBCOMP), or written for QoS 0; accepted, or the
+    /// refusal reason. All the completions of one read or write come as one event, so a burst
+    /// of acknowledgements wakes the session once.
+    Completed(Vec<(u64, Result<(), String>)>),
     /// A message from a subscription.
     Message(Message),
     /// A [`Waker`] was called.
@@ -129,6 +131,7 @@ impl Link {
                 ProtocolVersion::Mqtt5 => MAX_IN_FLIGHT,
             },
             written: Vec::new(),
+            completed: Vec::new(),
         };
         std::thread::Builder::new()
             .name(format!("mqtt {endpoint}"))
@@ -228,6 +231,8 @@ struct Connection {
     max_exactly_once: usize,
     /// Serials of QoS 0 publishes in `out`: complete once it is written.
     written: Vec<u64>,
+    /// Completions not yet handed to the session.
+    completed: Vec<(u64, Result<(), String>)>,
 }
 
 /// Why the connection thread stops.
@@ -399,10 +404,12 @@ impl Connection {
                     ping_at = Instant::now() + keep_alive;
                 }
                 for serial in std::mem::take(&mut self.written) {
-                    if !self.emit(Ok(LinkEvent::Completed(serial, Ok(())))) {
-                        return Stop::Unheard;
-                    }
+                    self.completed.push((serial, Ok(())));
                 }
+            }
+            // Acknowledgements read last time round, publishes written or refused just now.
+            if !self.flush_completed() {
+                return Stop::Unheard;
             }
             if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
                 inbuf.reserve(READ_CHUNK);
@@ -518,9 +525,7 @@ impl Connection {
                     // Not sent: it is complete, with the reason it could not go.
                     Err(why) => {
                         let serial = self.ids.skipped();
-                        if !self.emit(Ok(LinkEvent::Completed(serial, Err(why)))) {
-                            return Err(Stop::Unheard);
-                        }
+                        self.completed.push((serial, Err(why)));
                     }
                 }
             }
@@ -539,9 +544,10 @@ impl Connection {
             let event = match packet {
                 Incoming::Acked(pkid, result) => {
                     self.exactly_once.remove(&pkid);
-                    self.ids
-                        .acked(pkid)
-                        .map(|serial| LinkEvent::Completed(serial, result))
+                    if let Some(serial) = self.ids.acked(pkid) {
+                        self.completed.push((serial, result));
+                    }
+                    None
                 }
                 Incoming::Received(pkid) => {
                     self.answer(Outgoing::PubRel(pkid));
@@ -654,9 +660,25 @@ impl Connection {
         )
     }
 
-    /// Hand an event to the session (waiting while its channel is full); `false` when nobody
+    /// Hand the completions gathered so far to the session as one event; `false` when nobody
     /// listens any more.
-    fn emit(&self, item: Item) -> bool {
+    fn flush_completed(&mut self) -> bool {
+        if self.completed.is_empty() {
+            return true;
+        }
+        let batch = std::mem::take(&mut self.completed);
+        self.send(Ok(LinkEvent::Completed(batch)))
+    }
+
+    /// Hand an event to the session, after the completions gathered before it; `false` when
+    /// nobody listens any more.
+    fn emit(&mut self, item: Item) -> bool {
+        self.flush_completed() && self.send(item)
+    }
+
+    /// Send an item (waiting while the session's channel is full); `false` when nobody listens
+    /// any more.
+    fn send(&self, item: Item) -> bool {
         match self.events.try_send(item) {
             Ok(()) => true,
             Err(TrySendError::Full(item)) => self.events.send(item).is_ok(),

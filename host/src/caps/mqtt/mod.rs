@@ -567,13 +567,15 @@ impl MqttSession {
     fn keep(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Message(msg) => self.received.push_back(msg),
-            LinkEvent::Completed(serial, result) => {
-                let ours = self.in_flight.completed(serial);
-                if let (true, Err(why)) = (ours, result) {
-                    self.refusal.get_or_insert(err(
-                        ErrorKind::Refused,
-                        format!("{} refused a message: {why}", self.endpoint),
-                    ));
+            LinkEvent::Completed(batch) => {
+                for (serial, result) in batch {
+                    let ours = self.in_flight.completed(serial);
+                    if let (true, Err(why)) = (ours, result) {
+                        self.refusal.get_or_insert(err(
+                            ErrorKind::Refused,
+                            format!("{} refused a message: {why}", self.endpoint),
+                        ));
+                    }
                 }
             }
             _ => {}
