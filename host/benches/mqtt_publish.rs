@@ -100,7 +100,9 @@ fn main() {
             r#"
 fn onboard(p) {{
     let key = certs::load_key("{key}");
-    let s = mqtt::connect(#{{ host: "127.0.0.1", port: {port}, client_id: "gatehost-bench",
+    // A client id per run: gatehost spaces CONNECTs of one client id a second apart.
+    let id = "gatehost-bench-" + p.run;
+    let s = mqtt::connect(#{{ host: "127.0.0.1", port: {port}, client_id: id,
         tls: #{{ ca_file: "{ca}", client_certificate: #{{ chain_file: "{chain}", key_ref: key.reference() }} }} }});
     let payload = "{payload}";
     if p.batch == "1" {{
@@ -112,7 +114,7 @@ fn onboard(p) {{
         for i in 0..({MESSAGES} / size) {{ s.publish_batch(batch); }}
     }}
     s.disconnect();
-    #{{ host: "127.0.0.1", port: {port}, client_id: "gatehost-bench", auth: #{{ kind: "none" }} }}
+    #{{ host: "127.0.0.1", port: {port}, client_id: id, auth: #{{ kind: "none" }} }}
 }}
 fn refresh(c) {{ #{{}} }}
 "#,
@@ -141,10 +143,15 @@ fn refresh(c) {{ #{{}} }}
     else {
         unreachable!()
     };
+    let runs = std::cell::Cell::new(0u32);
     let run_gatehost = |batch: &str| {
+        runs.set(runs.get() + 1);
         let t = Instant::now();
-        flow.onboard(&[("batch".into(), batch.into())])
-            .expect("the publisher flow runs");
+        flow.onboard(&[
+            ("batch".into(), batch.into()),
+            ("run".into(), runs.get().to_string()),
+        ])
+        .expect("the publisher flow runs");
         t.elapsed()
     };
 

@@ -19,6 +19,7 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -98,6 +99,9 @@ const MQTT311_EXACTLY_ONCE_IN_FLIGHT: usize = 10;
 const MAX_PACKET: usize = MAX_PAYLOAD_BYTES + 64 * 1024;
 /// How long a write may wait for the broker to take the bytes.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long publishes in flight wait for news before the connection acknowledges at once
+/// ([`ack_quickly`]).
+const QUIET_BEFORE_ACK: Duration = Duration::from_millis(2);
 /// Read in pieces of at least this much.
 const READ_CHUNK: usize = 16 * 1024;
 
@@ -199,8 +203,36 @@ impl Link {
 }
 
 /// A byte stream to the broker: TCP, or TLS over TCP.
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {
+    fn tcp(&self) -> &TcpStream;
+}
+
+impl Stream for TcpStream {
+    fn tcp(&self) -> &TcpStream {
+        self
+    }
+}
+
+impl Stream for tokio_rustls::client::TlsStream<TcpStream> {
+    fn tcp(&self) -> &TcpStream {
+        self.get_ref().0
+    }
+}
+
+/// Send the TCP acknowledgement the kernel is holding back (delayed ACK, up to 40 ms) now. A
+/// broker that leaves Nagle's algorithm on (mosquitto's default) holds back all but the first of
+/// a burst of PUBACKs until its previous segment is acknowledged; while we send publishes the
+/// acknowledgement rides on them, but once we wait with nothing to send, every window of
+/// publishes would stall up to 40 ms. Done only after [`QUIET_BEFORE_ACK`] without news: ACKing
+/// every read costs more packets and CPU under steady load than it saves.
+fn ack_quickly(stream: &dyn Stream) {
+    #[cfg(target_os = "linux")]
+    {
+        let _ = socket2::SockRef::from(stream.tcp()).set_tcp_quickack(true);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
+}
 
 /// The connection thread's state.
 struct Connection {
@@ -310,7 +342,7 @@ impl Connection {
 
     /// Open the TCP connection (and TLS), send the CONNECT and wait for the CONNACK.
     async fn connect(&mut self) -> Result<Box<dyn Stream>, PluginError> {
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
+        let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| io_failure(&self.endpoint, &e))?;
         // Small packets must not wait for Nagle's algorithm: the last of a burst would sit until
@@ -382,6 +414,11 @@ impl Connection {
         // When to ping if nothing else is sent; while a ping is out, when it is overdue.
         let mut ping_at = Instant::now() + keep_alive;
         let mut ping_out = false;
+        // When to acknowledge at once if nothing arrives meanwhile, and whether that was done
+        // since the last read.
+        let quiet = tokio::time::sleep(QUIET_BEFORE_ACK);
+        tokio::pin!(quiet);
+        let mut acked_quickly = false;
         // A request taken from the channel that waits for room in flight (order is kept).
         let mut parked: Option<Request> = None;
         loop {
@@ -422,6 +459,8 @@ impl Connection {
                         &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
                     )),
                     Ok(_) => {
+                        quiet.as_mut().reset(Instant::now() + QUIET_BEFORE_ACK);
+                        acked_quickly = false;
                         if let Err(stop) = self.take_incoming(&mut inbuf, &mut ping_out) {
                             return stop;
                         }
@@ -446,6 +485,10 @@ impl Connection {
                             Err(_) => break,
                         }
                     }
+                },
+                () = &mut quiet, if !acked_quickly && self.ids.open() > 0 => {
+                    ack_quickly(&**stream);
+                    acked_quickly = true;
                 },
                 _ = tokio::time::sleep_until(ping_at) => {
                     if ping_out {
