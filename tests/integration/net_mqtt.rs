@@ -27,8 +27,8 @@ fn ctx(pki: &Pki, endpoints: &[&str]) -> CapContext {
     )
 }
 
-fn options(ctx: &CapContext, pki: &Pki, port: u16, client: &str, ca: &str) -> ConnectOptions {
-    let key = certs::load_key(ctx, &pki.path(&format!("{client}.key")), None).unwrap();
+/// Plain MQTT options for `client` on the local broker at `port`.
+fn plain_options(port: u16, client: &str, protocol: ProtocolVersion) -> ConnectOptions {
     ConnectOptions {
         host: "127.0.0.1".into(),
         port,
@@ -37,14 +37,23 @@ fn options(ctx: &CapContext, pki: &Pki, port: u16, client: &str, ca: &str) -> Co
         password: None,
         keep_alive_secs: 30,
         clean_session: true,
-        protocol: ProtocolVersion::Mqtt311,
+        protocol,
+        tls: None,
+        connect_timeout_ms: 3000,
+    }
+}
+
+/// TLS options for `client` (its certificate and key from the test PKI) trusting `ca`.
+fn options(ctx: &CapContext, pki: &Pki, port: u16, client: &str, ca: &str) -> ConnectOptions {
+    let key = certs::load_key(ctx, &pki.path(&format!("{client}.key")), None).unwrap();
+    ConnectOptions {
         tls: Some(TlsOptions {
             ca_file: Some(pki.path(ca)),
             client_certificate: Some((pki.path(&format!("{client}_chain.pem")), key)),
             server_name: None,
             alpn: vec![],
         }),
-        connect_timeout_ms: 3000,
+        ..plain_options(port, client, ProtocolVersion::Mqtt311)
     }
 }
 
@@ -244,16 +253,10 @@ fn refusals_closures_silence_and_absence_are_told_apart() {
     let pki = Pki::new();
     let ctx = ctx(&pki, &["127.0.0.1:*"]);
     let plain = |port: u16| ConnectOptions {
-        host: "127.0.0.1".into(),
-        port,
-        client_id: "dev01".into(),
         username: Some("someone".into()),
         password: Some("wrong".into()),
-        keep_alive_secs: 30,
-        clean_session: true,
-        protocol: ProtocolVersion::Mqtt311,
-        tls: None,
         connect_timeout_ms: 1500,
+        ..plain_options(port, "dev01", ProtocolVersion::Mqtt311)
     };
 
     // CONNACK refusal: a broker that allows no anonymous clients and knows no users.
@@ -450,16 +453,9 @@ fn mqtt5_refusals_are_typed_with_the_reason_code() {
         ),
     );
     let o = ConnectOptions {
-        host: "127.0.0.1".into(),
-        port: strict.port,
-        client_id: "dev01".into(),
         username: Some("someone".into()),
         password: Some("wrong".into()),
-        keep_alive_secs: 30,
-        clean_session: true,
-        protocol: ProtocolVersion::Mqtt5,
-        tls: None,
-        connect_timeout_ms: 3000,
+        ..plain_options(strict.port, "dev01", ProtocolVersion::Mqtt5)
     };
     let e = connect_err(&ctx, &o);
     assert_eq!(e.kind, ErrorKind::Refused, "{e}");
@@ -694,22 +690,6 @@ fn insecure_skip_verify_comes_only_from_the_device_config() {
     assert!(matches!(e.kind, ErrorKind::Tls | ErrorKind::Closed), "{e}");
 }
 
-/// Plain MQTT options for `client` on the local broker at `port`.
-fn plain_options(port: u16, client: &str, protocol: ProtocolVersion) -> ConnectOptions {
-    ConnectOptions {
-        host: "127.0.0.1".into(),
-        port,
-        client_id: client.into(),
-        username: None,
-        password: None,
-        keep_alive_secs: 30,
-        clean_session: true,
-        protocol,
-        tls: None,
-        connect_timeout_ms: 3000,
-    }
-}
-
 #[test]
 fn qos2_goes_both_ways_exactly_once_within_the_brokers_receive_maximum() {
     let pki = Pki::new();
@@ -794,4 +774,39 @@ fn pings_keep_an_idle_session_open() {
         .unwrap();
     let m = s.receive(Duration::from_secs(5)).unwrap().expect("echo");
     assert_eq!(m.payload, b"still here");
+}
+
+#[test]
+fn a_persistent_session_gets_what_waited_for_it_even_in_the_connacks_segment() {
+    let pki = Pki::new();
+    let broker = Mosquitto::start(&pki.dir, "allow_anonymous true");
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    let keeper = ConnectOptions {
+        clean_session: false,
+        ..plain_options(broker.port, "keeper", ProtocolVersion::Mqtt311)
+    };
+    let mut s = MqttSession::connect(&ctx, &keeper).unwrap();
+    s.subscribe("kept/#", 1).unwrap();
+    s.disconnect().unwrap();
+    drop(s);
+
+    let mut sender = MqttSession::connect(
+        &ctx,
+        &plain_options(broker.port, "sender", ProtocolVersion::Mqtt311),
+    )
+    .unwrap();
+    let batch: Vec<Message> = (0..20)
+        .map(|i| Message::new("kept/seq", format!("{i}"), 1))
+        .collect();
+    sender.publish_batch(&batch).unwrap();
+
+    // mosquitto sends the queued messages right behind the CONNACK, often in one segment.
+    let mut s = MqttSession::connect(&ctx, &keeper).unwrap();
+    for i in 0..20 {
+        let m = s
+            .receive(Duration::from_secs(5))
+            .unwrap()
+            .unwrap_or_else(|| panic!("queued message {i} arrives"));
+        assert_eq!(m.payload, i.to_string().into_bytes());
+    }
 }

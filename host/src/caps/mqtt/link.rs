@@ -311,8 +311,8 @@ impl Connection {
 
     async fn serve(&mut self, mut requests: mpsc::Receiver<Request>) -> Stop {
         let connected = tokio::time::timeout(self.connect_timeout, self.connect()).await;
-        let mut stream = match connected {
-            Ok(Ok(stream)) => stream,
+        let (mut stream, inbuf) = match connected {
+            Ok(Ok(connected)) => connected,
             Ok(Err(e)) => return Stop::Failed(e),
             Err(_) => {
                 return Stop::Failed(err(
@@ -324,7 +324,7 @@ impl Connection {
         if !self.emit(Ok(LinkEvent::Connected)) {
             return Stop::Unheard;
         }
-        let stop = self.exchange(&mut stream, &mut requests).await;
+        let stop = self.exchange(&mut stream, inbuf, &mut requests).await;
         if let Stop::Done = stop {
             // Say goodbye; the session is over whether or not the broker hears it.
             self.out.clear();
@@ -340,8 +340,10 @@ impl Connection {
         stop
     }
 
-    /// Open the TCP connection (and TLS), send the CONNECT and wait for the CONNACK.
-    async fn connect(&mut self) -> Result<Box<dyn Stream>, PluginError> {
+    /// Open the TCP connection (and TLS), send the CONNECT and wait for the CONNACK: the stream
+    /// and what the broker sent after the CONNACK in the same read (a persistent session's
+    /// messages may follow it at once).
+    async fn connect(&mut self) -> Result<(Box<dyn Stream>, BytesMut), PluginError> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port))
             .await
             .map_err(|e| io_failure(&self.endpoint, &e))?;
@@ -392,7 +394,7 @@ impl Connection {
                     if let Some(max) = limits.receive_maximum {
                         self.max_in_flight = self.max_in_flight.min(usize::from(max.max(1)));
                     }
-                    return Ok(stream);
+                    return Ok((stream, inbuf));
                 }
                 Ok(Some(Incoming::ConnAck(Err(why)))) => return Err(refused(&why)),
                 Ok(Some(Incoming::Disconnect(why))) => return Err(self.disconnected(&why)),
@@ -407,13 +409,16 @@ impl Connection {
     async fn exchange(
         &mut self,
         stream: &mut Box<dyn Stream>,
+        mut inbuf: BytesMut,
         requests: &mut mpsc::Receiver<Request>,
     ) -> Stop {
-        let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
         let keep_alive = self.keep_alive;
         // When to ping if nothing else is sent; while a ping is out, when it is overdue.
         let mut ping_at = Instant::now() + keep_alive;
         let mut ping_out = false;
+        if let Err(stop) = self.take_incoming(&mut inbuf, &mut ping_out) {
+            return stop;
+        }
         // When to acknowledge at once if nothing arrives meanwhile, and whether that was done
         // since the last read.
         let quiet = tokio::time::sleep(QUIET_BEFORE_ACK);
