@@ -276,12 +276,6 @@ enum Stop {
     Failed(PluginError),
 }
 
-impl From<PluginError> for Stop {
-    fn from(e: PluginError) -> Stop {
-        Stop::Failed(e)
-    }
-}
-
 impl Connection {
     fn run(mut self, requests: mpsc::Receiver<Request>) {
         let runtime = tokio::runtime::Builder::new_current_thread()
