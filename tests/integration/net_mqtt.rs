@@ -760,20 +760,38 @@ fn qos2_goes_both_ways_exactly_once_within_the_brokers_receive_maximum() {
 }
 
 #[test]
-fn pings_keep_an_idle_session_open() {
+fn pings_keep_an_idle_session_open_at_the_brokers_keep_alive() {
     let pki = Pki::new();
-    let broker = Mosquitto::start(&pki.dir, "allow_anonymous true");
+    // MQTT 5 clients asking for more than 10 s are told to use 10 s (server keep-alive).
+    let broker = Mosquitto::start(&pki.dir, "allow_anonymous true\nmax_keepalive 10");
     let ctx = ctx(&pki, &["127.0.0.1:*"]);
-    let mut o = plain_options(broker.port, "idle", ProtocolVersion::Mqtt311);
-    o.keep_alive_secs = 5;
-    let mut s = MqttSession::connect(&ctx, &o).unwrap();
-    s.subscribe("idle/#", 1).unwrap();
-    // mosquitto closes a client it has heard nothing from for 1.5 keep-alives (7.5 s).
-    std::thread::sleep(Duration::from_secs(9));
-    s.publish(&Message::new("idle/after", "still here", 1))
-        .unwrap();
-    let m = s.receive(Duration::from_secs(5)).unwrap().expect("echo");
-    assert_eq!(m.payload, b"still here");
+    let mut mine = plain_options(broker.port, "idle-311", ProtocolVersion::Mqtt311);
+    mine.keep_alive_secs = 5;
+    let mut theirs = plain_options(broker.port, "idle-5", ProtocolVersion::Mqtt5);
+    theirs.keep_alive_secs = 60;
+    let mut sessions: Vec<MqttSession> = [mine, theirs]
+        .iter()
+        .map(|o| MqttSession::connect(&ctx, o).unwrap())
+        .collect();
+    for s in &mut sessions {
+        s.subscribe("idle/#", 1).unwrap();
+    }
+    // mosquitto closes a client it has heard nothing from for 1.5 keep-alives: 7.5 s for the
+    // 3.1.1 session, 15 s (checked about once a second) for the MQTT 5 one, which would ping
+    // only every 60 s on its own.
+    std::thread::sleep(Duration::from_secs(22));
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let text = format!("still here {i}");
+        s.publish(&Message::new("idle/after", text.as_str(), 1))
+            .unwrap();
+        let m = loop {
+            let m = s.receive(Duration::from_secs(5)).unwrap().expect("echo");
+            if m.payload == text.as_bytes() {
+                break m;
+            }
+        };
+        assert_eq!(m.topic, "idle/after");
+    }
 }
 
 #[test]

@@ -385,6 +385,10 @@ impl Connection {
                 Err(why) => return Err(self.protocol_error(&why)),
                 Ok(Some(Incoming::ConnAck(Ok(limits)))) => {
                     self.codec.set_limits(limits);
+                    // MQTT 5: the broker's keep-alive replaces ours (0 = no pings).
+                    if let Some(secs) = limits.keep_alive_secs {
+                        self.keep_alive = Duration::from_secs(secs.into());
+                    }
                     if let Some(max) = limits.receive_maximum {
                         self.max_in_flight = self.max_in_flight.min(usize::from(max.max(1)));
                     }
@@ -406,6 +410,7 @@ impl Connection {
         mut inbuf: BytesMut,
         requests: &mut mpsc::Receiver<Request>,
     ) -> Stop {
+        // Zero when an MQTT 5 broker wants no pings.
         let keep_alive = self.keep_alive;
         // When to ping if nothing else is sent; while a ping is out, when it is overdue.
         let mut ping_at = Instant::now() + keep_alive;
@@ -489,7 +494,7 @@ impl Connection {
                     ack_quickly(&**stream);
                     acked_quickly = true;
                 },
-                _ = tokio::time::sleep_until(ping_at) => {
+                _ = tokio::time::sleep_until(ping_at), if !keep_alive.is_zero() => {
                     if ping_out {
                         return Stop::Failed(err(
                             ErrorKind::Timeout,

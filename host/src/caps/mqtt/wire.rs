@@ -68,6 +68,8 @@ pub struct ServerLimits {
     pub receive_maximum: Option<u16>,
     /// The largest packet it takes, in bytes.
     pub maximum_packet_size: Option<u32>,
+    /// The keep-alive it wants instead of ours, in seconds (0: none).
+    pub keep_alive_secs: Option<u16>,
 }
 
 /// Encodes and decodes one protocol version's packets.
@@ -285,6 +287,7 @@ fn v5_incoming(packet: v5::Packet) -> Incoming {
             ConnectReturnCode::Success => Ok(ServerLimits {
                 receive_maximum: ack.properties.as_ref().and_then(|p| p.receive_max),
                 maximum_packet_size: ack.properties.as_ref().and_then(|p| p.max_packet_size),
+                keep_alive_secs: ack.properties.as_ref().and_then(|p| p.server_keep_alive),
             }),
             code => Err(reason_text(&format!("{code:?}"))),
         }),
@@ -445,8 +448,8 @@ mod tests {
 
         let mut v5 = Codec::new(ProtocolVersion::Mqtt5, 1024);
         v5.set_limits(ServerLimits {
-            receive_maximum: None,
             maximum_packet_size: Some(32),
+            ..ServerLimits::default()
         });
         let mut out = BytesMut::from(&b"kept"[..]);
         let e = v5
