@@ -8,7 +8,7 @@
 
 use super::errors::{io_failure, refused, tls_failure};
 use super::inflight::PacketIds;
-use super::wire::{Codec, Incoming, Outgoing};
+use super::wire::{Codec, Connect, Incoming, Outgoing};
 use super::{err, MAX_PAYLOAD_BYTES};
 use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
 use bytes::BytesMut;
@@ -364,12 +364,12 @@ impl Connection {
         let keep_alive_secs = u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX);
         self.codec
             .encode(
-                Outgoing::Connect {
+                Outgoing::Connect(Connect {
                     client_id: &self.client_id,
                     keep_alive_secs,
                     clean_session: self.clean_session,
                     credentials: self.credentials.as_ref(),
-                },
+                }),
                 &mut self.out,
             )
             .map_err(|why| {
@@ -458,10 +458,7 @@ impl Connection {
             let room = parked.is_none() && self.ids.open() < self.max_in_flight;
             tokio::select! {
                 read = stream.read_buf(&mut inbuf) => match read {
-                    Ok(0) => return Stop::Failed(io_failure(
-                        &self.endpoint,
-                        &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
-                    )),
+                    Ok(0) => return Stop::Failed(self.ended()),
                     Ok(_) => {
                         quiet.as_mut().reset(Instant::now() + QUIET_BEFORE_ACK);
                         acked_quickly = false;
@@ -555,11 +552,7 @@ impl Connection {
                     QoS::AtMostOnce => 0,
                     _ => self.next_pkid(),
                 };
-                let packet = Outgoing::Publish {
-                    message: &message,
-                    qos,
-                    pkid,
-                };
+                let packet = Outgoing::Publish { message, qos, pkid };
                 match self.codec.encode(packet, &mut self.out) {
                     Ok(()) => {
                         if let Some(serial) = self.ids.sent(pkid) {
@@ -684,13 +677,18 @@ impl Connection {
     ) -> Result<(), PluginError> {
         inbuf.reserve(READ_CHUNK);
         match stream.read_buf(inbuf).await {
-            Ok(0) => Err(io_failure(
-                &self.endpoint,
-                &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
-            )),
+            Ok(0) => Err(self.ended()),
             Ok(_) => Ok(()),
             Err(e) => Err(io_failure(&self.endpoint, &e)),
         }
+    }
+
+    /// The broker closed the stream.
+    fn ended(&self) -> PluginError {
+        io_failure(
+            &self.endpoint,
+            &std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "end of stream"),
+        )
     }
 
     fn protocol_error(&self, why: &str) -> PluginError {

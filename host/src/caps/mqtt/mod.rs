@@ -1,7 +1,8 @@
 //! The `mqtt` capability: outbound MQTT 3.1.1 and 5 sessions for plugins (our own connection
 //! over tokio and rustls, rumqttc's packet codec), only to endpoints the plugin's manifest
-//! declares. A connection thread per session drives the connection (pings included); each call waits for its own acknowledgement (CONNACK, SUBACK, PUBACK), and
-//! messages that arrive meanwhile are kept for `receive`. The bridge streams publishes instead
+//! declares. A connection thread per session drives the connection (pings included); each
+//! call waits for its own acknowledgement (CONNACK, SUBACK, PUBACK), and messages that arrive
+//! meanwhile are kept for `receive`. The bridge streams publishes instead
 //! ([`MqttSession::offer`], [`MqttSession::poll_completed`]). Every failure is a typed error:
 //! `refused` (CONNACK refusal, SUBACK failure), `closed` (the broker hung up), `tls`, `timeout`,
 //! `io` (unreachable, DNS), `invalid-input`, `permission-denied`, `limit-exceeded`.

@@ -10,14 +10,10 @@ use rumqttc::v5::mqttbytes::{self as codec5, v5};
 
 /// A packet the link sends.
 pub enum Outgoing<'a> {
-    Connect {
-        client_id: &'a str,
-        keep_alive_secs: u16,
-        clean_session: bool,
-        credentials: Option<&'a (String, String)>,
-    },
+    Connect(Connect<'a>),
     Publish {
-        message: &'a Message,
+        /// Taken: its topic and payload move into the packet without a copy.
+        message: Message,
         qos: QoS,
         /// 0 for QoS 0.
         pkid: u16,
@@ -37,6 +33,14 @@ pub enum Outgoing<'a> {
     PubComp(u16),
     PingReq,
     Disconnect,
+}
+
+/// What a CONNECT says.
+pub struct Connect<'a> {
+    pub client_id: &'a str,
+    pub keep_alive_secs: u16,
+    pub clean_session: bool,
+    pub credentials: Option<&'a (String, String)>,
 }
 
 /// What the broker sent, in protocol-neutral terms.
@@ -145,16 +149,11 @@ fn too_large(size: usize, max: usize) -> String {
 
 fn v4_packet(packet: Outgoing<'_>) -> v4::Packet {
     match packet {
-        Outgoing::Connect {
-            client_id,
-            keep_alive_secs,
-            clean_session,
-            credentials,
-        } => {
-            let mut connect = v4::Connect::new(client_id);
-            connect.keep_alive = keep_alive_secs;
-            connect.clean_session = clean_session;
-            if let Some((user, password)) = credentials {
+        Outgoing::Connect(c) => {
+            let mut connect = v4::Connect::new(c.client_id);
+            connect.keep_alive = c.keep_alive_secs;
+            connect.clean_session = c.clean_session;
+            if let Some((user, password)) = c.credentials {
                 connect.set_login(user.as_str(), password.as_str());
             }
             v4::Packet::Connect(connect)
@@ -163,9 +162,9 @@ fn v4_packet(packet: Outgoing<'_>) -> v4::Packet {
             dup: false,
             qos,
             retain: message.retain,
-            topic: message.topic.clone(),
+            topic: message.topic,
             pkid,
-            payload: Bytes::copy_from_slice(&message.payload),
+            payload: Bytes::from(message.payload),
         }),
         Outgoing::Subscribe { filter, qos, pkid } => {
             let mut subscribe = v4::Subscribe::new(filter, qos);
@@ -191,38 +190,34 @@ fn v5_qos(qos: QoS) -> codec5::QoS {
 
 fn v5_packet(packet: Outgoing<'_>, max_incoming: usize) -> v5::Packet {
     match packet {
-        Outgoing::Connect {
-            client_id,
-            keep_alive_secs,
-            clean_session,
-            credentials,
-        } => v5::Packet::Connect(
+        Outgoing::Connect(c) => v5::Packet::Connect(
             v5::Connect {
-                keep_alive: keep_alive_secs,
-                client_id: client_id.to_owned(),
-                clean_start: clean_session,
+                keep_alive: c.keep_alive_secs,
+                client_id: c.client_id.to_owned(),
+                clean_start: c.clean_session,
                 properties: Some(v5::ConnectProperties {
                     max_packet_size: Some(max_incoming as u32),
                     ..v5::ConnectProperties::new()
                 }),
             },
             None,
-            credentials.map(|(user, password)| v5::Login::new(user.as_str(), password.as_str())),
+            c.credentials
+                .map(|(user, password)| v5::Login::new(user.as_str(), password.as_str())),
         ),
         Outgoing::Publish { message, qos, pkid } => {
             let properties = (!message.properties.is_empty()).then(|| v5::PublishProperties {
-                user_properties: message.properties.clone(),
+                user_properties: message.properties,
                 ..Default::default()
             });
-            let mut publish = v5::Publish::new(
-                message.topic.as_str(),
-                v5_qos(qos),
-                Bytes::copy_from_slice(&message.payload),
+            v5::Packet::Publish(v5::Publish {
+                dup: false,
+                qos: v5_qos(qos),
+                retain: message.retain,
+                topic: Bytes::from(message.topic.into_bytes()),
+                pkid,
+                payload: Bytes::from(message.payload),
                 properties,
-            );
-            publish.retain = message.retain;
-            publish.pkid = pkid;
-            v5::Packet::Publish(publish)
+            })
         }
         Outgoing::Subscribe { filter, qos, pkid } => {
             let mut subscribe = v5::Subscribe::new(v5::Filter::new(filter, v5_qos(qos)), None);
@@ -404,7 +399,7 @@ mod tests {
             codec
                 .encode(
                     Outgoing::Publish {
-                        message: &sent,
+                        message: sent.clone(),
                         qos: QoS::AtLeastOnce,
                         pkid: 7,
                     },
@@ -432,7 +427,7 @@ mod tests {
         Codec::new(ProtocolVersion::Mqtt311, 1024)
             .encode(
                 Outgoing::Publish {
-                    message: &large,
+                    message: large.clone(),
                     qos: QoS::AtMostOnce,
                     pkid: 0,
                 },
@@ -455,7 +450,7 @@ mod tests {
         let e = v5
             .encode(
                 Outgoing::Publish {
-                    message: &large,
+                    message: large.clone(),
                     qos: QoS::AtLeastOnce,
                     pkid: 1,
                 },
