@@ -264,6 +264,10 @@ fn gatehost_config(dir: &Path, upstream: u16, rules: &str) -> (u16, u16) {
             d = dir.display()
         ));
     }
+    // `BENCH_STORE="sync_interval_ms = 0"` and the like: [store] settings to compare.
+    if let Ok(store) = std::env::var("BENCH_STORE") {
+        text.push_str(&format!("[store]\n{}\n", store.replace(';', "\n")));
+    }
     let _ = std::fs::remove_dir_all(dir.join("state"));
     std::fs::write(dir.join("gatehost.toml"), text).unwrap();
     (local, metrics)

@@ -32,6 +32,8 @@
 //! max_age_hours = 168                              # older messages are dropped (default 7 days)
 //! when_full = "drop-oldest"                        # or "drop-newest"; drops are counted
 //! max_dead_letters = 10000                         # dead letters kept (oldest let go)
+//! sync_interval_ms = 2                             # least time between two syncs (0: at once)
+//! sync_batch = 32                                  # ...unless this many publishes wait
 //!
 //! [metrics]
 //! listen = "127.0.0.1:9464"                        # /metrics and /healthz; "off" disables
@@ -276,6 +278,12 @@ pub struct StoreConfig {
     pub when_full: crate::bridge::queue::WhenFull,
     #[serde(default)]
     pub max_dead_letters: Option<u64>,
+    /// Least milliseconds between two syncs of the queue (0: sync at once).
+    #[serde(default)]
+    pub sync_interval_ms: Option<u64>,
+    /// Publishes waiting for a sync that start it before the interval is up.
+    #[serde(default)]
+    pub sync_batch: Option<usize>,
 }
 
 impl StoreConfig {
@@ -290,6 +298,16 @@ impl StoreConfig {
             }),
             when_full: self.when_full,
             max_dead_letters: self.max_dead_letters.unwrap_or(default.max_dead_letters),
+        }
+    }
+
+    pub fn sync_pacing(&self) -> crate::bridge::commit::SyncPacing {
+        let default = crate::bridge::commit::SyncPacing::default();
+        crate::bridge::commit::SyncPacing {
+            interval: self
+                .sync_interval_ms
+                .map_or(default.interval, std::time::Duration::from_millis),
+            enough: self.sync_batch.unwrap_or(default.enough),
         }
     }
 }
@@ -801,6 +819,11 @@ impl Config {
         }
         if self.store.max_mib == Some(0) {
             problems.push("store.max_mib must be at least 1".to_string());
+        }
+        if let Some(ms) = self.store.sync_interval_ms.filter(|&ms| ms > 1000) {
+            problems.push(format!(
+                "store.sync_interval_ms is {ms}: at most 1000 (local publishers wait that long for their PUBACK)"
+            ));
         }
         if self.metrics.listen != "off"
             && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()

@@ -233,10 +233,11 @@ fn run_refuses_bridge_settings_it_cannot_serve_naming_each() {
     };
     let cases: [(&str, &[&str]); 4] = [
         (
-            "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:99999\"\ntls_cert = \"a.pem\"\n[metrics]\nlisten = \"nowhere\"\n",
+            "plugin_dirs = []\n[local]\nbroker = \"mqtt://10.0.0.5:99999\"\ntls_cert = \"a.pem\"\n[store]\nsync_interval_ms = 5000\n[metrics]\nlisten = \"nowhere\"\n",
             &[
                 "local.broker 'mqtt://10.0.0.5:99999' has port '99999', not a number from 1 to 65535",
                 "local.tls_cert and local.tls_key must be given together",
+                "store.sync_interval_ms is 5000: at most 1000",
                 "metrics.listen 'nowhere' must be an address",
             ],
         ),

@@ -4,8 +4,10 @@
 //! and only then tells each batch's sender (then the local publisher gets its PUBACK), or tells
 //! it the batch could not be stored (then its connection closes unacknowledged and the publisher
 //! sends again). Forwarding thus never waits for the disk, and while one sync runs the next
-//! writes pile up for the next one. The commit thread also expires messages past the queue's
-//! age limit.
+//! writes pile up for the next one. Syncs are paced ([`SyncPacing`]): a sync waits until
+//! `interval` after the previous one started unless `enough` publishes already wait for it, so a
+//! steady trickle of messages does not turn into one sync (three disk writes) per message. The
+//! commit thread also expires messages past the queue's age limit.
 
 use super::log_once::LogOnce;
 use super::metrics::Metrics;
@@ -32,6 +34,28 @@ pub struct Batch {
     pub done: Option<oneshot::Sender<Result<(), String>>>,
 }
 
+/// When the sync thread makes written messages durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPacing {
+    /// Least time from the start of one sync to the start of the next (zero: sync as soon as
+    /// anything is written).
+    pub interval: Duration,
+    /// A sync starts at once, whatever the interval, when this many publishes wait for it.
+    pub enough: usize,
+}
+
+impl Default for SyncPacing {
+    /// 2 ms and 32 publishes: at 5 000 msg/s a sync covers ~10 messages instead of 1-2 (the
+    /// tail latency of the whole machine falls with the disk writes); under full load the
+    /// publishers' unacknowledged messages reach 32 sooner and are not held back.
+    fn default() -> Self {
+        SyncPacing {
+            interval: Duration::from_millis(2),
+            enough: 32,
+        }
+    }
+}
+
 /// The handle connections submit batches through.
 #[derive(Clone)]
 pub struct Committer {
@@ -46,6 +70,7 @@ impl Committer {
     /// Start the commit thread. It stops when every [`Committer`] is dropped.
     pub fn start(
         queue: Arc<Queue>,
+        pacing: SyncPacing,
         metrics: Arc<Metrics>,
         log: Arc<LogOnce>,
         on_written: OnWritten,
@@ -56,7 +81,7 @@ impl Committer {
         let sync_log = log.clone();
         let sync_thread = std::thread::Builder::new()
             .name("queue-sync".into())
-            .spawn(move || sync_written(&sync_metrics, &sync_log, &written))
+            .spawn(move || sync_written(pacing, &sync_metrics, &sync_log, &written))
             .expect("the sync thread starts");
         let thread = std::thread::Builder::new()
             .name("queue-commit".into())
@@ -160,10 +185,15 @@ fn refuse(waiting: Vec<Waiter>, why: &str) {
 
 /// The sync thread: sync what was written meanwhile (one sync for any number of appends),
 /// then tell their senders. Runs while the commit thread writes the next appends.
-fn sync_written(metrics: &Metrics, log: &LogOnce, rx: &Receiver<Written>) {
+fn sync_written(pacing: SyncPacing, metrics: &Metrics, log: &LogOnce, rx: &Receiver<Written>) {
+    let mut last_start: Option<Instant> = None;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         group.extend(rx.try_iter());
+        if let Some(last) = last_start {
+            gather_until_due(&mut group, rx, last + pacing.interval, pacing.enough);
+        }
+        last_start = Some(Instant::now());
         let (staged, waiting): (Vec<_>, Vec<_>) =
             group.into_iter().map(|w| (w.staged, w.waiting)).unzip();
         for (result, waiting) in Staged::sync_all(staged).into_iter().zip(waiting) {
@@ -180,6 +210,24 @@ fn sync_written(metrics: &Metrics, log: &LogOnce, rx: &Receiver<Written>) {
                     refuse(waiting, &why);
                 }
             }
+        }
+    }
+}
+
+/// Add what arrives to `group` until `due`, or until `enough` publishes wait, or the commit
+/// thread stops.
+fn gather_until_due(group: &mut Vec<Written>, rx: &Receiver<Written>, due: Instant, enough: usize) {
+    let mut waiting: usize = group.iter().map(|w| w.waiting.len()).sum();
+    while waiting < enough {
+        let Some(left) = due.checked_duration_since(Instant::now()) else {
+            return;
+        };
+        match rx.recv_timeout(left) {
+            Ok(written) => {
+                waiting += written.waiting.len();
+                group.push(written);
+            }
+            Err(_) => return,
         }
     }
 }
@@ -229,6 +277,7 @@ mod tests {
         let seen = woken.clone();
         let (committer, thread) = Committer::start(
             queue.clone(),
+            SyncPacing::default(),
             Arc::default(),
             Arc::default(),
             Box::new(move |device| seen.lock().unwrap().push(device.to_string())),
@@ -247,12 +296,50 @@ mod tests {
     }
 
     #[test]
+    fn a_sync_waits_for_its_interval_unless_enough_publishes_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Arc::new(Queue::open(&dir.path().join("q"), small_limits()).unwrap());
+        // An interval no test run reaches: only `enough` can start the second sync.
+        let pacing = SyncPacing {
+            interval: Duration::from_secs(3600),
+            enough: 2,
+        };
+        let (committer, _thread) = Committer::start(
+            queue,
+            pacing,
+            Arc::default(),
+            Arc::default(),
+            Box::new(|_| {}),
+        );
+        // The first sync has no predecessor to wait for.
+        let (b, first) = batch(b"1".to_vec());
+        committer.submit(b).unwrap();
+        assert_eq!(first.blocking_recv().unwrap(), Ok(()));
+        let (b, mut second) = batch(b"2".to_vec());
+        committer.submit(b).unwrap();
+        let (b, probe) = batch(b"probe".to_vec());
+        // Held: one publish waits, the interval is far off. (The probe's own commit is only
+        // submitted after this look, so the second batch cannot have been synced with it.)
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(second.try_recv().is_err(), "synced before its interval");
+        committer.submit(b).unwrap();
+        // Two publishes wait: that is enough.
+        assert_eq!(second.blocking_recv().unwrap(), Ok(()));
+        assert_eq!(probe.blocking_recv().unwrap(), Ok(()));
+    }
+
+    #[test]
     fn a_batch_the_queue_cannot_write_is_refused_in_one_sentence_naming_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q");
         let queue = Arc::new(Queue::open(&path, small_limits()).unwrap());
-        let (committer, _thread) =
-            Committer::start(queue, Arc::default(), Arc::default(), Box::new(|_| {}));
+        let (committer, _thread) = Committer::start(
+            queue,
+            SyncPacing::default(),
+            Arc::default(),
+            Arc::default(),
+            Box::new(|_| {}),
+        );
         let (b, settled) = batch(vec![b'x'; 70 * 1024]);
         committer.submit(b).unwrap();
         assert_eq!(settled.blocking_recv().unwrap(), Ok(()));

@@ -103,6 +103,7 @@ impl Bridge {
         let wake = forwarders.clone();
         let (committer, _commit_thread) = Committer::start(
             queue.clone(),
+            config.store.sync_pacing(),
             metrics.clone(),
             log.clone(),
             Box::new(move |device| wake.wake(device)),
