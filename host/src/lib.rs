@@ -11,6 +11,7 @@ pub mod caps;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod memory;
 pub mod model;
 pub mod mqtt_server;
 pub mod onboard;

@@ -228,6 +228,8 @@ impl Bridge {
                     for device in forwarders.listed_devices() {
                         forwarders.wake(&device);
                     }
+                    // What compiling the new plugins took is free again.
+                    crate::memory::release_freed();
                 }),
             )?;
             bridge._reloader = Some(reloader);
@@ -239,6 +241,7 @@ impl Bridge {
             queued = bridge.queue.depths().values().map(|d| d.messages).sum::<u64>(),
             "bridge running"
         );
+        crate::memory::release_freed();
         Ok(bridge)
     }
 
