@@ -88,6 +88,11 @@ enrich = true"#,
     group.bench_function("wasm", |b| {
         b.iter(|| wasm.translate(black_box(&msg)).unwrap())
     });
+    // The bridge bench's message: 100 bytes that are not JSON (the rule's property-bag branch).
+    let plain = Message::new("plant1/dev01/m", vec![b'x'; 100], 1);
+    group.bench_function("rhai_not_json_100B", |b| {
+        b.iter(|| rhai.translate(black_box(&plain)).unwrap())
+    });
     group.bench_function("template", |b| {
         b.iter(|| template.translate(black_box(&msg)).unwrap())
     });
