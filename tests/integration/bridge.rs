@@ -874,6 +874,30 @@ fn a_configured_simulator_publishes_to_the_local_broker() {
 }
 
 #[test]
+fn a_queue_file_of_an_earlier_build_is_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (local, metrics) = (free_port(), free_port());
+    std::fs::write(
+        d.join("gatehost.toml"),
+        format!(
+            "state_dir = \"state\"\nplugin_dirs = []\n[local]\nlisten = \"127.0.0.1:{local}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(d.join("state")).unwrap();
+    std::fs::write(d.join("state/queue.redb"), b"left by an earlier build").unwrap();
+    let g = Gatehost::start(d, metrics);
+    eventually(10, "the bridge runs", || g.log().contains("bridge running"));
+    let log = g.log();
+    assert!(
+        log.contains("found a store-and-forward queue of an earlier gatehost build")
+            && log.contains("queue.redb"),
+        "{log}"
+    );
+}
+
+#[test]
 fn sigterm_stops_gatehost_while_a_device_cannot_reach_its_cloud() {
     let pki = Pki::new();
     let relay = Relay::start(free_port(), false);

@@ -68,6 +68,18 @@ pub struct Bridge {
     _reloader: Option<reload::Reloader>,
 }
 
+/// Builds of 2026-11-24 kept the queue in `<state>/queue.redb`, which this build does not read:
+/// say so once at start, so messages left in it are not lost silently.
+fn warn_of_a_legacy_queue(state_dir: &Path) {
+    let legacy = state_dir.join("queue.redb");
+    if legacy.exists() {
+        tracing::warn!(
+            file = %legacy.display(),
+            "found a store-and-forward queue of an earlier gatehost build, which this one does not read: messages still in it are not forwarded (move the file away to silence this)"
+        );
+    }
+}
+
 impl Bridge {
     /// Load the plugins, open the queue, start the local broker, the device workers, the
     /// metrics endpoint and (with `config_path`) the reload watcher.
@@ -85,6 +97,7 @@ impl Bridge {
             tracing::info!(rule = %rule.name, source = %rule.source, filters = ?rule.filters, "rule running");
         }
         let queue = Arc::new(Queue::open(&config.queue_path(), config.store.limits())?);
+        warn_of_a_legacy_queue(&config.state_dir());
         let metrics = Arc::new(Metrics::default());
         let log = Arc::new(LogOnce::default());
         let config = Arc::new(config);
