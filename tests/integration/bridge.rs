@@ -843,18 +843,27 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     );
 }
 
-#[test]
-fn a_configured_simulator_publishes_to_the_local_broker() {
+/// A folder with a `gatehost.toml` of no plugins, an embedded broker and metrics on free ports,
+/// and `extra` appended; the folder and both ports.
+fn bare_gateway(extra: &str) -> (tempfile::TempDir, u16, u16) {
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
     let (local, metrics) = (free_port(), free_port());
     std::fs::write(
-        d.join("gatehost.toml"),
+        dir.path().join("gatehost.toml"),
         format!(
-            "state_dir = \"state\"\nplugin_dirs = []\n[local]\nlisten = \"127.0.0.1:{local}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n[[simulators]]\nname = \"thermo\"\ntopic = \"sim/thermo\"\npayload = '{{\"seq\":{{n}}}}'\nevery_ms = 50\n"
+            "state_dir = \"state\"\nplugin_dirs = []\n[local]\nlisten = \"127.0.0.1:{local}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n{extra}"
         ),
     )
     .unwrap();
+    (dir, local, metrics)
+}
+
+#[test]
+fn a_configured_simulator_publishes_to_the_local_broker() {
+    let (dir, local, metrics) = bare_gateway(
+        "[[simulators]]\nname = \"thermo\"\ntopic = \"sim/thermo\"\npayload = '{\"seq\":{n}}'\nevery_ms = 50\n",
+    );
+    let d = dir.path();
     let g = Gatehost::start(d, metrics);
     let sub = Sub::start(
         d,
@@ -875,16 +884,8 @@ fn a_configured_simulator_publishes_to_the_local_broker() {
 
 #[test]
 fn a_queue_file_of_an_earlier_build_is_named_at_start() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _local, metrics) = bare_gateway("");
     let d = dir.path();
-    let (local, metrics) = (free_port(), free_port());
-    std::fs::write(
-        d.join("gatehost.toml"),
-        format!(
-            "state_dir = \"state\"\nplugin_dirs = []\n[local]\nlisten = \"127.0.0.1:{local}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n"
-        ),
-    )
-    .unwrap();
     std::fs::create_dir_all(d.join("state")).unwrap();
     std::fs::write(d.join("state/queue.redb"), b"left by an earlier build").unwrap();
     let g = Gatehost::start(d, metrics);
