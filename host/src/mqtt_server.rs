@@ -107,6 +107,20 @@ pub struct Session {
     pub auth: Result<Identity, String>,
     outbox: mpsc::UnboundedSender<Command>,
     clients: Arc<Clients>,
+    /// The filters this client subscribed to (shared with [`Clients`], which offers a message
+    /// only to the clients whose filters match it).
+    filters: Filters,
+}
+
+/// A client's subscriptions.
+type Filters = Arc<Mutex<Vec<String>>>;
+
+fn subscribed(filters: &Filters, topic: &str) -> bool {
+    filters
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|f| filter_matches(f, topic))
 }
 
 impl Session {
@@ -166,19 +180,29 @@ enum Command {
     Kick(String),
 }
 
+/// A connected client: its connection, its outbox and its subscriptions.
+struct Client {
+    connection: u64,
+    outbox: mpsc::UnboundedSender<Command>,
+    filters: Filters,
+}
+
 /// Connected clients by client id (one connection per id).
 #[derive(Default)]
 struct Clients {
-    by_id: Mutex<HashMap<String, (u64, mpsc::UnboundedSender<Command>)>>,
+    by_id: Mutex<HashMap<String, Client>>,
 }
 
 impl Clients {
-    /// Offer a message to every connected client; each delivers it if it subscribed to a
-    /// matching filter.
+    /// Hand a message to every connected client subscribed to a filter matching `topic` (the
+    /// others are not woken: a publish costs the same however many clients only publish).
     fn broadcast(&self, topic: &str, payload: &[u8], qos: QoS) {
         let clients = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, tx) in clients.values() {
-            let _ = tx.send(Command::Publish {
+        for client in clients.values() {
+            if !subscribed(&client.filters, topic) {
+                continue;
+            }
+            let _ = client.outbox.send(Command::Publish {
                 topic: topic.to_string(),
                 payload: payload.to_vec(),
                 qos,
@@ -239,15 +263,17 @@ impl MqttServer {
     /// filter). False when that client is not connected.
     pub fn send_to(&self, client_id: &str, topic: &str, payload: &[u8], qos: u8) -> bool {
         let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((_, tx)) = clients.get(client_id) else {
+        let Some(client) = clients.get(client_id) else {
             return false;
         };
-        tx.send(Command::Publish {
-            topic: topic.to_string(),
-            payload: payload.to_vec(),
-            qos: qos_of(qos),
-        })
-        .is_ok()
+        client
+            .outbox
+            .send(Command::Publish {
+                topic: topic.to_string(),
+                payload: payload.to_vec(),
+                qos: qos_of(qos),
+            })
+            .is_ok()
     }
 
     /// Publish to every connected client subscribed to `topic` (QoS 0 or 1), as a broker's
@@ -551,12 +577,18 @@ impl Connection {
         };
 
         let (tx, mut rx) = mpsc::unbounded_channel();
+        let filters = Filters::default();
         let older = {
             let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-            clients.insert(client_id.clone(), (self.id, tx.clone()))
+            let client = Client {
+                connection: self.id,
+                outbox: tx.clone(),
+                filters: filters.clone(),
+            };
+            clients.insert(client_id.clone(), client)
         };
-        if let Some((_, older)) = older {
-            let _ = older.send(Command::Kick(
+        if let Some(older) = older {
+            let _ = older.outbox.send(Command::Kick(
                 "a newer connection with the same client id took over".into(),
             ));
         }
@@ -565,6 +597,7 @@ impl Connection {
             auth,
             outbox: tx,
             clients: self.clients.clone(),
+            filters,
         };
         let accepted = ConnAck::new(ConnectReturnCode::Success, false);
         if !write_packet(&mut writer, Packet::ConnAck(accepted)).await {
@@ -626,7 +659,6 @@ impl Connection {
         R: AsyncReadExt + Unpin,
         W: AsyncWriteExt + Unpin,
     {
-        let mut filters: Vec<String> = Vec::new();
         let mut next_pkid: u16 = 0;
         // Publishes whose acknowledgement waits for the service, oldest first.
         let mut unacked: VecDeque<Unacked> = VecDeque::new();
@@ -728,7 +760,11 @@ impl Connection {
                         for f in &s.filters {
                             match self.service.subscribe(session, &f.path, f.qos as u8) {
                                 Ok(granted) => {
-                                    filters.push(f.path.clone());
+                                    session
+                                        .filters
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .push(f.path.clone());
                                     codes.push(SubscribeReasonCode::Success(qos_of(granted)));
                                 }
                                 Err(why) => {
@@ -745,7 +781,11 @@ impl Connection {
                         queue_packet(out, Packet::SubAck(SubAck::new(s.pkid, codes)));
                     }
                     Packet::Unsubscribe(u) => {
-                        filters.retain(|f| !u.topics.contains(f));
+                        session
+                            .filters
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .retain(|f| !u.topics.contains(f));
                         let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
                         queue_packet(out, Packet::UnsubAck(ack));
                     }
@@ -804,7 +844,7 @@ impl Connection {
                 }
                 command = rx.recv() => match command {
                     Some(Command::Publish { topic, payload, qos }) => {
-                        if !filters.iter().any(|f| filter_matches(f, &topic)) {
+                        if !subscribed(&session.filters, &topic) {
                             continue;
                         }
                         let mut publish = Publish::new(topic, qos, payload);
@@ -825,7 +865,10 @@ impl Connection {
 
     fn forget(&self, client_id: &str) {
         let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        if clients.get(client_id).is_some_and(|(id, _)| *id == self.id) {
+        if clients
+            .get(client_id)
+            .is_some_and(|client| client.connection == self.id)
+        {
             clients.remove(client_id);
         }
     }
@@ -833,7 +876,98 @@ impl Connection {
 
 #[cfg(test)]
 mod tests {
-    use super::filter_matches;
+    use super::*;
+    use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet as In};
+
+    /// Accepts everyone and routes every publish, as a plain broker.
+    struct Broker;
+
+    impl MqttService for Broker {
+        fn name(&self) -> &'static str {
+            "test"
+        }
+        fn connect(&self, request: &ConnectRequest<'_>) -> ConnectVerdict {
+            ConnectVerdict::Accept(Ok(Identity::new(request.client_id.to_string(), None)))
+        }
+        fn subscribe(&self, _: &Session, _: &str, qos: u8) -> Result<u8, String> {
+            Ok(qos.min(1))
+        }
+        fn publish(&self, _: &Session, _: &Publish) -> PublishVerdict {
+            PublishVerdict::Route
+        }
+    }
+
+    async fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+        let (client, mut events) = AsyncClient::new(MqttOptions::new(id, "127.0.0.1", port), 100);
+        loop {
+            if let Event::Incoming(In::ConnAck(_)) = events.poll().await.unwrap() {
+                return (client, events);
+            }
+        }
+    }
+
+    /// The next message's topic, driving the connection until one arrives.
+    async fn next_topic(events: &mut EventLoop) -> String {
+        loop {
+            match events.poll().await.unwrap() {
+                Event::Incoming(In::Publish(p)) => return p.topic,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Drive the connection until the SUBACK or UNSUBACK.
+    async fn until_acked(events: &mut EventLoop) {
+        loop {
+            if let Event::Incoming(In::SubAck(_) | In::UnsubAck(_)) = events.poll().await.unwrap() {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_publish_reaches_the_subscribed_clients_only_and_not_after_they_unsubscribe() {
+        let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
+            .await
+            .unwrap();
+        let (a, mut a_events) = client(server.port, "a").await;
+        let (b, mut b_events) = client(server.port, "b").await;
+        let (publisher, mut p_events) = client(server.port, "publisher").await;
+        tokio::spawn(async move { while p_events.poll().await.is_ok() {} });
+        a.subscribe("a/#", QoS::AtMostOnce).await.unwrap();
+        until_acked(&mut a_events).await;
+        b.subscribe("b/#", QoS::AtMostOnce).await.unwrap();
+        b.subscribe("sync", QoS::AtMostOnce).await.unwrap();
+        until_acked(&mut b_events).await;
+        until_acked(&mut b_events).await;
+
+        // One publisher's messages reach each client in the order they were published, so a
+        // later `sync` arriving next shows that nothing before it was delivered.
+        for topic in ["a/1", "b/1", "sync"] {
+            publisher
+                .publish(topic, QoS::AtMostOnce, false, "x")
+                .await
+                .unwrap();
+        }
+        assert_eq!(next_topic(&mut a_events).await, "a/1");
+        assert_eq!(next_topic(&mut b_events).await, "b/1");
+        assert_eq!(next_topic(&mut b_events).await, "sync");
+
+        b.unsubscribe("b/#").await.unwrap();
+        until_acked(&mut b_events).await;
+        for topic in ["b/2", "sync"] {
+            publisher
+                .publish(topic, QoS::AtMostOnce, false, "x")
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            next_topic(&mut b_events).await,
+            "sync",
+            "b/2 after unsubscribing"
+        );
+        drop((a, b, publisher));
+    }
 
     #[test]
     fn filters_match_like_mqtt() {
