@@ -105,22 +105,44 @@ pub enum PublishVerdict {
 pub struct Session {
     pub client_id: String,
     pub auth: Result<Identity, String>,
-    outbox: mpsc::UnboundedSender<Command>,
+    inbox: Inbox,
     clients: Arc<Clients>,
-    /// The filters this client subscribed to (shared with [`Clients`], which offers a message
-    /// only to the clients whose filters match it).
-    filters: Filters,
 }
 
-/// A client's subscriptions.
-type Filters = Arc<Mutex<Vec<String>>>;
+/// Where a connected client's messages go: its connection's command channel, behind its
+/// subscriptions (shared by the connection, which keeps them, and [`Clients`]). A message is
+/// checked against the filters once, when it is offered; the connection delivers what it gets.
+#[derive(Clone)]
+struct Inbox {
+    commands: mpsc::UnboundedSender<Command>,
+    filters: Arc<Mutex<Vec<String>>>,
+}
 
-fn subscribed(filters: &Filters, topic: &str) -> bool {
-    filters
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-        .any(|f| filter_matches(f, topic))
+impl Inbox {
+    /// Queue a message for the client if it subscribed to a filter matching `topic`; false
+    /// when it did not or its connection is gone.
+    fn offer(&self, topic: &str, payload: impl FnOnce() -> Vec<u8>, qos: QoS) -> bool {
+        if !self.subscribed(topic) {
+            return false;
+        }
+        let topic = topic.to_string();
+        let payload = payload();
+        self.commands
+            .send(Command::Publish {
+                topic,
+                payload,
+                qos,
+            })
+            .is_ok()
+    }
+
+    fn subscribed(&self, topic: &str) -> bool {
+        self.filters().iter().any(|f| filter_matches(f, topic))
+    }
+
+    fn filters(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+        self.filters.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Session {
@@ -131,11 +153,7 @@ impl Session {
 
     /// Send a message to this client only (if it subscribed to a matching filter).
     pub fn reply(&self, topic: String, payload: Vec<u8>) {
-        let _ = self.outbox.send(Command::Publish {
-            topic,
-            payload,
-            qos: QoS::AtMostOnce,
-        });
+        self.inbox.offer(&topic, || payload, QoS::AtMostOnce);
     }
 
     /// Deliver a message to every client subscribed to `topic` (QoS 0 or 1).
@@ -180,11 +198,10 @@ enum Command {
     Kick(String),
 }
 
-/// A connected client: its connection, its outbox and its subscriptions.
+/// A connected client: which connection it is on, and its inbox.
 struct Client {
     connection: u64,
-    outbox: mpsc::UnboundedSender<Command>,
-    filters: Filters,
+    inbox: Inbox,
 }
 
 /// Connected clients by client id (one connection per id).
@@ -199,14 +216,7 @@ impl Clients {
     fn broadcast(&self, topic: &str, payload: &[u8], qos: QoS) {
         let clients = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         for client in clients.values() {
-            if !subscribed(&client.filters, topic) {
-                continue;
-            }
-            let _ = client.outbox.send(Command::Publish {
-                topic: topic.to_string(),
-                payload: payload.to_vec(),
-                qos,
-            });
+            client.inbox.offer(topic, || payload.to_vec(), qos);
         }
     }
 }
@@ -263,17 +273,9 @@ impl MqttServer {
     /// filter). False when that client is not connected.
     pub fn send_to(&self, client_id: &str, topic: &str, payload: &[u8], qos: u8) -> bool {
         let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(client) = clients.get(client_id) else {
-            return false;
-        };
-        client
-            .outbox
-            .send(Command::Publish {
-                topic: topic.to_string(),
-                payload: payload.to_vec(),
-                qos: qos_of(qos),
-            })
-            .is_ok()
+        clients
+            .get(client_id)
+            .is_some_and(|client| client.inbox.offer(topic, || payload.to_vec(), qos_of(qos)))
     }
 
     /// Publish to every connected client subscribed to `topic` (QoS 0 or 1), as a broker's
@@ -577,27 +579,28 @@ impl Connection {
         };
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let filters = Filters::default();
+        let inbox = Inbox {
+            commands: tx,
+            filters: Arc::default(),
+        };
         let older = {
             let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
             let client = Client {
                 connection: self.id,
-                outbox: tx.clone(),
-                filters: filters.clone(),
+                inbox: inbox.clone(),
             };
             clients.insert(client_id.clone(), client)
         };
         if let Some(older) = older {
-            let _ = older.outbox.send(Command::Kick(
+            let _ = older.inbox.commands.send(Command::Kick(
                 "a newer connection with the same client id took over".into(),
             ));
         }
         let session = Session {
             client_id: client_id.clone(),
             auth,
-            outbox: tx,
+            inbox,
             clients: self.clients.clone(),
-            filters,
         };
         let accepted = ConnAck::new(ConnectReturnCode::Success, false);
         if !write_packet(&mut writer, Packet::ConnAck(accepted)).await {
@@ -760,11 +763,7 @@ impl Connection {
                         for f in &s.filters {
                             match self.service.subscribe(session, &f.path, f.qos as u8) {
                                 Ok(granted) => {
-                                    session
-                                        .filters
-                                        .lock()
-                                        .unwrap_or_else(|e| e.into_inner())
-                                        .push(f.path.clone());
+                                    session.inbox.filters().push(f.path.clone());
                                     codes.push(SubscribeReasonCode::Success(qos_of(granted)));
                                 }
                                 Err(why) => {
@@ -781,11 +780,7 @@ impl Connection {
                         queue_packet(out, Packet::SubAck(SubAck::new(s.pkid, codes)));
                     }
                     Packet::Unsubscribe(u) => {
-                        session
-                            .filters
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .retain(|f| !u.topics.contains(f));
+                        session.inbox.filters().retain(|f| !u.topics.contains(f));
                         let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
                         queue_packet(out, Packet::UnsubAck(ack));
                     }
@@ -843,10 +838,8 @@ impl Connection {
                     }
                 }
                 command = rx.recv() => match command {
+                    // Offered only if it matched a subscription (`Inbox::offer`).
                     Some(Command::Publish { topic, payload, qos }) => {
-                        if !subscribed(&session.filters, &topic) {
-                            continue;
-                        }
                         let mut publish = Publish::new(topic, qos, payload);
                         if qos != QoS::AtMostOnce {
                             next_pkid = next_pkid.checked_add(1).unwrap_or(1);
