@@ -468,18 +468,19 @@ impl Queue {
                 .write(true)
                 .open(&path)
                 .map_err(io_error(&path))?;
-            let zeros_after = bytes[scan.end as usize..].iter().all(|&b| b == 0);
-            if scan.end < bytes.len() as u64 && !zeros_after {
-                let lost = bytes.len() as u64 - scan.end;
-                if i + 1 == ids.len() {
-                    tracing::warn!(segment = %path.display(), "the queue's last write was cut short (a crash or power loss); its {lost} bytes are discarded (they were never acknowledged)");
-                } else {
-                    tracing::error!(segment = %path.display(), "the queue segment is damaged at byte {}: the {lost} bytes after it cannot be read and their messages are lost", scan.end);
+            if scan.end < bytes.len() as u64 {
+                // Zeros after the last record were written ahead of it (`ZERO_AHEAD`); anything
+                // else is a torn write or damage. Either way it is cut off: appends go to a new
+                // segment.
+                let after = &bytes[scan.end as usize..];
+                let lost = after.len();
+                if after.iter().any(|&b| b != 0) {
+                    if i + 1 == ids.len() {
+                        tracing::warn!(segment = %path.display(), "the queue's last write was cut short (a crash or power loss); its {lost} bytes are discarded (they were never acknowledged)");
+                    } else {
+                        tracing::error!(segment = %path.display(), "the queue segment is damaged at byte {}: the {lost} bytes after it cannot be read and their messages are lost", scan.end);
+                    }
                 }
-                file.set_len(scan.end).map_err(io_error(&path))?;
-            } else if scan.end < bytes.len() as u64 {
-                // Zeros written ahead of the last record: no longer needed (appends go to a new
-                // segment).
                 file.set_len(scan.end).map_err(io_error(&path))?;
             }
             state.segments.insert(
