@@ -588,6 +588,8 @@ fn set_aside(shared: &Shared, device: &str, queued: &Queued, cause: &str, reason
         cause: cause.into(),
         reason: reason.to_string(),
         message: queued.message.clone(),
+        device: Some(device.to_string()),
+        from_cloud: None,
     };
     shared
         .log

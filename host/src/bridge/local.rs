@@ -33,6 +33,34 @@ pub struct LocalService {
     pub max_packet: usize,
 }
 
+/// Why `m`, translated for `device`, cannot go upstream (the dead-letter cause and one
+/// sentence), if it cannot.
+pub fn upstream_refusal(
+    config: &Config,
+    device: &str,
+    m: &Message,
+) -> Option<(&'static str, String)> {
+    if let Err(why) = device_known(config, device) {
+        return Some(("unknown device", why));
+    }
+    if m.payload.len() > MAX_PAYLOAD_BYTES {
+        let why = format!(
+            "the message for '{device}' has {} bytes, over the upstream limit of {MAX_PAYLOAD_BYTES}",
+            m.payload.len()
+        );
+        return Some(("too large", why));
+    }
+    None
+}
+
+/// `m` as it is queued for a device: IoT Hub and most clouds take QoS 0 and 1 only; retain is
+/// a local-broker notion.
+pub fn as_queued(mut m: Message) -> Message {
+    m.qos = m.qos.min(1);
+    m.retain = false;
+    m
+}
+
 /// Whether messages for `device` can go upstream: it is listed, or a template takes it.
 fn device_known(config: &Config, device: &str) -> Result<(), String> {
     if config.devices.iter().any(|d| d.name == device) {
@@ -46,15 +74,24 @@ fn device_known(config: &Config, device: &str) -> Result<(), String> {
     }
 }
 
+/// Where a dead letter's message was when it was set aside.
+struct SetAside<'a> {
+    rule: &'a str,
+    /// The device it was translated for.
+    device: Option<&'a str>,
+    origin: Origin<'a>,
+}
+
 impl LocalService {
     fn dead_letter(
         &self,
         batch: &mut Batch,
-        rule: &str,
+        at: SetAside<'_>,
         cause: &str,
         reason: String,
         message: Message,
     ) {
+        let rule = at.rule;
         self.metrics.dead_lettered.inc(&[rule, cause]);
         self.log.warn(
             &format!("dead letter {rule} {cause}"),
@@ -69,6 +106,11 @@ impl LocalService {
             cause: cause.to_string(),
             reason,
             message,
+            device: at.device.map(str::to_string),
+            from_cloud: match at.origin {
+                Origin::Local => None,
+                Origin::Cloud { device } => Some(device.to_string()),
+            },
         });
     }
 }
@@ -128,38 +170,33 @@ impl LocalService {
                 Ok(outputs) => outputs,
                 Err(e) => {
                     let reason = format!("{} failed: {e}", rule.source);
-                    self.dead_letter(
-                        &mut batch,
-                        &rule.name,
-                        "rule error",
-                        reason,
-                        message.clone(),
-                    );
+                    let at = SetAside {
+                        rule: &rule.name,
+                        device: None,
+                        origin,
+                    };
+                    self.dead_letter(&mut batch, at, "rule error", reason, message.clone());
                     continue;
                 }
             };
             for out in outputs {
-                let mut m = out.message;
+                let m = out.message;
                 match out.destination {
                     Destination::Local => {
                         self.metrics.to_local.inc(&[&rule.name]);
                         to_local.push(m);
                     }
                     Destination::Upstream(device) => {
-                        if let Err(why) = device_known(&running.config, &device) {
-                            self.dead_letter(&mut batch, &rule.name, "unknown device", why, m);
-                        } else if m.payload.len() > MAX_PAYLOAD_BYTES {
-                            let why = format!(
-                                "the message for '{device}' has {} bytes, over the upstream limit of {MAX_PAYLOAD_BYTES}",
-                                m.payload.len()
-                            );
-                            self.dead_letter(&mut batch, &rule.name, "too large", why, m);
-                        } else {
-                            // IoT Hub and most clouds take QoS 0 and 1 only; retain is a
-                            // local-broker notion.
-                            m.qos = m.qos.min(1);
-                            m.retain = false;
-                            batch.messages.push((device, m));
+                        match upstream_refusal(&running.config, &device, &m) {
+                            Some((cause, why)) => {
+                                let at = SetAside {
+                                    rule: &rule.name,
+                                    device: Some(&device),
+                                    origin,
+                                };
+                                self.dead_letter(&mut batch, at, cause, why, m);
+                            }
+                            None => batch.messages.push((device, as_queued(m))),
                         }
                     }
                 }
@@ -172,7 +209,12 @@ impl LocalService {
                     "the cloud message for '{device}' on '{}' matches no rule's from_cloud",
                     message.topic
                 );
-                self.dead_letter(&mut batch, "", "no rule", reason, message);
+                let at = SetAside {
+                    rule: "",
+                    device: None,
+                    origin,
+                };
+                self.dead_letter(&mut batch, at, "no rule", reason, message);
             }
             Origin::Local => {
                 self.metrics.unrouted.fetch_add(1, Ordering::Relaxed);

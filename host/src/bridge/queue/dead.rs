@@ -67,23 +67,22 @@ impl DeadLetters {
     /// The kept dead letters, oldest first (lines that cannot be read, like one torn by a
     /// crash, are skipped).
     pub fn read(&self) -> std::io::Result<Vec<DeadLetter>> {
-        let mut all: Vec<DeadLetter> = Vec::new();
-        for line in BufReader::new(File::open(&self.path)?).lines() {
-            if let Ok(letter) = serde_json::from_str(&line?) {
-                all.push(letter);
-            }
-        }
-        let skip = all.len().saturating_sub(self.max as usize);
-        Ok(all.split_off(skip))
+        read_kept(&self.path, self.max)
     }
 
-    /// Keep only the newest `max`: written to a new file, synced, then renamed over the old one.
+    /// Keep only the newest `max`.
     fn rewrite(&mut self) -> std::io::Result<()> {
         let kept = self.read()?;
+        self.replace(&kept)
+    }
+
+    /// Make `letters` the whole file: written to a new file, synced, then renamed over the old
+    /// one (a crash leaves the old file or the new one, never a mix).
+    pub fn replace(&mut self, letters: &[DeadLetter]) -> std::io::Result<()> {
         let fresh = self.path.with_extension("jsonl.new");
         {
             let mut out = std::io::BufWriter::new(File::create(&fresh)?);
-            for letter in &kept {
+            for letter in letters {
                 serde_json::to_writer(&mut out, letter).map_err(std::io::Error::other)?;
                 out.write_all(b"\n")?;
             }
@@ -97,7 +96,27 @@ impl DeadLetters {
             .read(true)
             .append(true)
             .open(&self.path)?;
-        self.lines = kept.len() as u64;
+        self.lines = letters.len() as u64;
         Ok(())
     }
+}
+
+/// The newest `max` dead letters of the file at `path`, oldest first; none when there is no
+/// file. Safe while gatehost runs: the file only grows by whole lines or is renamed over.
+pub fn read_kept(path: &Path, max: u64) -> std::io::Result<Vec<DeadLetter>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut all: Vec<DeadLetter> = Vec::new();
+    for line in BufReader::new(file).lines() {
+        if let Ok(letter) = serde_json::from_str(&line?) {
+            all.push(letter);
+        }
+    }
+    let skip = all
+        .len()
+        .saturating_sub(usize::try_from(max).unwrap_or(usize::MAX));
+    Ok(all.split_off(skip))
 }

@@ -87,6 +87,16 @@ pub struct Queued {
     pub message: Message,
 }
 
+/// Every dead-letter cause (`DeadLetter::cause`).
+pub const DEAD_LETTER_CAUSES: [&str; 6] = [
+    "rule error",
+    "unknown device",
+    "too large",
+    "not publishable",
+    "upstream refused",
+    "no rule",
+];
+
 /// A message set aside: it matched a rule that failed on it, or named no usable device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
@@ -98,6 +108,15 @@ pub struct DeadLetter {
     /// One sentence: what went wrong.
     pub reason: String,
     pub message: Message,
+    /// The device the message was translated for, when it was set aside after translation
+    /// (`unknown device`, `too large`, `not publishable`, `upstream refused`): `message` is then
+    /// the translated message. `None` when no rule translated it (`rule error`, `no rule`):
+    /// `message` is then the message as it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A cloud-to-device message: the device whose cloud session received it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_cloud: Option<String>,
 }
 
 /// Messages dropped by a limit, by device and cause.
@@ -419,6 +438,13 @@ impl State {
     }
 }
 
+/// The kept dead letters of the queue in `dir`, oldest first, read without opening the queue
+/// (so also while gatehost runs on it); none when it has none.
+pub fn dead_letters_in(dir: &Path, max_dead_letters: u64) -> Result<Vec<DeadLetter>, QueueError> {
+    let path = dir.join(dead::FILE);
+    dead::read_kept(&path, max_dead_letters).map_err(io_error(&path))
+}
+
 impl Queue {
     /// Open (or create) the queue in the folder `dir`, reading back what it holds; a record cut
     /// short by a crash ends its segment (its append never returned, so nothing acknowledged is
@@ -619,9 +645,8 @@ impl Queue {
         Ok(())
     }
 
-    /// [`Queue::stage`] and sync at once (the bridge syncs on its own thread): what the byte
-    /// limit made drop.
-    #[cfg(test)]
+    /// [`Queue::stage`] and sync at once (the bridge syncs on its own thread; replaying dead
+    /// letters does not): what the byte limit made drop.
     pub fn append(
         &self,
         messages: &[(String, Message)],
@@ -916,6 +941,12 @@ impl Queue {
         self.lock().dead.read().map_err(io_error(&path))
     }
 
+    /// Make `letters` the kept dead letters, replacing the file (after a replay took some).
+    pub fn replace_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
+        let path = self.dir.join(dead::FILE);
+        self.lock().dead.replace(letters).map_err(io_error(&path))
+    }
+
     /// The queue's folder.
     pub fn path(&self) -> &Path {
         &self.dir
@@ -1010,6 +1041,8 @@ mod tests {
             cause: "not publishable".into(),
             reason: "no".into(),
             message: queued[1].message.clone(),
+            device: Some("d".into()),
+            from_cloud: None,
         };
         q.set_aside("d", queued[1].seq, &letter).unwrap();
         let left: Vec<_> = q.peek("d", 0, 10).unwrap();
@@ -1101,6 +1134,8 @@ mod tests {
             cause: "rule error".into(),
             reason: format!("no {n}"),
             message: msg("t", &[n]),
+            device: None,
+            from_cloud: None,
         };
         q.append(&[], &[letter(1), letter(2), letter(3)]).unwrap();
         let kept = q.dead_letters().unwrap();
@@ -1123,6 +1158,8 @@ mod tests {
             cause: "rule error".into(),
             reason: format!("no {n}"),
             message: msg("t", &[n]),
+            device: None,
+            from_cloud: None,
         }
     }
 
