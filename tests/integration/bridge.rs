@@ -86,6 +86,19 @@ impl Gatehost {
             .unwrap_or(0.0)
     }
 
+    /// Stop it as an operator does (SIGTERM) and wait until it exited.
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        eventually(30, "gatehost run exits after SIGTERM", || {
+            self.child.try_wait().unwrap().is_some()
+        });
+    }
+
     fn kill9(&mut self) {
         let _ = Command::new("kill")
             .args(["-9", &self.child.id().to_string()])
@@ -843,6 +856,170 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     );
 }
 
+/// `gatehost dead-letters <args>` in `dir`.
+fn dead_letters(dir: &Path, args: &[&str]) -> crate::support::Output {
+    crate::support::run(
+        crate::support::gatehost()
+            .current_dir(dir)
+            .args(["dead-letters"])
+            .args(args)
+            .args(["--config", "gatehost.toml"]),
+    )
+}
+
+#[test]
+fn dead_letters_of_a_broken_rule_are_listed_and_replayed_to_the_cloud_once_it_is_fixed() {
+    let pki = Pki::new();
+    let upstream = Mosquitto::start_tls(&pki);
+    let sub = dt_subscriber(&pki, upstream.port);
+    let (dir, local, metrics) = tls_gateway(
+        &pki,
+        upstream.port,
+        "\n[[rules]]\nname = \"picky\"\nrule = \"picky\"\nfrom = [\"picky/#\"]\n",
+    );
+    let d = dir.path();
+    std::fs::write(
+        d.join("plugins/picky.toml"),
+        "name = \"picky\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
+    )
+    .unwrap();
+    let rule = |broken: bool| {
+        let check = if broken {
+            "    if msg.payload.as_string() == \"bad\" { throw \"cannot read 'bad'\"; }\n"
+        } else {
+            ""
+        };
+        std::fs::write(
+            d.join("plugins/picky.rhai"),
+            format!("fn translate(msg) {{\n{check}    [#{{ upstream: \"dev01\", topic: \"dt/picky\", payload: msg.payload, qos: 1 }}]\n}}\n"),
+        )
+        .unwrap();
+    };
+    rule(true);
+    let mut g = Gatehost::start(d, metrics);
+    mosquitto_pub(local, "picky/1", b"bad");
+    mosquitto_pub(local, "picky/2", b"bad");
+    mosquitto_pub(local, "plant/dev01/big", &vec![b'x'; 300 * 1024]);
+    mosquitto_pub(local, "picky/3", b"good");
+    eventually(60, "the good message upstream", || {
+        !sub.messages().is_empty()
+    });
+    eventually(10, "three dead letters kept", || {
+        g.metric("gatehost_dead_letters_kept") == 3.0
+    });
+
+    // Listing works while gatehost runs; replaying, which writes the queue, is refused.
+    let list = dead_letters(d, &["list"]);
+    assert_eq!(list.code, 0, "{}", list.stderr);
+    assert!(
+        list.stdout
+            .contains("[rule error]  rule picky, no device yet: 'picky/1' (3 bytes)"),
+        "{}",
+        list.stdout
+    );
+    assert!(list.stdout.contains("cannot read 'bad'"), "{}", list.stdout);
+    assert!(
+        list.stdout
+            .contains("[too large]  rule plant-to-dt, for dev01: 'dt/dev01/big' (307200 bytes)"),
+        "{}",
+        list.stdout
+    );
+    assert!(
+        list.stdout.contains("3 dead letter(s) shown"),
+        "{}",
+        list.stdout
+    );
+    let json = dead_letters(d, &["list", "--cause", "rule error", "--json"]);
+    let topics: Vec<String> = json
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["message"]["topic"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(topics, ["picky/1", "picky/2"]);
+    let typo = dead_letters(d, &["list", "--cause", "rule-error"]);
+    assert_eq!(typo.code, 2);
+    assert!(typo.stderr.contains("possible values"), "{}", typo.stderr);
+    let busy = dead_letters(d, &["replay"]);
+    assert_eq!(busy.code, 1);
+    assert!(
+        busy.stderr
+            .contains("stop `gatehost run` on this config first"),
+        "{}",
+        busy.stderr
+    );
+
+    // Still broken: nothing is replayed, the reason is the rule's error of today.
+    eventually(10, "the good message acknowledged", || {
+        g.metric("gatehost_queue_messages{device=\"dev01\"}") == 0.0
+    });
+    g.stop();
+    let still = dead_letters(d, &["replay", "--rule", "picky"]);
+    assert!(
+        still
+            .stdout
+            .contains("0 of 2 selected dead letter(s) replayed, 2 stays"),
+        "{}",
+        still.stdout
+    );
+    assert!(
+        still.stdout.contains("picky 1.0.0 still fails"),
+        "{}",
+        still.stdout
+    );
+
+    // Fixed: a dry run changes nothing, the replay queues both and only the large one stays.
+    rule(false);
+    let dry = dead_letters(d, &["replay", "--dry-run"]);
+    assert!(
+        dry.stdout
+            .contains("2 of 3 selected dead letter(s) would replay, 1 would stay"),
+        "{}",
+        dry.stdout
+    );
+    let done = dead_letters(d, &["replay"]);
+    assert_eq!(done.code, 0, "{}", done.stderr);
+    assert!(
+        done.stdout
+            .contains("2 of 3 selected dead letter(s) replayed, 1 stays"),
+        "{}",
+        done.stdout
+    );
+    assert!(
+        done.stdout.contains("over the upstream limit of 262144"),
+        "{}",
+        done.stdout
+    );
+    let left = dead_letters(d, &["list"]);
+    assert!(
+        left.stdout.contains("1 dead letter(s) shown"),
+        "{}",
+        left.stdout
+    );
+
+    // The next run forwards them, translated by the fixed rule.
+    let _g = Gatehost::start(d, metrics);
+    eventually(60, "the replayed messages upstream", || {
+        sub.messages().len() >= 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut got = sub.messages();
+    got.sort();
+    let picky = ("dt/picky".to_string(), b"bad".to_vec());
+    assert_eq!(
+        got,
+        vec![
+            picky.clone(),
+            picky,
+            ("dt/picky".to_string(), b"good".to_vec())
+        ]
+    );
+}
+
 /// A folder with a `gatehost.toml` of no plugins, an embedded broker and metrics on free ports,
 /// and `extra` appended; the folder and both ports.
 fn bare_gateway(extra: &str) -> (tempfile::TempDir, u16, u16) {
@@ -936,15 +1113,7 @@ fn a_clean_restart_after_delivery_sends_nothing_twice() {
         g.metric("gatehost_queue_messages{device=\"dev01\"}") == 0.0
             && g.metric("gatehost_queue_messages{device=\"dev02\"}") == 0.0
     });
-    let pid = g.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    eventually(30, "gatehost run exits after SIGTERM", || {
-        g.child.try_wait().unwrap().is_some()
-    });
+    g.stop();
     let g = Gatehost::start(dir.path(), metrics);
     eventually(30, "both devices connected again", || {
         g.metric("gatehost_upstream_connected{device=\"dev01\"}") == 1.0

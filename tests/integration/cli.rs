@@ -289,6 +289,8 @@ fn every_command_has_help_with_an_example() {
         vec!["plugin", "sync"],
         vec!["sign", "sas"],
         vec!["onboard"],
+        vec!["dead-letters", "list"],
+        vec!["dead-letters", "replay"],
     ] {
         let mut full = args.clone();
         full.push("--help");

@@ -12,6 +12,7 @@ pub mod log_once;
 pub mod metrics;
 pub mod queue;
 pub mod reload;
+pub mod replay;
 pub mod simulate;
 
 use crate::config::Config;

@@ -3,6 +3,7 @@
 
 mod certs;
 mod check;
+mod dead_letters;
 mod onboard;
 mod plugin;
 mod rule;
@@ -80,6 +81,9 @@ pub enum Command {
     /// Azure SAS tokens, derived device keys and JWTs.
     #[command(subcommand)]
     Sign(sign::SignCommand),
+    /// List the messages the bridge set aside, and replay them once their cause is fixed.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLettersCommand),
     /// Start the local provider emulators (DPS, IoT Hub, MindConnect, AWS IoT).
     #[command(after_help = "Example:\n  gatehost sandbox --config sandbox.toml")]
     Sandbox(sandbox::SandboxArgs),
@@ -108,6 +112,7 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Sign(cmd) => sign::run(cmd),
         Command::Sandbox(args) => sandbox::run(args),
+        Command::DeadLetters(cmd) => dead_letters::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,162 @@
+//! `gatehost dead-letters list|replay`: show the messages the bridge set aside (any time, also
+//! while gatehost runs) and queue them again once their cause is fixed (with gatehost stopped).
+
+use super::{print_json, ConfigArg};
+use crate::bridge::queue::{dead_letters_in, DeadLetter, DEAD_LETTER_CAUSES};
+use crate::bridge::replay::{self, Selection};
+use std::process::ExitCode;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DeadLettersCommand {
+    /// List the kept dead letters, oldest first (safe while gatehost runs).
+    #[command(
+        after_help = "Examples:\n  gatehost dead-letters list --config gatehost.toml\n  gatehost dead-letters list --cause \"rule error\" --rule line4 --json | jq .message.topic"
+    )]
+    List(ListArgs),
+    /// Queue dead letters for their devices again once their cause is fixed (a rule repaired, a
+    /// device added); replayed letters leave the list. Stop `gatehost run` first.
+    #[command(
+        after_help = "Examples:\n  gatehost dead-letters replay --rule line4 --dry-run\n  gatehost dead-letters replay --cause \"unknown device\" --device press9"
+    )]
+    Replay(ReplayArgs),
+}
+
+/// Which letters a command takes: those matching every filter given.
+#[derive(Debug, clap::Args)]
+pub struct FilterArgs {
+    /// Only letters of this rule.
+    #[arg(long)]
+    pub rule: Option<String>,
+    /// Only letters of this cause.
+    #[arg(long, value_parser = DEAD_LETTER_CAUSES)]
+    pub cause: Option<String>,
+    /// Only letters for this device (or from its cloud session).
+    #[arg(long)]
+    pub device: Option<String>,
+}
+
+impl FilterArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            rule: self.rule.clone(),
+            cause: self.cause.clone(),
+            device: self.device.clone(),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// One JSON object per line, as kept in the file.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Say what would be replayed and what would stay; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub fn run(cmd: DeadLettersCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DeadLettersCommand::List(args) => list(args),
+        DeadLettersCommand::Replay(args) => replay(args),
+    }
+}
+
+fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let dir = config.queue_path();
+    let limits = config.store.limits();
+    let selection = args.filter.selection();
+    let letters: Vec<DeadLetter> = dead_letters_in(&dir, limits.max_dead_letters)?
+        .into_iter()
+        .filter(|l| selection.matches(l))
+        .collect();
+    if args.json {
+        for letter in &letters {
+            print_json(letter);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for letter in &letters {
+        println!("{}", describe(letter));
+        println!("    {}", letter.reason);
+    }
+    println!(
+        "{} dead letter(s) shown, from {}",
+        letters.len(),
+        dir.join("dead-letters.jsonl").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let config = args.config.load()?;
+    let report = replay::replay(&config, &args.filter.selection(), args.dry_run)?;
+    for problem in &report.problems {
+        eprintln!("warning: {problem}");
+    }
+    let (done, stay) = if args.dry_run {
+        ("would replay", "would stay")
+    } else {
+        ("replayed", "stays")
+    };
+    for (letter, messages) in &report.replayed {
+        println!(
+            "{done}: {} -> {messages} message(s) queued",
+            describe(letter)
+        );
+    }
+    for (letter, why) in &report.kept {
+        println!("{stay}: {}\n    {why}", describe(letter));
+    }
+    for ((device, cause), n) in &report.dropped.0 {
+        eprintln!("warning: {n} replayed message(s) of '{device}' dropped: {cause} (see [store] in the config)");
+    }
+    println!(
+        "{} of {} selected dead letter(s) {done}, {} {stay}; {} not selected",
+        report.replayed.len(),
+        report.replayed.len() + report.kept.len(),
+        report.kept.len(),
+        report.untouched
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line: when, cause, rule, device, topic and size.
+fn describe(letter: &DeadLetter) -> String {
+    let at = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(letter.at_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| letter.at_ms.to_string());
+    let rule = if letter.rule.is_empty() {
+        "-"
+    } else {
+        &letter.rule
+    };
+    let device = match (&letter.device, &letter.from_cloud) {
+        (Some(d), _) => format!("for {d}"),
+        (None, Some(d)) => format!("from the cloud of {d}"),
+        (None, None) => "no device yet".into(),
+    };
+    format!(
+        "{at}  [{}]  rule {rule}, {device}: '{}' ({} bytes)",
+        letter.cause,
+        letter.message.topic,
+        letter.message.payload.len()
+    )
+}
