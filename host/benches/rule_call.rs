@@ -93,8 +93,40 @@ enrich = true"#,
     group.bench_function("rhai_not_json_100B", |b| {
         b.iter(|| rhai.translate(black_box(&plain)).unwrap())
     });
+    // The same on two threads at once, as the bridge's two local threads call it: the time is
+    // per call on each thread, so it matches the line above unless the threads slow each other.
+    group.bench_function("rhai_not_json_100B_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let started = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters {
+                            black_box(rhai.translate(black_box(&plain)).unwrap());
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
+    });
     group.bench_function("template", |b| {
         b.iter(|| template.translate(black_box(&msg)).unwrap())
+    });
+    group.bench_function("native_2_threads", |b| {
+        b.iter_custom(|iters| {
+            let started = std::time::Instant::now();
+            std::thread::scope(|s| {
+                for _ in 0..2 {
+                    s.spawn(|| {
+                        for _ in 0..iters {
+                            black_box(native_translate(black_box(&msg)).unwrap());
+                        }
+                    });
+                }
+            });
+            started.elapsed()
+        })
     });
     group.finish();
 }
