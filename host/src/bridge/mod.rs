@@ -152,7 +152,17 @@ impl Bridge {
                 forwarders.set_from_cloud(Box::new(move |device, message| {
                     cloud.from_cloud(device, message, &client)
                 }));
-                simulate::start(&config.simulators, &url.host, url.port, tls);
+                let credentials = config
+                    .local
+                    .username
+                    .clone()
+                    .map(|user| (user, config.local.password.clone().unwrap_or_default()));
+                let target = simulate::Target::External {
+                    url: url.clone(),
+                    tls,
+                    credentials,
+                };
+                simulate::start(&config.simulators, &Arc::new(target), &log);
                 (None, url.to_string())
             }
             None => {
@@ -176,16 +186,15 @@ impl Bridge {
                 // The server lives as long as the runtime, and its clients get the
                 // cloud-to-device messages.
                 let server = Arc::new(server);
+                let target = simulate::Target::Embedded {
+                    service: service.clone(),
+                    server: server.clone(),
+                };
                 forwarders.set_from_cloud(Box::new(move |device, message| {
                     service.from_cloud(device, message, server.as_ref())
                 }));
                 let _guard = runtime.enter();
-                simulate::start(
-                    &config.simulators,
-                    &addr.ip().to_string(),
-                    addr.port(),
-                    None,
-                );
+                simulate::start(&config.simulators, &Arc::new(target), &log);
                 (Some(addr), format!("mqtt://{addr}"))
             }
         };
