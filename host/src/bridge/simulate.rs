@@ -33,7 +33,8 @@ pub enum Target {
 
 /// Start every simulator on the current tokio runtime.
 pub fn start(simulators: &[SimulatorConfig], target: &Arc<Target>, log: &Arc<LogOnce>) {
-    for sim in simulators.iter().cloned() {
+    for sim in simulators {
+        let sim = sim.clone();
         let target = target.clone();
         let log = log.clone();
         tokio::spawn(async move {
