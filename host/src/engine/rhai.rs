@@ -315,10 +315,9 @@ pub fn outbounds_from_dynamic(value: Dynamic) -> Result<Vec<Outbound>, PluginErr
 
 fn outbound_from_dynamic(n: usize, item: Dynamic) -> Result<Outbound, PluginError> {
     let type_name = item.type_name();
-    let map = item
+    let mut map = item
         .try_cast::<Map>()
         .ok_or_else(|| bad_output(format!("outbound message {n} is a {type_name}, not a map")))?;
-    let field = |name: &str| map.get(name).cloned();
     let err = |what: String| bad_output(format!("outbound message {n}: {what}"));
 
     for key in map.keys() {
@@ -336,7 +335,7 @@ fn outbound_from_dynamic(n: usize, item: Dynamic) -> Result<Outbound, PluginErro
             return Err(err(format!("unknown field '{key}'")));
         }
     }
-    let destination = match (field("upstream"), field("local")) {
+    let destination = match (map.remove("upstream"), map.remove("local")) {
         (Some(device), None) => Destination::Upstream(
             device
                 .into_string()
@@ -351,7 +350,7 @@ fn outbound_from_dynamic(n: usize, item: Dynamic) -> Result<Outbound, PluginErro
         }
         (Some(_), Some(_)) => return Err(err("it has both 'upstream' and 'local'".into())),
     };
-    let message = message_from_map(&map).map_err(err)?;
+    let message = message_from_map(map).map_err(err)?;
     Ok(Outbound {
         destination,
         message,
@@ -370,9 +369,10 @@ pub fn bytes_from_dynamic(value: Dynamic, what: &str) -> Result<Vec<u8>, String>
 }
 
 /// A message from a script map `#{topic, payload, qos, retain, properties}`: what rules return and
-/// what `mqtt` sessions publish. The error completes "message ...: <error>".
-pub fn message_from_map(map: &Map) -> Result<Message, String> {
-    let field = |name: &str| map.get(name).cloned();
+/// what `mqtt` sessions publish. The fields are moved out, not copied. The error completes
+/// "message ...: <error>".
+pub fn message_from_map(mut map: Map) -> Result<Message, String> {
+    let mut field = |name: &str| map.remove(name);
     let topic = field("topic")
         .ok_or_else(|| "'topic' is missing".to_string())?
         .into_string()

@@ -33,7 +33,7 @@ fn invalid(message: String) -> Box<rhai::EvalAltResult> {
 }
 
 fn message(map: Map) -> RhaiResult<Message> {
-    message_from_map(&map).map_err(|why| invalid(format!("message: {why}")))
+    message_from_map(map).map_err(|why| invalid(format!("message: {why}")))
 }
 
 pub fn register(engine: &mut Engine, ctx: &CapContext) {
