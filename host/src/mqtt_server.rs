@@ -6,6 +6,8 @@
 //! an [`MqttService`] for every decision (who may connect, which subscriptions and publishes are
 //! allowed, what to answer).
 
+mod retained;
+
 use crate::record::{Record, Recorder};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
@@ -160,6 +162,11 @@ impl Session {
     pub fn broadcast(&self, topic: &str, payload: &[u8], qos: u8) {
         self.clients.broadcast(topic, payload, qos_of(qos));
     }
+
+    /// Keep `payload` as `topic`'s retained message (empty: clear it); `Err` says why not.
+    pub fn retain(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), String> {
+        self.clients.retained.keep(topic, payload, qos_of(qos))
+    }
 }
 
 /// How many publishes of one client may wait for their acknowledgement (see
@@ -187,6 +194,15 @@ pub trait MqttService: Send + Sync + 'static {
     fn protocol_error(&self, cause: &'static str, detail: &str) {
         let _ = (cause, detail);
     }
+    /// Whether the server keeps retained messages and hands them to new subscriptions (a
+    /// broker does; the emulated cloud services do not).
+    fn retains(&self) -> bool {
+        false
+    }
+    /// A retained message was not kept (a limit of [`retained`]); `detail` says which and why.
+    fn retained_refused(&self, detail: &str) {
+        let _ = detail;
+    }
 }
 
 enum Command {
@@ -208,6 +224,8 @@ struct Client {
 #[derive(Default)]
 struct Clients {
     by_id: Mutex<HashMap<String, Client>>,
+    /// Retained messages, for services that keep them ([`MqttService::retains`]).
+    retained: retained::Retained,
 }
 
 impl Clients {
@@ -282,6 +300,11 @@ impl MqttServer {
     /// own message.
     pub fn publish(&self, topic: &str, payload: &[u8], qos: u8) {
         self.clients.broadcast(topic, payload, qos_of(qos));
+    }
+
+    /// Keep `payload` as `topic`'s retained message (empty: clear it); `Err` says why not.
+    pub fn retain(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), String> {
+        self.clients.retained.keep(topic, payload, qos_of(qos))
     }
 
     /// Whether `client_id` is connected now.
@@ -729,6 +752,7 @@ impl Connection {
                             PublishVerdict::Route => true,
                             PublishVerdict::Deferred(settled) => {
                                 self.clients.broadcast(&p.topic, &p.payload, p.qos);
+                                self.keep_if_retained(&p);
                                 unacked.push_back(Unacked {
                                     pkid: p.pkid,
                                     qos: p.qos,
@@ -752,6 +776,7 @@ impl Connection {
                         }
                         if route {
                             self.clients.broadcast(&p.topic, &p.payload, p.qos);
+                            self.keep_if_retained(&p);
                         }
                     }
                     Packet::PubRel(rel) => {
@@ -760,11 +785,13 @@ impl Connection {
                     }
                     Packet::Subscribe(s) => {
                         let mut codes = Vec::new();
+                        let mut granted_filters = Vec::new();
                         for f in &s.filters {
                             match self.service.subscribe(session, &f.path, f.qos as u8) {
                                 Ok(granted) => {
                                     session.inbox.filters().push(f.path.clone());
                                     codes.push(SubscribeReasonCode::Success(qos_of(granted)));
+                                    granted_filters.push((f.path.as_str(), granted));
                                 }
                                 Err(why) => {
                                     self.recorder.push(
@@ -778,6 +805,11 @@ impl Connection {
                             }
                         }
                         queue_packet(out, Packet::SubAck(SubAck::new(s.pkid, codes)));
+                        if self.service.retains() {
+                            for (filter, granted) in granted_filters {
+                                self.queue_retained(filter, granted, &mut next_pkid, out);
+                            }
+                        }
                     }
                     Packet::Unsubscribe(u) => {
                         session.inbox.filters().retain(|f| !u.topics.contains(f));
@@ -856,6 +888,35 @@ impl Connection {
         }
     }
 
+    /// Keep a broker-routed publish with the retain flag, for services that retain.
+    fn keep_if_retained(&self, p: &Publish) {
+        if p.retain && self.service.retains() {
+            if let Err(why) = self.clients.retained.keep(&p.topic, &p.payload, p.qos) {
+                self.service.retained_refused(&why);
+            }
+        }
+    }
+
+    /// Queue the retained messages a new subscription to `filter` (granted at QoS `granted`)
+    /// receives, with the retain flag set.
+    fn queue_retained(&self, filter: &str, granted: u8, next_pkid: &mut u16, out: &mut BytesMut) {
+        for (topic, kept) in self.clients.retained.matching(filter) {
+            // Delivery is at QoS 0 or 1 (a QoS 2 retained message goes out as QoS 1).
+            let qos = if granted == 0 || kept.qos == QoS::AtMostOnce {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            };
+            let mut publish = Publish::new(topic, qos, kept.payload);
+            publish.retain = true;
+            if qos != QoS::AtMostOnce {
+                *next_pkid = next_pkid.checked_add(1).unwrap_or(1);
+                publish.pkid = *next_pkid;
+            }
+            queue_packet(out, Packet::Publish(publish));
+        }
+    }
+
     fn forget(&self, client_id: &str) {
         let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
         if clients
@@ -887,6 +948,9 @@ mod tests {
         }
         fn publish(&self, _: &Session, _: &Publish) -> PublishVerdict {
             PublishVerdict::Route
+        }
+        fn retains(&self) -> bool {
+            true
         }
     }
 
@@ -960,6 +1024,75 @@ mod tests {
             "b/2 after unsubscribing"
         );
         drop((a, b, publisher));
+    }
+
+    /// The next message (topic, payload, retain flag), driving the connection until one arrives.
+    async fn next_message(events: &mut EventLoop) -> (String, Vec<u8>, bool) {
+        loop {
+            if let Event::Incoming(In::Publish(p)) = events.poll().await.unwrap() {
+                return (p.topic, p.payload.to_vec(), p.retain);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_subscription_gets_the_retained_messages_until_an_empty_one_clears_them() {
+        let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
+            .await
+            .unwrap();
+        let (watch, mut w_events) = client(server.port, "watch").await;
+        watch.subscribe("#", QoS::AtMostOnce).await.unwrap();
+        until_acked(&mut w_events).await;
+        let (publisher, mut p_events) = client(server.port, "publisher").await;
+        tokio::spawn(async move { while p_events.poll().await.is_ok() {} });
+        let publish = |topic: &'static str, retain: bool, payload: &'static str| {
+            let publisher = publisher.clone();
+            async move {
+                publisher
+                    .publish(topic, QoS::AtLeastOnce, retain, payload)
+                    .await
+                    .unwrap()
+            }
+        };
+        publish("r/1", true, "one").await;
+        publish("r/2", true, "two").await;
+        publish("n/1", false, "not kept").await;
+        publish("sync", false, "").await;
+        // Established subscribers get them as live messages (retain flag off).
+        let mut live = Vec::new();
+        while live.last().map(|(t, _, _): &(String, _, _)| t.as_str()) != Some("sync") {
+            live.push(next_message(&mut w_events).await);
+        }
+        assert!(live.iter().all(|(_, _, retain)| !retain), "{live:?}");
+
+        let (late, mut l_events) = client(server.port, "late").await;
+        late.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(
+            next_message(&mut l_events).await,
+            ("r/1".into(), b"one".to_vec(), true)
+        );
+        assert_eq!(
+            next_message(&mut l_events).await,
+            ("r/2".into(), b"two".to_vec(), true)
+        );
+
+        publish("r/1", true, "").await;
+        publish("sync", false, "").await;
+        while next_message(&mut w_events).await.0 != "sync" {}
+        let (later, mut l2_events) = client(server.port, "later").await;
+        later.subscribe("r/#", QoS::AtLeastOnce).await.unwrap();
+        later.subscribe("sync", QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(
+            next_message(&mut l2_events).await,
+            ("r/2".into(), b"two".to_vec(), true)
+        );
+        publish("sync", false, "").await;
+        assert_eq!(
+            next_message(&mut l2_events).await.0,
+            "sync",
+            "r/1 was cleared"
+        );
+        drop((watch, late, later));
     }
 
     #[test]

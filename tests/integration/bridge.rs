@@ -1123,6 +1123,59 @@ fn a_simulator_reaches_an_embedded_broker_that_asks_for_client_certificates() {
     ));
 }
 
+/// `mosquitto_sub --retained-only` on `filter`: what it printed (`topic payload` lines) once it
+/// had `count` messages, or the first non-retained one, or 3 s passed.
+fn retained_on(port: u16, filter: &str, count: usize) -> String {
+    let out = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            filter,
+            "-v",
+        ])
+        .args(["--retained-only", "-C", &count.to_string(), "-W", "3"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_embedded_broker_keeps_retained_messages_for_later_subscribers() {
+    let (dir, local, metrics) = bare_gateway("");
+    let g = Gatehost::start(dir.path(), metrics);
+    let retained = |topic: &str, payload: &str| {
+        let mut args = vec!["-h", "127.0.0.1", "-q", "1", "-r", "-t", topic];
+        if payload.is_empty() {
+            args.push("-n");
+        } else {
+            args.extend(["-m", payload]);
+        }
+        let port = local.to_string();
+        args.extend(["-p", &port]);
+        assert!(Command::new("mosquitto_pub")
+            .args(&args)
+            .status()
+            .unwrap()
+            .success());
+    };
+    retained("status/press7", "online");
+    retained("status/press8", "offline");
+    retained("status/press8", "online");
+    mosquitto_pub(local, "status/press9", b"not retained");
+
+    assert_eq!(
+        retained_on(local, "status/#", 2),
+        "status/press7 online\nstatus/press8 online\n"
+    );
+    // An empty retained message clears the topic.
+    retained("status/press7", "");
+    assert_eq!(retained_on(local, "status/#", 2), "status/press8 online\n");
+    assert_eq!(g.metric("gatehost_local_retained_refused_total"), 0.0);
+}
+
 #[test]
 fn a_queue_file_of_an_earlier_build_is_named_at_start() {
     let (dir, _local, metrics) = bare_gateway("");

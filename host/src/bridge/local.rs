@@ -124,6 +124,9 @@ pub trait LocalOut: Send + Sync {
 impl LocalOut for crate::mqtt_server::MqttServer {
     fn publish(&self, m: &Message) -> Result<(), String> {
         crate::mqtt_server::MqttServer::publish(self, &m.topic, &m.payload, m.qos.min(1));
+        if m.retain {
+            self.retain(&m.topic, &m.payload, m.qos)?;
+        }
         Ok(())
     }
 }
@@ -292,6 +295,11 @@ impl MqttService for LocalService {
         );
         for m in &routed.to_local {
             session.broadcast(&m.topic, &m.payload, m.qos);
+            if m.retain {
+                if let Err(why) = session.retain(&m.topic, &m.payload, m.qos) {
+                    self.retained_refused(&why);
+                }
+            }
         }
         match self.store(routed.batch) {
             Ok(None) => PublishVerdict::Route,
@@ -306,6 +314,17 @@ impl MqttService for LocalService {
 
     fn max_packet(&self) -> usize {
         self.max_packet
+    }
+
+    fn retains(&self) -> bool {
+        true
+    }
+
+    fn retained_refused(&self, detail: &str) {
+        self.metrics
+            .retained_refused
+            .fetch_add(1, Ordering::Relaxed);
+        self.log.warn("local retained", detail);
     }
 
     fn protocol_error(&self, cause: &'static str, detail: &str) {

@@ -59,6 +59,8 @@ pub struct Metrics {
     pub received: AtomicU64,
     /// Received messages that matched no rule (still delivered to local subscribers).
     pub unrouted: AtomicU64,
+    /// Retained messages the embedded broker did not keep (its limits).
+    pub retained_refused: AtomicU64,
     /// Cloud-to-device messages received, by device.
     pub from_cloud: CounterVec,
     /// Messages a rule took in, by rule.
@@ -122,6 +124,13 @@ impl Metrics {
             "Received messages that matched no rule.",
             "counter",
             self.unrouted.load(Ordering::Relaxed) as f64,
+        );
+        plain(
+            &mut out,
+            "gatehost_local_retained_refused_total",
+            "Retained messages the embedded broker did not keep (10 000 topics or 64 MiB at most).",
+            "counter",
+            self.retained_refused.load(Ordering::Relaxed) as f64,
         );
         let families: [(&str, &str, &[&str], &CounterVec); 9] = [
             (

@@ -1,0 +1,140 @@
+//! Retained messages (MQTT 3.1.1 §3.3.1.3) for a server whose service asks for them: the last
+//! retained publish of each topic, handed to every later subscription matching it; a retained
+//! publish with an empty payload clears its topic. Kept in memory (not across restarts) and
+//! bounded: a new topic beyond [`MAX_TOPICS`] or [`MAX_BYTES`] is not retained, and the caller
+//! is told why.
+
+use super::filter_matches;
+use rumqttc::mqttbytes::QoS;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Topics with a retained message, at most.
+pub const MAX_TOPICS: usize = 10_000;
+/// Bytes of retained topics and payloads, at most.
+pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// A retained message: its payload and the QoS it was published with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Kept {
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+}
+
+#[derive(Default)]
+pub struct Retained {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    by_topic: HashMap<String, Kept>,
+    bytes: usize,
+}
+
+impl Retained {
+    /// Keep `payload` as `topic`'s retained message (an empty one clears the topic); `Err` says
+    /// why it was not kept.
+    pub fn keep(&self, topic: &str, payload: &[u8], qos: QoS) -> Result<(), String> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let old = state
+            .by_topic
+            .get(topic)
+            .map_or(0, |k| topic.len() + k.payload.len());
+        if payload.is_empty() {
+            state.by_topic.remove(topic);
+            state.bytes -= old;
+            return Ok(());
+        }
+        let new = topic.len() + payload.len();
+        if old == 0 && state.by_topic.len() >= MAX_TOPICS {
+            return Err(format!(
+                "the retained message of '{topic}' was not kept: {MAX_TOPICS} topics already hold one"
+            ));
+        }
+        if state.bytes - old + new > MAX_BYTES {
+            return Err(format!(
+                "the retained message of '{topic}' ({} bytes) was not kept: retained messages would exceed {} MiB",
+                payload.len(),
+                MAX_BYTES / (1024 * 1024)
+            ));
+        }
+        state.bytes = state.bytes - old + new;
+        let kept = Kept {
+            payload: payload.to_vec(),
+            qos,
+        };
+        state.by_topic.insert(topic.to_string(), kept);
+        Ok(())
+    }
+
+    /// The retained messages whose topics `filter` matches, by topic.
+    pub fn matching(&self, filter: &str) -> Vec<(String, Kept)> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found: Vec<(String, Kept)> = state
+            .by_topic
+            .iter()
+            .filter(|(topic, _)| retained_for(filter, topic))
+            .map(|(topic, kept)| (topic.clone(), kept.clone()))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+}
+
+/// Whether a subscription to `filter` receives `topic`'s retained message: the filter matches,
+/// and a filter starting with a wildcard does not match topics starting with `$` (§4.7.2).
+fn retained_for(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
+        return false;
+    }
+    filter_matches(filter, topic)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_retained_message_of_a_topic_is_kept_until_an_empty_one_clears_it() {
+        let r = Retained::default();
+        r.keep("a/1", b"one", QoS::AtLeastOnce).unwrap();
+        r.keep("a/1", b"two", QoS::AtMostOnce).unwrap();
+        r.keep("a/2", b"x", QoS::AtLeastOnce).unwrap();
+        r.keep("$SYS/x", b"s", QoS::AtMostOnce).unwrap();
+        let topics =
+            |f: &str| -> Vec<String> { r.matching(f).into_iter().map(|(t, _)| t).collect() };
+        assert_eq!(topics("a/#"), ["a/1", "a/2"]);
+        assert_eq!(topics("#"), ["a/1", "a/2"]);
+        assert_eq!(topics("$SYS/#"), ["$SYS/x"]);
+        assert_eq!(
+            r.matching("a/1")[0].1,
+            Kept {
+                payload: b"two".to_vec(),
+                qos: QoS::AtMostOnce
+            }
+        );
+        r.keep("a/1", b"", QoS::AtMostOnce).unwrap();
+        assert_eq!(topics("a/+"), ["a/2"]);
+        assert_eq!(
+            r.state.lock().unwrap().bytes,
+            "a/2".len() + 1 + "$SYS/x".len() + 1
+        );
+    }
+
+    #[test]
+    fn topics_and_bytes_are_bounded_and_a_refusal_says_why() {
+        let r = Retained::default();
+        for i in 0..MAX_TOPICS {
+            r.keep(&format!("t/{i}"), b"x", QoS::AtMostOnce).unwrap();
+        }
+        let refused = r.keep("t/new", b"x", QoS::AtMostOnce).unwrap_err();
+        assert!(refused.contains("10000 topics"), "{refused}");
+        // Replacing a kept topic's message is still allowed.
+        r.keep("t/1", b"y", QoS::AtMostOnce).unwrap();
+        let big = vec![0u8; MAX_BYTES];
+        let refused = r.keep("t/2", &big, QoS::AtMostOnce).unwrap_err();
+        assert!(refused.contains("64 MiB"), "{refused}");
+        assert_eq!(r.matching("t/2")[0].1.payload, b"x");
+    }
+}
