@@ -11,7 +11,7 @@ mod retained;
 use crate::record::{Record, Recorder};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
-    ConnAck, ConnectReturnCode, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
 };
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use std::collections::{HashMap, VecDeque};
@@ -168,6 +168,9 @@ impl Session {
         self.clients.retained.keep(topic, payload, qos_of(qos))
     }
 }
+
+/// Why a session ended when the client sent DISCONNECT (then its will is not published).
+const CLIENT_DISCONNECTED: &str = "the client disconnected";
 
 /// How many publishes of one client may wait for their acknowledgement (see
 /// [`PublishVerdict::Deferred`]) before the server stops reading from it.
@@ -659,11 +662,51 @@ impl Connection {
             let _ = writer.flush().await;
         }
         self.forget(&client_id);
+        if why != CLIENT_DISCONNECTED {
+            if let Some(will) = connect.last_will {
+                self.publish_will(&session, will);
+            }
+        }
         self.recorder.push(
             self.record("disconnect", &client_id)
                 .identity(session.label())
                 .detail(why),
         );
+    }
+
+    /// Publish a client's will (MQTT 3.1.1 §3.1.2.5) as if the client had sent it: its
+    /// connection ended without a DISCONNECT (it broke, went silent past its keep-alive, broke
+    /// the protocol, or a newer connection took its client id over).
+    fn publish_will(&self, session: &Session, will: LastWill) {
+        let record = self
+            .record("will", &session.client_id)
+            .identity(session.label())
+            .topic(&will.topic);
+        if !valid_topic_name(&will.topic) {
+            let detail = format!(
+                "its will names '{}', which is not a valid topic name; not published",
+                will.topic
+            );
+            self.recorder.push(record.detail(detail));
+            return;
+        }
+        let mut p = Publish::new(will.topic, will.qos, will.message.to_vec());
+        p.retain = will.retain;
+        match self.service.publish(session, &p) {
+            PublishVerdict::Accept => {}
+            // Nobody waits for a will's acknowledgement; a deferred one is stored all the same.
+            PublishVerdict::Route | PublishVerdict::Deferred(_) => {
+                self.clients.broadcast(&p.topic, &p.payload, p.qos);
+                self.keep_if_retained(&p);
+            }
+            PublishVerdict::Disconnect(why) => {
+                self.recorder
+                    .push(record.detail(format!("its will was refused: {why}")));
+                return;
+            }
+        }
+        self.recorder
+            .push(record.detail("the connection ended without DISCONNECT: will published"));
     }
 
     /// Serve an accepted session until it ends; why it ended. Every packet for the client is
@@ -820,7 +863,7 @@ impl Connection {
                         queue_packet(out, Packet::PingResp);
                     }
                     Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
-                    Packet::Disconnect => return "the client disconnected".into(),
+                    Packet::Disconnect => return CLIENT_DISCONNECTED.into(),
                     other => {
                         let detail = format!("unexpected {other:?}; closed");
                         self.service.protocol_error("unexpected packet", &detail);
@@ -1026,13 +1069,19 @@ mod tests {
         drop((a, b, publisher));
     }
 
-    /// The next message (topic, payload, retain flag), driving the connection until one arrives.
+    /// The next message (topic, payload, retain flag), driving the connection until one arrives
+    /// (the test fails after 10 s without one).
     async fn next_message(events: &mut EventLoop) -> (String, Vec<u8>, bool) {
-        loop {
-            if let Event::Incoming(In::Publish(p)) = events.poll().await.unwrap() {
-                return (p.topic, p.payload.to_vec(), p.retain);
+        let next = async {
+            loop {
+                if let Event::Incoming(In::Publish(p)) = events.poll().await.unwrap() {
+                    return (p.topic, p.payload.to_vec(), p.retain);
+                }
             }
-        }
+        };
+        tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("no message within 10 s")
     }
 
     #[tokio::test]
@@ -1093,6 +1142,49 @@ mod tests {
             "r/1 was cleared"
         );
         drop((watch, late, later));
+    }
+
+    #[tokio::test]
+    async fn a_will_is_published_when_a_connection_breaks_but_not_after_disconnect() {
+        let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
+            .await
+            .unwrap();
+        let (watch, mut w_events) = client(server.port, "watch").await;
+        watch.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+        until_acked(&mut w_events).await;
+        let with_will = |id: &'static str| {
+            let mut options = MqttOptions::new(id, "127.0.0.1", server.port);
+            let will =
+                rumqttc::LastWill::new(format!("status/{id}"), "offline", QoS::AtLeastOnce, true);
+            options.set_last_will(will);
+            async move {
+                let (client, mut events) = AsyncClient::new(options, 10);
+                while !matches!(
+                    events.poll().await.unwrap(),
+                    Event::Incoming(In::ConnAck(_))
+                ) {}
+                (client, events)
+            }
+        };
+        // A clean goodbye: no will.
+        let (polite, mut p_events) = with_will("polite").await;
+        polite.disconnect().await.unwrap();
+        while p_events.poll().await.is_ok() {}
+        // A broken connection (the event loop dropped: the socket closes without DISCONNECT).
+        let (_broken, b_events) = with_will("broken").await;
+        drop(b_events);
+        assert_eq!(
+            next_message(&mut w_events).await,
+            ("status/broken".into(), b"offline".to_vec(), false)
+        );
+        // Retained as the will asked: a later subscriber gets it, and nothing of `polite`.
+        let (late, mut l_events) = client(server.port, "late").await;
+        late.subscribe("status/#", QoS::AtLeastOnce).await.unwrap();
+        assert_eq!(
+            next_message(&mut l_events).await,
+            ("status/broken".into(), b"offline".to_vec(), true)
+        );
+        drop((watch, late));
     }
 
     #[test]

@@ -1143,7 +1143,7 @@ fn retained_on(port: u16, filter: &str, count: usize) -> String {
 }
 
 #[test]
-fn the_embedded_broker_keeps_retained_messages_for_later_subscribers() {
+fn the_embedded_broker_keeps_retained_messages_and_publishes_the_will_of_a_dead_device() {
     let (dir, local, metrics) = bare_gateway("");
     let g = Gatehost::start(dir.path(), metrics);
     let retained = |topic: &str, payload: &str| {
@@ -1174,6 +1174,35 @@ fn the_embedded_broker_keeps_retained_messages_for_later_subscribers() {
     retained("status/press7", "");
     assert_eq!(retained_on(local, "status/#", 2), "status/press8 online\n");
     assert_eq!(g.metric("gatehost_local_retained_refused_total"), 0.0);
+
+    // A device that dies (kill -9: no DISCONNECT) gets its retained will published.
+    let heard = dir.path().join("press7.out");
+    let port = local.to_string();
+    let mut device = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "cmd/press7",
+            "-i",
+            "press7",
+        ])
+        .args(["--will-topic", "status/press7", "--will-payload", "offline"])
+        .args(["--will-qos", "1", "--will-retain"])
+        .stdout(std::fs::File::create(&heard).unwrap())
+        .spawn()
+        .unwrap();
+    eventually(10, "press7 connected and subscribed", || {
+        mosquitto_pub(local, "cmd/press7", b"ping");
+        std::fs::read_to_string(&heard).unwrap().contains("ping")
+    });
+    device.kill().unwrap();
+    device.wait().unwrap();
+    eventually(10, "the will of press7 retained", || {
+        retained_on(local, "status/press7", 1) == "status/press7 offline\n"
+    });
 }
 
 #[test]
