@@ -804,7 +804,8 @@ impl Queue {
                 if in_tail {
                     let from = (slot.offset - state.tail_start) as usize;
                     let bytes = state.tail.get(from..from + slot.len as usize);
-                    out.push(self.queued(device, seq, bytes, slot.segment)?);
+                    let record = bytes.and_then(record::read_own);
+                    out.push(self.queued(device, seq, record, slot.segment)?);
                 } else {
                     let file = state.segments[&slot.segment].file.clone();
                     from_disk.push((out.len(), seq, *slot, file));
@@ -822,20 +823,20 @@ impl Queue {
             let bytes = span
                 .read(file, slot, &from_disk[i..])
                 .map_err(io_error(&path))?;
-            out[*at] = self.queued(device, *seq, Some(bytes), slot.segment)?;
+            out[*at] = self.queued(device, *seq, record::read_one(bytes), slot.segment)?;
         }
         Ok(out)
     }
 
-    /// The queued message `seq` of `device` from its record's bytes.
+    /// The queued message `seq` of `device` from its record (`None`: it could not be read).
     fn queued(
         &self,
         device: &str,
         seq: u64,
-        bytes: Option<&[u8]>,
+        record: Option<Record>,
         segment: u32,
     ) -> Result<Queued, QueueError> {
-        match bytes.and_then(record::read_one) {
+        match record {
             Some(Record::Message {
                 device: d,
                 seq: s,

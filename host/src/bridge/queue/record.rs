@@ -137,6 +137,15 @@ pub fn read_one(bytes: &[u8]) -> Option<Record> {
     read_at(bytes, 0).map(|(record, _)| record)
 }
 
+/// The record at the start of `bytes` that this process framed itself and kept in memory (the
+/// active segment's tail): decoded without checking its CRC, which guards bytes that went
+/// through a file.
+pub fn read_own(bytes: &[u8]) -> Option<Record> {
+    let frame = bytes.get(..FRAME)?;
+    let len = u32::from_be_bytes(frame[..4].try_into().ok()?) as usize;
+    decode(bytes.get(FRAME..FRAME.checked_add(len)?)?)
+}
+
 fn decode(body: &[u8]) -> Option<Record> {
     let mut r = Reader { bytes: body, at: 1 };
     let record = match *body.first()? {
