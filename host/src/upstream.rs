@@ -6,6 +6,7 @@
 //! The bridge streams instead ([`DeviceSession::offer`], [`DeviceSession::poll_completed`]) and
 //! sends again what a broken session left unacknowledged itself.
 
+pub use crate::caps::mqtt::Offered;
 use crate::caps::mqtt::{connection_options, MqttSession};
 use crate::caps::CapContext;
 use crate::config::{Config, DeviceConfig};
@@ -27,17 +28,6 @@ pub enum UpstreamError {
     Plugin(#[from] RegistryError),
     #[error("device '{device}': {source}")]
     Session { device: String, source: PluginError },
-}
-
-/// What became of an offered message.
-#[derive(Debug)]
-pub enum Offer {
-    /// It is on its way.
-    Taken,
-    /// The connection takes no more for now: poll, then offer it again.
-    Full,
-    /// No session could ever publish it (too large, user properties on MQTT 3.1.1, ...).
-    Unpublishable(PluginError),
 }
 
 /// A device's live session to its cloud endpoint.
@@ -121,12 +111,8 @@ impl<'a> DeviceSession<'a> {
     /// Messages complete in the order they were offered ([`DeviceSession::poll_completed`]).
     /// A failed session is not replaced here: the caller knows what was in flight and offers
     /// it again on a new one.
-    pub fn offer(&mut self, msg: &Message) -> Result<Offer, UpstreamError> {
-        Ok(match self.session()?.offer(msg) {
-            Ok(true) => Offer::Taken,
-            Ok(false) => Offer::Full,
-            Err(why) => Offer::Unpublishable(why),
-        })
+    pub fn offer(&mut self, msg: Message) -> Result<Offered, UpstreamError> {
+        Ok(self.session()?.offer(msg))
     }
 
     /// Drive the session for at most `timeout`: how many of the oldest offered messages the

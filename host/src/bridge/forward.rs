@@ -16,7 +16,7 @@ use crate::model::Message;
 use crate::onboard;
 use crate::plugins::registry::Registry;
 use crate::retry::Backoff;
-use crate::upstream::{DeviceSession, Offer, UpstreamError};
+use crate::upstream::{DeviceSession, Offered, UpstreamError};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
@@ -433,23 +433,30 @@ impl Stream {
             }
         };
         self.more = batch.len() == room;
-        for queued in &batch {
-            match session.offer(&queued.message)? {
-                Offer::Taken => {
-                    self.in_flight.push_back(queued.seq);
-                    self.offered = queued.seq;
+        for queued in batch {
+            let (seq, enqueued_ms) = (queued.seq, queued.enqueued_ms);
+            match session.offer(queued.message)? {
+                Offered::Taken => {
+                    self.in_flight.push_back(seq);
+                    self.offered = seq;
                 }
-                Offer::Full => {
+                Offered::Full(_) => {
+                    // Read from the queue again at the next offer.
                     self.more = true;
                     self.full = true;
                     break;
                 }
-                Offer::Unpublishable(why) => {
+                Offered::Refused(why, message) => {
                     let reason = format!("the upstream of '{device}' cannot take it: {why}");
-                    set_aside(shared, device, queued, "not publishable", &reason);
-                    self.offered = queued.seq;
+                    let queued = Queued {
+                        seq,
+                        enqueued_ms,
+                        message,
+                    };
+                    set_aside(shared, device, &queued, "not publishable", &reason);
+                    self.offered = seq;
                     if self.in_flight.is_empty() {
-                        self.acked = queued.seq;
+                        self.acked = seq;
                     }
                 }
             }

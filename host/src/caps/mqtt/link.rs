@@ -166,15 +166,15 @@ impl Link {
             .is_ok()
     }
 
-    /// Queue a PUBLISH unless the request channel is full; `false` = full (or closed: the next
-    /// [`Link::recv`] says which).
-    pub fn try_publish(&self, m: &Message, qos: QoS) -> bool {
+    /// Queue a PUBLISH unless the request channel is full; `Err` gives the message back when it
+    /// is full (or closed: the next [`Link::recv`] says which).
+    pub fn try_publish(&self, m: Message, qos: QoS) -> Result<(), Message> {
         match self.requests.try_reserve() {
             Ok(permit) => {
-                permit.send(Request::Publish(m.clone(), qos));
-                true
+                permit.send(Request::Publish(m, qos));
+                Ok(())
             }
-            Err(_) => false,
+            Err(_) => Err(m),
         }
     }
 

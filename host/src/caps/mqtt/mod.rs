@@ -179,6 +179,18 @@ pub fn connection_options(
     })
 }
 
+/// What became of a message offered to an [`MqttSession`].
+pub enum Offered {
+    /// It is on its way.
+    Taken,
+    /// The connection's request channel is full: here it is back (call
+    /// [`MqttSession::poll_completed`], then offer it again).
+    Full(Message),
+    /// No session could ever publish it (too large, user properties on MQTT 3.1.1, ...): why,
+    /// and the message back.
+    Refused(PluginError, Message),
+}
+
 /// An open MQTT session. Dropping it disconnects and frees the plugin's session slot.
 pub struct MqttSession {
     link: Link,
@@ -399,7 +411,7 @@ impl MqttSession {
         let mut done = 0;
         while done < msgs.len() {
             // Hand over as many messages as the request channel takes.
-            while next < msgs.len() && self.hand_over(&msgs[next], levels[next]) {
+            while next < msgs.len() && self.hand_over(msgs[next].clone(), levels[next]).is_ok() {
                 next += 1;
             }
             done += self.poll_completed(BATCH_POLL).map_err(|e| {
@@ -412,20 +424,22 @@ impl MqttSession {
         Ok(())
     }
 
-    /// Hand `msg` to the connection without waiting for anything: `Ok(false)` when the
-    /// connection's request channel is full (call [`MqttSession::poll_completed`], then offer
-    /// it again). Messages complete in the order they were offered.
-    pub fn offer(&mut self, msg: &Message) -> Result<bool, PluginError> {
-        let qos = self.publishable(msg)?;
-        Ok(self.hand_over(msg, qos))
+    /// Hand `msg` to the connection without waiting for anything (it is moved, not copied).
+    /// Messages complete in the order they were offered.
+    pub fn offer(&mut self, msg: Message) -> Offered {
+        match self.publishable(&msg) {
+            Err(why) => Offered::Refused(why, msg),
+            Ok(qos) => match self.hand_over(msg, qos) {
+                Ok(()) => Offered::Taken,
+                Err(msg) => Offered::Full(msg),
+            },
+        }
     }
 
-    fn hand_over(&mut self, msg: &Message, qos: QoS) -> bool {
-        let taken = self.link.try_publish(msg, qos);
-        if taken {
-            self.in_flight.push();
-        }
-        taken
+    fn hand_over(&mut self, msg: Message, qos: QoS) -> Result<(), Message> {
+        self.link.try_publish(msg, qos)?;
+        self.in_flight.push();
+        Ok(())
     }
 
     /// Drive the connection for at most `timeout` (less when something happens): how many of
