@@ -1017,6 +1017,21 @@ fn dead_letters_of_a_broken_rule_are_listed_and_replayed_to_the_cloud_once_it_is
         "{}",
         left.stdout
     );
+    // What cannot be replayed can be dropped, but only when said which.
+    let unsaid = dead_letters(d, &["drop"]);
+    assert_eq!(unsaid.code, 1);
+    assert!(
+        unsaid.stderr.contains("say which dead letters to drop"),
+        "{}",
+        unsaid.stderr
+    );
+    let dropped = dead_letters(d, &["drop", "--cause", "too large"]);
+    assert_eq!(
+        dropped.stdout.trim(),
+        "1 dead letter(s) dropped, 0 kept",
+        "{}",
+        dropped.stderr
+    );
 
     // The next run forwards them, translated by the fixed rule.
     let _g = Gatehost::start(d, metrics);

@@ -291,6 +291,7 @@ fn every_command_has_help_with_an_example() {
         vec!["onboard"],
         vec!["dead-letters", "list"],
         vec!["dead-letters", "replay"],
+        vec!["dead-letters", "drop"],
     ] {
         let mut full = args.clone();
         full.push("--help");

@@ -171,6 +171,20 @@ pub fn replay(
     Ok(report)
 }
 
+/// Drop the dead letters `selection` picks from the queue of `config` for good (those that
+/// cannot be replayed and are not wanted): how many were dropped and how many are kept.
+pub fn drop_letters(config: &Config, selection: &Selection) -> Result<(usize, usize), ReplayError> {
+    let queue = Queue::open(&config.queue_path(), config.store.limits())?;
+    let (dropped, kept): (Vec<_>, Vec<_>) = queue
+        .dead_letters()?
+        .into_iter()
+        .partition(|l| selection.matches(l));
+    if !dropped.is_empty() {
+        queue.replace_dead_letters(&kept)?;
+    }
+    Ok((dropped.len(), kept.len()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +308,22 @@ mod tests {
             .map(|l| l.cause)
             .collect();
         assert_eq!(left, ["too large", "rule error"]);
+        drop(queue);
+
+        // Dropping takes the selected ones for good.
+        let too_large = Selection {
+            cause: Some("too large".into()),
+            ..Selection::default()
+        };
+        assert_eq!(drop_letters(&config, &too_large).unwrap(), (1, 1));
+        let queue = Queue::open(&config.queue_path(), QueueLimits::default()).unwrap();
+        let left: Vec<_> = queue
+            .dead_letters()
+            .unwrap()
+            .into_iter()
+            .map(|l| l.rule)
+            .collect();
+        assert_eq!(left, ["other"]);
         drop(queue);
 
         // Nothing left to replay for that selection: nothing queued twice.

@@ -19,6 +19,12 @@ pub enum DeadLettersCommand {
         after_help = "Examples:\n  gatehost dead-letters replay --rule line4 --dry-run\n  gatehost dead-letters replay --cause \"unknown device\" --device press9"
     )]
     Replay(ReplayArgs),
+    /// Delete the selected dead letters for good (at least one filter, or --all). Stop
+    /// `gatehost run` first.
+    #[command(
+        after_help = "Examples:\n  gatehost dead-letters drop --cause \"too large\"\n  gatehost dead-letters drop --all"
+    )]
+    Drop(DropArgs),
 }
 
 /// Which letters a command takes: those matching every filter given.
@@ -67,11 +73,34 @@ pub struct ReplayArgs {
     pub dry_run: bool,
 }
 
+#[derive(Debug, clap::Args)]
+pub struct DropArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Every dead letter (instead of filters).
+    #[arg(long, conflicts_with_all = ["rule", "cause", "device"])]
+    pub all: bool,
+}
+
 pub fn run(cmd: DeadLettersCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         DeadLettersCommand::List(args) => list(args),
         DeadLettersCommand::Replay(args) => replay(args),
+        DeadLettersCommand::Drop(args) => drop_letters(args),
     }
+}
+
+fn drop_letters(args: DropArgs) -> anyhow::Result<ExitCode> {
+    let f = &args.filter;
+    if !args.all && f.rule.is_none() && f.cause.is_none() && f.device.is_none() {
+        anyhow::bail!("say which dead letters to drop (--rule, --cause, --device), or --all");
+    }
+    let config = args.config.load()?;
+    let (dropped, kept) = replay::drop_letters(&config, &f.selection())?;
+    println!("{dropped} dead letter(s) dropped, {kept} kept");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
