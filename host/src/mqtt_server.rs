@@ -690,7 +690,12 @@ impl Connection {
             self.recorder.push(record.detail(detail));
             return;
         }
-        let mut p = Publish::new(will.topic, will.qos, will.message.to_vec());
+        // A will is published at most at the QoS the service takes publishes with.
+        let qos = match will.qos {
+            QoS::ExactlyOnce if self.service.max_qos() < 2 => QoS::AtLeastOnce,
+            qos => qos,
+        };
+        let mut p = Publish::new(will.topic, qos, will.message.to_vec());
         p.retain = will.retain;
         match self.service.publish(session, &p) {
             PublishVerdict::Accept => {}
