@@ -775,22 +775,29 @@ fn a_rule_replaced_twenty_times_under_load_loses_nothing_and_each_message_has_on
     assert_eq!(g.metric("gatehost_reload_failures_total"), 0.0);
 }
 
+/// A [`tls_gateway`] with the rule `picky` on `picky/#`, a Rhai plugin in `<dir>/plugins` whose
+/// manifest is written here and whose script each test writes (`plugins/picky.rhai`).
+fn picky_gateway(pki: &Pki, upstream_port: u16) -> (tempfile::TempDir, u16, u16) {
+    let (dir, local, metrics) = tls_gateway(
+        pki,
+        upstream_port,
+        "\n[[rules]]\nname = \"picky\"\nrule = \"picky\"\nfrom = [\"picky/#\"]\n",
+    );
+    std::fs::write(
+        dir.path().join("plugins/picky.toml"),
+        "name = \"picky\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
+    )
+    .unwrap();
+    (dir, local, metrics)
+}
+
 #[test]
 fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     let pki = Pki::new();
     let upstream = Mosquitto::start_tls(&pki);
     let sub = dt_subscriber(&pki, upstream.port);
-    let (dir, local, metrics) = tls_gateway(
-        &pki,
-        upstream.port,
-        "\n[[rules]]\nname = \"picky\"\nrule = \"picky\"\nfrom = [\"picky/#\"]\n",
-    );
+    let (dir, local, metrics) = picky_gateway(&pki, upstream.port);
     let d = dir.path();
-    std::fs::write(
-        d.join("plugins/picky.toml"),
-        "name = \"picky\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
-    )
-    .unwrap();
     std::fs::write(
         d.join("plugins/picky.rhai"),
         "fn translate(msg) {\n    let text = msg.payload.as_string();\n    if text == \"bad\" { throw \"cannot read 'bad'\"; }\n    let props = if text == \"props\" { [[\"k\", \"v\"]] } else { [] };\n    [#{ upstream: \"dev01\", topic: \"dt/picky\", payload: msg.payload, qos: 1, properties: props }]\n}\n",
@@ -889,17 +896,8 @@ fn dead_letters_of_a_broken_rule_are_listed_and_replayed_to_the_cloud_once_it_is
     let pki = Pki::new();
     let upstream = Mosquitto::start_tls(&pki);
     let sub = dt_subscriber(&pki, upstream.port);
-    let (dir, local, metrics) = tls_gateway(
-        &pki,
-        upstream.port,
-        "\n[[rules]]\nname = \"picky\"\nrule = \"picky\"\nfrom = [\"picky/#\"]\n",
-    );
+    let (dir, local, metrics) = picky_gateway(&pki, upstream.port);
     let d = dir.path();
-    std::fs::write(
-        d.join("plugins/picky.toml"),
-        "name = \"picky\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
-    )
-    .unwrap();
     let rule = |broken: bool| {
         let check = if broken {
             "    if msg.payload.as_string() == \"bad\" { throw \"cannot read 'bad'\"; }\n"
