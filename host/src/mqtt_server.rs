@@ -310,6 +310,16 @@ impl MqttServer {
         self.clients.retained.keep(topic, payload, qos_of(qos))
     }
 
+    /// Save the retained messages to `path` if they changed ([`retained::Retained::save`]).
+    pub fn save_retained(&self, path: &std::path::Path) -> std::io::Result<bool> {
+        self.clients.retained.save(path)
+    }
+
+    /// Retain the messages saved in `path` ([`retained::Retained::load`]).
+    pub fn load_retained(&self, path: &std::path::Path) -> std::io::Result<(usize, Vec<String>)> {
+        self.clients.retained.load(path)
+    }
+
     /// Whether `client_id` is connected now.
     pub fn is_connected(&self, client_id: &str) -> bool {
         let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());

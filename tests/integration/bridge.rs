@@ -1158,7 +1158,7 @@ fn retained_on(port: u16, filter: &str, count: usize) -> String {
 #[test]
 fn the_embedded_broker_keeps_retained_messages_and_publishes_the_will_of_a_dead_device() {
     let (dir, local, metrics) = bare_gateway("");
-    let g = Gatehost::start(dir.path(), metrics);
+    let mut g = Gatehost::start(dir.path(), metrics);
     let retained = |topic: &str, payload: &str| {
         let mut args = vec!["-h", "127.0.0.1", "-q", "1", "-r", "-t", topic];
         if payload.is_empty() {
@@ -1216,6 +1216,14 @@ fn the_embedded_broker_keeps_retained_messages_and_publishes_the_will_of_a_dead_
     eventually(10, "the will of press7 retained", || {
         retained_on(local, "status/press7", 1) == "status/press7 offline\n"
     });
+
+    // Retained messages survive a restart (saved at stop, restored at start).
+    g.stop();
+    let _g = Gatehost::start(dir.path(), metrics);
+    assert_eq!(
+        retained_on(local, "status/#", 2),
+        "status/press7 offline\nstatus/press8 online\n"
+    );
 }
 
 #[test]

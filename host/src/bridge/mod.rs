@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod queue;
 pub mod reload;
 pub mod replay;
+pub mod retained;
 pub mod simulate;
 
 use crate::config::Config;
@@ -67,6 +68,8 @@ pub struct Bridge {
     queue: Arc<Queue>,
     forwarders: Arc<Forwarders>,
     _reloader: Option<reload::Reloader>,
+    /// The embedded broker's retained messages, saved at stop.
+    retained: Option<retained::RetainedFile>,
 }
 
 /// Builds of 2026-11-24 kept the queue in `<state>/queue.redb`, which this build does not read:
@@ -142,6 +145,7 @@ impl Bridge {
                     (k as usize).saturating_mul(1024)
                 }),
         });
+        let mut retained_file = None;
         let (local_addr, local_url) = match external::ExternalBroker::from_config(&config)? {
             Some(broker) => {
                 let url = broker.url().clone();
@@ -190,10 +194,16 @@ impl Bridge {
                     service: service.clone(),
                     server: server.clone(),
                 };
+                let _guard = runtime.enter();
+                let path = config.state_dir().join(retained::FILE);
+                retained_file = Some(retained::RetainedFile::start(
+                    server.clone(),
+                    path,
+                    log.clone(),
+                ));
                 forwarders.set_from_cloud(Box::new(move |device, message| {
                     service.from_cloud(device, message, server.as_ref())
                 }));
-                let _guard = runtime.enter();
                 simulate::start(&config.simulators, &Arc::new(target), &log);
                 (Some(addr), format!("mqtt://{addr}"))
             }
@@ -218,6 +228,7 @@ impl Bridge {
             queue,
             forwarders,
             _reloader: None,
+            retained: retained_file,
         };
         if config.metrics.listen != "off" {
             let addr = config.metrics.listen.clone();
@@ -308,6 +319,9 @@ impl Bridge {
         self.forwarders.stop();
         if let Err(e) = self.queue.sync() {
             tracing::warn!("the queue could not be synced at stop (acknowledged messages may be sent again after the restart): {e}");
+        }
+        if let Some(retained) = self.retained.take() {
+            retained.save();
         }
     }
 }

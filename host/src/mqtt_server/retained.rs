@@ -1,12 +1,16 @@
 //! Retained messages (MQTT 3.1.1 §3.3.1.3) for a server whose service asks for them: the last
 //! retained publish of each topic, handed to every later subscription matching it; a retained
-//! publish with an empty payload clears its topic. Kept in memory (not across restarts) and
-//! bounded: a new topic beyond [`MAX_TOPICS`] or [`MAX_BYTES`] is not retained, and the caller
-//! is told why.
+//! publish with an empty payload clears its topic. Kept in memory and bounded: a new topic
+//! beyond [`MAX_TOPICS`] or [`MAX_BYTES`] is not retained, and the caller is told why. The owner
+//! may [`Retained::save`] them to a file (one JSON message per line) and [`Retained::load`] them
+//! at the next start.
 
 use super::filter_matches;
+use crate::model::Message;
 use rumqttc::mqttbytes::QoS;
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 use std::sync::Mutex;
 
 /// Topics with a retained message, at most.
@@ -30,6 +34,9 @@ pub struct Retained {
 struct State {
     by_topic: HashMap<String, Kept>,
     bytes: usize,
+    /// Changes so far, and how many of them the last save (or load) covered.
+    changes: u64,
+    saved: u64,
 }
 
 impl Retained {
@@ -42,8 +49,10 @@ impl Retained {
             .get(topic)
             .map_or(0, |k| topic.len() + k.payload.len());
         if payload.is_empty() {
-            state.by_topic.remove(topic);
-            state.bytes -= old;
+            if state.by_topic.remove(topic).is_some() {
+                state.bytes -= old;
+                state.changes += 1;
+            }
             return Ok(());
         }
         let new = topic.len() + payload.len();
@@ -60,6 +69,7 @@ impl Retained {
             ));
         }
         state.bytes = state.bytes - old + new;
+        state.changes += 1;
         let kept = Kept {
             payload: payload.to_vec(),
             qos,
@@ -79,6 +89,70 @@ impl Retained {
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found
+    }
+}
+
+impl Retained {
+    /// Write every retained message to `path` if any changed since the last save: a new file,
+    /// synced, renamed over the old one. Whether it wrote.
+    pub fn save(&self, path: &Path) -> std::io::Result<bool> {
+        let (text, changes) = {
+            let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            if state.changes == state.saved {
+                return Ok(false);
+            }
+            let mut text = Vec::new();
+            for (topic, kept) in &state.by_topic {
+                let qos = kept.qos as u8;
+                let message = Message::new(topic.clone(), kept.payload.clone(), qos);
+                serde_json::to_writer(&mut text, &message).map_err(std::io::Error::other)?;
+                text.push(b'\n');
+            }
+            (text, state.changes)
+        };
+        let fresh = path.with_extension("jsonl.new");
+        {
+            let mut file = std::fs::File::create(&fresh)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&fresh, path)?;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.saved = state.saved.max(changes);
+        Ok(true)
+    }
+
+    /// Retain the messages saved in `path` (none when it does not exist): how many were kept,
+    /// and the sentences saying which lines were not (unreadable, or over a limit).
+    pub fn load(&self, path: &Path) -> std::io::Result<(usize, Vec<String>)> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+            Err(e) => return Err(e),
+        };
+        let (mut kept, mut skipped) = (0, Vec::new());
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            let message: Message = match serde_json::from_str(&line) {
+                Ok(m) => m,
+                Err(e) => {
+                    skipped.push(format!("{} line {}: {e}", path.display(), n + 1));
+                    continue;
+                }
+            };
+            let qos = match message.qos {
+                0 => QoS::AtMostOnce,
+                1 => QoS::AtLeastOnce,
+                _ => QoS::ExactlyOnce,
+            };
+            match self.keep(&message.topic, &message.payload, qos) {
+                Ok(()) => kept += 1,
+                Err(why) => skipped.push(why),
+            }
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.saved = state.changes;
+        Ok((kept, skipped))
     }
 }
 
@@ -119,6 +193,36 @@ mod tests {
         assert_eq!(
             r.state.lock().unwrap().bytes,
             "a/2".len() + 1 + "$SYS/x".len() + 1
+        );
+    }
+
+    #[test]
+    fn saved_messages_come_back_at_load_and_an_unchanged_set_is_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retained.jsonl");
+        let r = Retained::default();
+        assert!(!r.save(&path).unwrap(), "nothing to save yet");
+        r.keep("a/1", b"one", QoS::AtLeastOnce).unwrap();
+        r.keep("a/2", &[0xff, 0x00], QoS::AtMostOnce).unwrap();
+        assert!(r.save(&path).unwrap());
+        assert!(!r.save(&path).unwrap(), "unchanged");
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{not json\n");
+        std::fs::write(&path, text).unwrap();
+
+        let again = Retained::default();
+        let (kept, skipped) = again.load(&path).unwrap();
+        assert_eq!(kept, 2);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("line 3"), "{skipped:?}");
+        assert_eq!(again.matching("a/#"), r.matching("a/#"));
+        assert!(!again.save(&path).unwrap(), "a load is not a change");
+        assert_eq!(
+            Retained::default()
+                .load(&dir.path().join("none"))
+                .unwrap()
+                .0,
+            0
         );
     }
 
