@@ -117,19 +117,25 @@ pub fn scan(bytes: &[u8]) -> Scan {
     }
 }
 
-/// The record framed at `bytes[at..]` and its framed length, if it is whole and intact.
-pub fn read_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+/// The CRC and body of the record framed at `bytes[at..]`, if it is whole (a zero length ends
+/// a segment).
+fn unframe(bytes: &[u8], at: usize) -> Option<(u32, &[u8])> {
     let frame = bytes.get(at..at.checked_add(FRAME)?)?;
     let len = u32::from_be_bytes(frame[..4].try_into().ok()?) as usize;
     let crc = u32::from_be_bytes(frame[4..].try_into().ok()?);
     if len == 0 {
         return None;
     }
-    let body = bytes.get(at + FRAME..(at + FRAME).checked_add(len)?)?;
+    Some((crc, bytes.get(at + FRAME..(at + FRAME).checked_add(len)?)?))
+}
+
+/// The record framed at `bytes[at..]` and its framed length, if it is whole and intact.
+pub fn read_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+    let (crc, body) = unframe(bytes, at)?;
     if crc32fast::hash(body) != crc {
         return None;
     }
-    Some((decode(body)?, FRAME + len))
+    Some((decode(body)?, FRAME + body.len()))
 }
 
 /// One framed record on its own (as read back from its offset).
@@ -141,9 +147,7 @@ pub fn read_one(bytes: &[u8]) -> Option<Record> {
 /// active segment's tail): decoded without checking its CRC, which guards bytes that went
 /// through a file.
 pub fn read_own(bytes: &[u8]) -> Option<Record> {
-    let frame = bytes.get(..FRAME)?;
-    let len = u32::from_be_bytes(frame[..4].try_into().ok()?) as usize;
-    decode(bytes.get(FRAME..FRAME.checked_add(len)?)?)
+    decode(unframe(bytes, 0)?.1)
 }
 
 fn decode(body: &[u8]) -> Option<Record> {
