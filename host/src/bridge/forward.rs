@@ -10,7 +10,7 @@
 use super::chain::Current;
 use super::log_once::LogOnce;
 use super::metrics::{Metrics, Sample};
-use super::queue::{now_ms, DeadLetter, Queue, Queued};
+use super::queue::{now_ms, DeadLetter, Queue};
 use crate::caps::mqtt::Waker;
 use crate::model::Message;
 use crate::onboard;
@@ -434,7 +434,7 @@ impl Stream {
         };
         self.more = batch.len() == room;
         for queued in batch {
-            let (seq, enqueued_ms) = (queued.seq, queued.enqueued_ms);
+            let seq = queued.seq;
             match session.offer(queued.message)? {
                 Offered::Taken => {
                     self.in_flight.push_back(seq);
@@ -448,12 +448,7 @@ impl Stream {
                 }
                 Offered::Refused(why, message) => {
                     let reason = format!("the upstream of '{device}' cannot take it: {why}");
-                    let queued = Queued {
-                        seq,
-                        enqueued_ms,
-                        message,
-                    };
-                    set_aside(shared, device, &queued, "not publishable", &reason);
+                    set_aside(shared, device, seq, message, "not publishable", &reason);
                     self.offered = seq;
                     if self.in_flight.is_empty() {
                         self.acked = seq;
@@ -575,7 +570,14 @@ fn fail_publish(
                     .map(|b| b.into_iter().next())
                 {
                     if queued.seq == head {
-                        set_aside(shared, device, &queued, "upstream refused", &why);
+                        set_aside(
+                            shared,
+                            device,
+                            head,
+                            queued.message,
+                            "upstream refused",
+                            &why,
+                        );
                     }
                 }
                 *suspect = None;
@@ -587,21 +589,21 @@ fn fail_publish(
     }
 }
 
-/// Move a queued message to the dead letters.
-fn set_aside(shared: &Shared, device: &str, queued: &Queued, cause: &str, reason: &str) {
+/// Move `device`'s queued message `seq` to the dead letters.
+fn set_aside(shared: &Shared, device: &str, seq: u64, message: Message, cause: &str, reason: &str) {
     let letter = DeadLetter {
         at_ms: now_ms(),
         rule: String::new(),
         cause: cause.into(),
         reason: reason.to_string(),
-        message: queued.message.clone(),
+        message,
         device: Some(device.to_string()),
         from_cloud: None,
     };
     shared
         .log
         .warn(&format!("upstream {cause} {device}"), &letter.reason);
-    match shared.queue.set_aside(device, queued.seq, &letter) {
+    match shared.queue.set_aside(device, seq, &letter) {
         Ok(()) => shared.metrics.dead_lettered.inc(&["", cause]),
         Err(e) => {
             shared.log.warn(
