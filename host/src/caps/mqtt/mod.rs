@@ -409,10 +409,19 @@ impl MqttSession {
             .collect::<Result<Vec<QoS>, PluginError>>()?;
         let mut next = 0; // the next message to hand to the client
         let mut done = 0;
+        // A copy of `msgs[next]` the full request channel gave back, for the next round.
+        let mut parked: Option<Message> = None;
         while done < msgs.len() {
             // Hand over as many messages as the request channel takes.
-            while next < msgs.len() && self.hand_over(msgs[next].clone(), levels[next]).is_ok() {
-                next += 1;
+            while next < msgs.len() {
+                let msg = parked.take().unwrap_or_else(|| msgs[next].clone());
+                match self.hand_over(msg, levels[next]) {
+                    Ok(()) => next += 1,
+                    Err(msg) => {
+                        parked = Some(msg);
+                        break;
+                    }
+                }
             }
             done += self.poll_completed(BATCH_POLL).map_err(|e| {
                 PluginError::new(
