@@ -324,17 +324,7 @@ fn take(
     log: &LogOnce,
 ) {
     let routed = service.route(crate::caps::mqtt::v5_message(&publish), Origin::Local);
-    for m in &routed.to_local {
-        if let Err(e) = super::local::LocalOut::publish(client, m) {
-            log.warn(
-                "local publish",
-                &format!(
-                    "a rule's message to '{}' was not published locally: {e}",
-                    m.topic
-                ),
-            );
-        }
-    }
+    service.publish_local(&routed.to_local, client, "a local client");
     match service.store(routed.batch) {
         Ok(settled) => {
             let _ = acks.send((settled, publish));

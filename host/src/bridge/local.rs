@@ -237,16 +237,25 @@ impl LocalService {
     /// dead-lettered.
     pub fn from_cloud(&self, device: &str, message: Message, out: &dyn LocalOut) {
         let routed = self.route(message, Origin::Cloud { device });
-        for m in &routed.to_local {
-            if let Err(why) = out.publish(m) {
-                self.log.warn(
-                    "from cloud publish",
-                    &format!("a message for '{}' from the cloud of '{device}' was not published locally: {why}", m.topic),
-                );
-            }
-        }
+        self.publish_local(&routed.to_local, out, &format!("the cloud of '{device}'"));
         if let Err(why) = self.store(routed.batch) {
             self.log.warn("from cloud store", &why);
+        }
+    }
+
+    /// Publish what rules sent `local` through `out`; what it does not take is logged (`from`
+    /// names where the messages came from).
+    pub fn publish_local(&self, messages: &[Message], out: &dyn LocalOut, from: &str) {
+        for m in messages {
+            if let Err(why) = out.publish(m) {
+                self.log.warn(
+                    &format!("local publish from {from}"),
+                    &format!(
+                        "a message for '{}' from {from} was not published locally: {why}",
+                        m.topic
+                    ),
+                );
+            }
         }
     }
 

@@ -76,9 +76,8 @@ async fn in_process(
         tick.tick().await;
         let message = Message::new(sim.topic.clone(), payload(sim, n), sim.qos);
         let routed = service.route(message.clone(), Origin::Local);
-        for m in &routed.to_local {
-            server.publish(&m.topic, &m.payload, m.qos);
-        }
+        let from = format!("simulator '{}'", sim.name);
+        service.publish_local(&routed.to_local, server, &from);
         let stored = match service.store(routed.batch) {
             Ok(None) => Ok(()),
             Ok(Some(settled)) => settled
