@@ -90,9 +90,7 @@ impl Retained {
         found.sort_by(|a, b| a.0.cmp(&b.0));
         found
     }
-}
 
-impl Retained {
     /// Write every retained message to `path` if any changed since the last save: a new file,
     /// synced, renamed over the old one. Whether it wrote.
     pub fn save(&self, path: &Path) -> std::io::Result<bool> {
