@@ -1160,7 +1160,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_will_is_published_when_a_connection_breaks_but_not_after_disconnect() {
+    async fn a_will_is_published_when_a_connection_breaks_but_not_after_disconnect_or_if_invalid() {
         let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
             .await
             .unwrap();
@@ -1181,6 +1181,20 @@ mod tests {
                 (client, events)
             }
         };
+        // A will naming a wildcard topic is not published (the valid one after it arrives first).
+        let mut options = MqttOptions::new("wild", "127.0.0.1", server.port);
+        options.set_last_will(rumqttc::LastWill::new(
+            "status/#",
+            "x",
+            QoS::AtLeastOnce,
+            false,
+        ));
+        let (_wild, mut wild_events) = AsyncClient::new(options, 10);
+        while !matches!(
+            wild_events.poll().await.unwrap(),
+            Event::Incoming(In::ConnAck(_))
+        ) {}
+        drop(wild_events);
         // A clean goodbye: no will.
         let (polite, mut p_events) = with_will("polite").await;
         polite.disconnect().await.unwrap();
