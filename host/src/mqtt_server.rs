@@ -14,7 +14,7 @@ use rumqttc::mqttbytes::v4::{
     ConnAck, ConnectReturnCode, LastWill, Packet, PubAck, Publish, SubAck, SubscribeReasonCode,
 };
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -406,6 +406,18 @@ fn settle(done: Unacked, result: Result<(), String>, out: &mut BytesMut) -> Resu
     Ok(())
 }
 
+/// Acknowledge a publish that needs no settling, behind the deferred ones still waiting (the
+/// acknowledgements go out in the order of the publishes).
+fn ack_in_order(unacked: &mut VecDeque<Unacked>, out: &mut BytesMut, qos: QoS, pkid: u16) {
+    if qos == QoS::AtMostOnce || unacked.is_empty() {
+        queue_ack(out, qos, pkid);
+        return;
+    }
+    let (tx, settled) = oneshot::channel();
+    let _ = tx.send(Ok(()));
+    unacked.push_back(Unacked { pkid, qos, settled });
+}
+
 /// PUBACK for QoS 1, PUBREC for QoS 2 (the client then releases it), nothing for QoS 0.
 fn queue_ack(out: &mut BytesMut, qos: QoS, pkid: u16) {
     match qos {
@@ -746,6 +758,9 @@ impl Connection {
         let mut next_pkid: u16 = 0;
         // Publishes whose acknowledgement waits for the service, oldest first.
         let mut unacked: VecDeque<Unacked> = VecDeque::new();
+        // Packet ids of QoS 2 publishes taken and not yet released (PUBREL): the same id again
+        // is the client sending that message again, not a new one.
+        let mut receiving: HashSet<u16> = HashSet::new();
         // MQTT 3.1.1: the server closes a connection silent for 1.5 keep-alive periods.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let mut last_heard = tokio::time::Instant::now();
@@ -805,6 +820,12 @@ impl Connection {
                             self.service.protocol_error("invalid topic name", &detail);
                             return detail;
                         }
+                        if p.qos == QoS::ExactlyOnce && !receiving.insert(p.pkid) {
+                            // Taken already (the client did not see our PUBREC in time):
+                            // acknowledge it again, deliver and store it once.
+                            ack_in_order(&mut unacked, out, p.qos, p.pkid);
+                            continue;
+                        }
                         let route = match self.service.publish(session, &p) {
                             PublishVerdict::Accept => false,
                             PublishVerdict::Route => true,
@@ -820,24 +841,14 @@ impl Connection {
                             }
                             PublishVerdict::Disconnect(why) => return why,
                         };
-                        if p.qos != QoS::AtMostOnce && !unacked.is_empty() {
-                            // Keep the acknowledgements in order behind the deferred ones.
-                            let (tx, settled) = oneshot::channel();
-                            let _ = tx.send(Ok(()));
-                            unacked.push_back(Unacked {
-                                pkid: p.pkid,
-                                qos: p.qos,
-                                settled,
-                            });
-                        } else {
-                            queue_ack(out, p.qos, p.pkid);
-                        }
+                        ack_in_order(&mut unacked, out, p.qos, p.pkid);
                         if route {
                             self.clients.broadcast(&p.topic, &p.payload, p.qos);
                             self.keep_if_retained(&p);
                         }
                     }
                     Packet::PubRel(rel) => {
+                        receiving.remove(&rel.pkid);
                         let comp = rumqttc::mqttbytes::v4::PubComp::new(rel.pkid);
                         queue_packet(out, Packet::PubComp(comp));
                     }
@@ -1010,6 +1021,84 @@ mod tests {
         fn retains(&self) -> bool {
             true
         }
+        fn max_qos(&self) -> u8 {
+            2
+        }
+    }
+
+    /// A client speaking raw MQTT 3.1.1 packets, for what client libraries do not let a test do.
+    struct RawClient {
+        stream: TcpStream,
+        buf: BytesMut,
+    }
+
+    impl RawClient {
+        async fn connect(port: u16, id: &str) -> RawClient {
+            let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let mut raw = RawClient {
+                stream,
+                buf: BytesMut::new(),
+            };
+            raw.send(Packet::Connect(rumqttc::mqttbytes::v4::Connect::new(id)))
+                .await;
+            assert!(matches!(raw.next().await, Packet::ConnAck(_)));
+            raw
+        }
+
+        async fn send(&mut self, packet: Packet) {
+            let mut out = BytesMut::new();
+            packet.write(&mut out, usize::MAX).unwrap();
+            self.stream.write_all(&out).await.unwrap();
+        }
+
+        /// The next packet from the server (the test fails after 10 s without one).
+        async fn next(&mut self) -> Packet {
+            let read = async {
+                loop {
+                    match Packet::read(&mut self.buf, usize::MAX) {
+                        Ok(packet) => return packet,
+                        Err(CodecError::InsufficientBytes(_)) => {
+                            assert!(self.stream.read_buf(&mut self.buf).await.unwrap() > 0)
+                        }
+                        Err(e) => panic!("cannot read the server's packet: {e:?}"),
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(10), read)
+                .await
+                .expect("no packet within 10 s")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_qos2_message_sent_again_before_its_release_is_delivered_once() {
+        let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
+            .await
+            .unwrap();
+        let (watch, mut w_events) = client(server.port, "watch").await;
+        watch.subscribe("q/#", QoS::AtLeastOnce).await.unwrap();
+        until_acked(&mut w_events).await;
+        let mut raw = RawClient::connect(server.port, "raw").await;
+        let publish = |topic: &str, dup: bool| {
+            let mut p = Publish::new(topic, QoS::ExactlyOnce, "x");
+            p.pkid = 7;
+            p.dup = dup;
+            Packet::Publish(p)
+        };
+        raw.send(publish("q/1", false)).await;
+        assert!(matches!(raw.next().await, Packet::PubRec(r) if r.pkid == 7));
+        // Sent again (DUP) before the PUBREL: acknowledged again, not delivered again.
+        raw.send(publish("q/1", true)).await;
+        assert!(matches!(raw.next().await, Packet::PubRec(r) if r.pkid == 7));
+        raw.send(Packet::PubRel(rumqttc::mqttbytes::v4::PubRel::new(7)))
+            .await;
+        assert!(matches!(raw.next().await, Packet::PubComp(c) if c.pkid == 7));
+        // Released: the same packet id is a new message.
+        raw.send(publish("q/2", false)).await;
+        assert!(matches!(raw.next().await, Packet::PubRec(r) if r.pkid == 7));
+        assert_eq!(next_topic(&mut w_events).await, "q/1");
+        assert_eq!(next_topic(&mut w_events).await, "q/2", "q/1 came twice");
+        drop(watch);
     }
 
     async fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
