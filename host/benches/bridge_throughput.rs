@@ -14,6 +14,12 @@
 //! `BRIDGE_BENCH_SETUPS=template` (a comma list of `a`, `template`, `wasm`, `rhai`, `c`) runs only
 //! those throughput setups, e.g. under `perf record`. `BENCH_INFLIGHT=N` sets the publishers'
 //! `mosquitto_pub -M` (QoS 1 messages in flight each, default 20, mosquitto_pub's own default).
+//! Throughput runs every setup `BENCH_ROUNDS` times (default 3), round after round, and reports
+//! medians: this machine's speed drifts by a fifth within minutes, and interleaving moves (a) and
+//! (b) alike. `BENCH_READER=plain` or `tls` runs (b) and (c) with only that reader hop (default: both):
+//! `mosquitto_sub` reads the upstream mosquitto over plain TCP, the same measuring hop as (a),
+//! or over TLS with a client certificate, which costs the upstream mosquitto and the reader CPU
+//! that (a) does not spend.
 //!
 //! Needs mosquitto, mosquitto-clients and .venv with paho-mqtt (`.ci/install-deps`) and the WASM
 //! plugins built (`cargo build --release --target wasm32-wasip2 --manifest-path
@@ -97,15 +103,85 @@ impl Drop for Proc {
     }
 }
 
-fn mosquitto(dir: &Path, tls: bool) -> (Proc, u16) {
+/// A plain mosquitto: its process and port.
+fn mosquitto(dir: &Path) -> (Proc, u16) {
     let port = free_port();
-    let mut conf = format!("user root\npersistence false\nlog_type none\nmax_inflight_messages 0\nmax_queued_messages 0\nlistener {port} 127.0.0.1\n");
-    if tls {
-        conf.push_str(&format!(
-            "cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\nuse_identity_as_username true\n",
-            dir.display()
-        ));
+    let proc = mosquitto_with(dir, &format!("listener {port} 127.0.0.1\n"), port);
+    (proc, port)
+}
+
+/// How the `mosquitto_sub` of (b) and (c) reads from the upstream mosquitto.
+#[derive(Clone, Copy, PartialEq)]
+enum Reader {
+    /// Plain TCP, as in (a): every setup ends with the same measuring hop, so the ratios compare
+    /// only what sits between the publishers and that hop.
+    Plain,
+    /// TLS with a client certificate, like gatehost's hop: the upstream mosquitto encrypts
+    /// every message twice and the reader decrypts it.
+    Tls,
+}
+
+impl Reader {
+    /// `BENCH_READER=plain|tls`; both when unset.
+    fn wanted() -> Vec<Reader> {
+        match std::env::var("BENCH_READER").as_deref() {
+            Ok("plain") => vec![Reader::Plain],
+            Ok("tls") => vec![Reader::Tls],
+            _ => vec![Reader::Plain, Reader::Tls],
+        }
     }
+
+    fn label(self) -> &'static str {
+        match self {
+            Reader::Plain => "mosquitto_sub",
+            Reader::Tls => "mosquitto_sub over TLS",
+        }
+    }
+}
+
+/// The "cloud" of (b) and (c): mosquitto with a TLS listener that requires client certificates,
+/// where gatehost or the translator publish, and the listener its `mosquitto_sub` reads from.
+struct Upstream {
+    _proc: Proc,
+    tls_port: u16,
+    reader_port: u16,
+    reader: Reader,
+    dir: PathBuf,
+}
+
+fn upstream(dir: &Path, reader: Reader) -> Upstream {
+    let tls_port = free_port();
+    let tls = format!(
+        "listener {tls_port} 127.0.0.1\ncafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\nrequire_certificate true\nuse_identity_as_username true\n",
+        dir.display()
+    );
+    let (conf, reader_port) = match reader {
+        Reader::Tls => (tls, tls_port),
+        Reader::Plain => {
+            let plain = free_port();
+            (format!("listener {plain} 127.0.0.1\n{tls}"), plain)
+        }
+    };
+    Upstream {
+        _proc: mosquitto_with(dir, &conf, tls_port),
+        tls_port,
+        reader_port,
+        reader,
+        dir: dir.to_path_buf(),
+    }
+}
+
+impl Upstream {
+    /// Its `mosquitto_sub` on `devices/#`.
+    fn subscribe(&self) -> (Proc, mpsc::Receiver<(Instant, String)>) {
+        let tls = (self.reader == Reader::Tls).then_some(self.dir.as_path());
+        subscriber(self.reader_port, "devices/#", tls)
+    }
+}
+
+/// mosquitto with `listeners`, once `port` answers.
+fn mosquitto_with(dir: &Path, listeners: &str, port: u16) -> Proc {
+    let mut conf = format!("user root\npersistence false\nlog_type none\nmax_inflight_messages 0\nmax_queued_messages 0\n{listeners}");
     conf.push_str("allow_anonymous true\n");
     let path = dir.join(format!("mosquitto-{port}.conf"));
     std::fs::write(&path, conf).unwrap();
@@ -117,7 +193,7 @@ fn mosquitto(dir: &Path, tls: bool) -> (Proc, u16) {
         .spawn()
         .expect("mosquitto is installed");
     wait_port(port);
-    (Proc(child), port)
+    Proc(child)
 }
 
 fn tls_args(dir: &Path, name: &str) -> Vec<String> {
@@ -356,8 +432,76 @@ fn main() {
     }
 }
 
-/// (a), (b) with each rule kind and (c): msg/s and CPU per message.
+/// (a), (b) with each rule kind and (c), `BENCH_ROUNDS` times (default 3) one after another, so a
+/// machine that speeds up or slows down during the run moves every setup alike: the median
+/// msg/s, its range, each round's ratio to that round's (a), and CPU per message.
 fn throughput(dir: &Path) {
+    let rounds: usize = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3)
+        .max(1);
+    // Per setup, in the order of the first round: (msg/s, CPU µs/msg) of each round.
+    let mut results: Vec<(String, Vec<(f64, Option<f64>)>)> = Vec::new();
+    for round in 1..=rounds {
+        eprintln!("throughput round {round} of {rounds}");
+        for (label, rate, cpu) in throughput_round(dir) {
+            match results.iter_mut().find(|(l, _)| *l == label) {
+                Some((_, runs)) => runs.push((rate, cpu)),
+                None => results.push((label, vec![(rate, cpu)])),
+            }
+        }
+    }
+    println!(
+        "\n| setup ({PUBLISHERS} x {PER_PUBLISHER} QoS 1 messages of {PAYLOAD_BYTES} bytes, {rounds} rounds) | msg/s median (min-max) | vs (a), medians | vs (a), each round | CPU µs/msg median (gatehost / translator) |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let ceiling: Option<Vec<f64>> = results
+        .iter()
+        .find(|(l, _)| l.starts_with("(a)"))
+        .map(|(_, runs)| runs.iter().map(|r| r.0).collect());
+    for (label, runs) in &results {
+        let rates: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        let (lo, hi) = rates
+            .iter()
+            .fold((f64::MAX, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+        let (vs_median, vs_rounds) = match &ceiling {
+            Some(a) => (
+                format!("{:.2}x", median(&rates) / median(a)),
+                rates
+                    .iter()
+                    .zip(a)
+                    .map(|(r, a)| format!("{:.2}", r / a))
+                    .collect::<Vec<_>>()
+                    .join(" / "),
+            ),
+            None => ("-".into(), "-".into()),
+        };
+        let cpus: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
+        let cpu = if cpus.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{:.1}", median(&cpus))
+        };
+        println!(
+            "| {label} | {:.0} ({lo:.0}-{hi:.0}) | {vs_median} | {vs_rounds} | {cpu} |",
+            median(&rates)
+        );
+    }
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
+/// One round of every selected setup: (label, msg/s, CPU µs/msg of gatehost or the translator).
+fn throughput_round(dir: &Path) -> Vec<(String, f64, Option<f64>)> {
     let total = (PUBLISHERS * PER_PUBLISHER) as f64;
     let only = std::env::var("BRIDGE_BENCH_SETUPS").unwrap_or_default();
     let setup = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
@@ -365,7 +509,7 @@ fn throughput(dir: &Path) {
 
     // (a) one plain hop.
     if setup("a") {
-        let (_broker, port) = mosquitto(dir, false);
+        let (_broker, port) = mosquitto(dir);
         let (_sub, rx) = subscriber(port, "plant1/#", None);
         rows.push((
             "(a) publishers -> mosquitto -> mosquitto_sub".into(),
@@ -374,89 +518,91 @@ fn throughput(dir: &Path) {
         ));
     }
 
-    // (b) through gatehost, each rule kind.
-    for (label, rule) in [
-        ("template", TEMPLATE_RULE),
-        ("WASM", WASM_RULE),
-        ("Rhai", RHAI_RULE),
-    ] {
-        if !setup(&label.to_lowercase()) {
-            continue;
+    for reader in Reader::wanted() {
+        // (b) through gatehost, each rule kind.
+        for (label, rule) in [
+            ("template", TEMPLATE_RULE),
+            ("WASM", WASM_RULE),
+            ("Rhai", RHAI_RULE),
+        ] {
+            if !setup(&label.to_lowercase()) {
+                continue;
+            }
+            let cloud = upstream(dir, reader);
+            let (_sub, rx) = cloud.subscribe();
+            let (local, metrics) = gatehost_config(dir, cloud.tls_port, rule);
+            let g = start_gatehost(dir, metrics);
+            let cpu_before = cpu_secs(g.0.id());
+            let rate = run_load(local, &rx);
+            let cpu = cpu_secs(g.0.id()) - cpu_before;
+            rows.push((
+                format!(
+                    "(b) publishers -> gatehost ({label} rule, queue) -> TLS mosquitto -> {}",
+                    reader.label()
+                ),
+                rate,
+                Some(cpu / total * 1e6),
+            ));
         }
-        let (_cloud, cloud_port) = mosquitto(dir, true);
-        let (_sub, rx) = subscriber(cloud_port, "devices/#", Some(dir));
-        let (local, metrics) = gatehost_config(dir, cloud_port, rule);
-        let g = start_gatehost(dir, metrics);
-        let cpu_before = cpu_secs(g.0.id());
-        let rate = run_load(local, &rx);
-        let cpu = cpu_secs(g.0.id()) - cpu_before;
-        rows.push((
-            format!("(b) publishers -> gatehost ({label} rule, queue) -> TLS mosquitto -> mosquitto_sub"),
-            rate,
-            Some(cpu / total * 1e6),
-        ));
+
+        // (c) the Python translator.
+        if setup("c") {
+            let (_local, local_port) = mosquitto(dir);
+            let cloud = upstream(dir, reader);
+            let (_sub, rx) = cloud.subscribe();
+            let script = dir.join("translator.py");
+            std::fs::write(&script, TRANSLATOR).unwrap();
+            let mut child = Command::new(repo().join(".venv/bin/python"))
+                .arg(&script)
+                .args([
+                    local_port.to_string(),
+                    cloud.tls_port.to_string(),
+                    dir.display().to_string(),
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect(".venv with paho-mqtt (.ci/install-deps)");
+            let mut ready = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut ready)
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+            let translator = Proc(child);
+            let cpu_before = cpu_secs(translator.0.id());
+            let rate = run_load(local_port, &rx);
+            let cpu = cpu_secs(translator.0.id()) - cpu_before;
+            rows.push((
+                format!(
+                    "(c) publishers -> mosquitto -> Python paho translator -> TLS mosquitto -> {}",
+                    reader.label()
+                ),
+                rate,
+                Some(cpu / total * 1e6),
+            ));
+        }
     }
 
-    // (c) the Python translator.
-    if setup("c") {
-        let (_local, local_port) = mosquitto(dir, false);
-        let (_cloud, cloud_port) = mosquitto(dir, true);
-        let (_sub, rx) = subscriber(cloud_port, "devices/#", Some(dir));
-        let script = dir.join("translator.py");
-        std::fs::write(&script, TRANSLATOR).unwrap();
-        let mut child = Command::new(repo().join(".venv/bin/python"))
-            .arg(&script)
-            .args([
-                local_port.to_string(),
-                cloud_port.to_string(),
-                dir.display().to_string(),
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(".venv with paho-mqtt (.ci/install-deps)");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut ready)
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
-        let translator = Proc(child);
-        let cpu_before = cpu_secs(translator.0.id());
-        let rate = run_load(local_port, &rx);
-        let cpu = cpu_secs(translator.0.id()) - cpu_before;
-        rows.push((
-            "(c) publishers -> mosquitto -> Python paho translator -> TLS mosquitto -> mosquitto_sub".into(),
-            rate,
-            Some(cpu / total * 1e6),
-        ));
-    }
-
-    println!("\n| setup ({} x {} QoS 1 messages of {PAYLOAD_BYTES} bytes) | msg/s | vs (a) | CPU µs/msg (gatehost / translator) |", PUBLISHERS, PER_PUBLISHER);
-    println!("|---|---:|---:|---:|");
-    let ceiling = rows.first().map_or(f64::NAN, |r| r.1);
-    for (label, rate, cpu) in &rows {
-        println!(
-            "| {label} | {rate:.0} | {:.2}x | {} |",
-            rate / ceiling,
-            cpu.map_or("-".to_string(), |c| format!("{c:.1}"))
-        );
-    }
+    rows
 }
 
 /// Latency at a paced 5 000 msg/s for 5 s: the plain hop, then through gatehost.
 fn latencies(dir: &Path) {
     {
-        let (_broker, port) = mosquitto(dir, false);
+        let (_broker, port) = mosquitto(dir);
         let (_sub, rx) = subscriber(port, "plant1/#", None);
         latency("publisher -> mosquitto -> mosquitto_sub", port, &rx);
     }
-    {
-        let (_cloud, cloud_port) = mosquitto(dir, true);
-        let (_sub, rx) = subscriber(cloud_port, "devices/#", Some(dir));
-        let (local, metrics) = gatehost_config(dir, cloud_port, TEMPLATE_RULE);
+    for reader in Reader::wanted() {
+        let cloud = upstream(dir, reader);
+        let (_sub, rx) = cloud.subscribe();
+        let (local, metrics) = gatehost_config(dir, cloud.tls_port, TEMPLATE_RULE);
         let _g = start_gatehost(dir, metrics);
         latency(
-            "publisher -> gatehost (template rule, queue) -> TLS mosquitto -> mosquitto_sub",
+            &format!(
+                "publisher -> gatehost (template rule, queue) -> TLS mosquitto -> {}",
+                reader.label()
+            ),
             local,
             &rx,
         );
@@ -466,7 +612,7 @@ fn latencies(dir: &Path) {
 /// Idle RSS with 10 rules loaded (4 template, 3 WASM, 3 Rhai).
 fn idle_rss(dir: &Path) {
     {
-        let (_cloud, cloud_port) = mosquitto(dir, true);
+        let cloud = upstream(dir, Reader::Plain);
         let mut rules = String::new();
         for i in 0..4 {
             rules.push_str(&format!("[[rules]]\nname = \"t{i}\"\n[rules.template]\npattern = \"site{i}/{{machine}}/#\"\ndevice = \"{{machine}}\"\n"));
@@ -477,7 +623,7 @@ fn idle_rss(dir: &Path) {
                 "[[rules]]\nname = \"r{i}\"\nrule = \"iothub-telemetry\"\nfrom = [\"r{i}/#\"]\n"
             ));
         }
-        let (_local, metrics) = gatehost_config(dir, cloud_port, &rules);
+        let (_local, metrics) = gatehost_config(dir, cloud.tls_port, &rules);
         let g = start_gatehost(dir, metrics);
         std::thread::sleep(Duration::from_secs(3));
         println!(
