@@ -795,6 +795,44 @@ fn pings_keep_an_idle_session_open_at_the_brokers_keep_alive() {
 }
 
 #[test]
+fn a_session_that_does_not_read_for_a_while_keeps_its_connection_and_every_message() {
+    let pki = Pki::new();
+    // mosquitto keeps what a slow client has not taken yet (its default drops beyond 1 000).
+    let broker = Mosquitto::start(&pki.dir, "allow_anonymous true\nmax_queued_messages 100000");
+    let ctx = ctx(&pki, &["127.0.0.1:*"]);
+    let mut o = plain_options(broker.port, "slow-reader", ProtocolVersion::Mqtt311);
+    o.keep_alive_secs = 5;
+    let mut slow = MqttSession::connect(&ctx, &o).unwrap();
+    slow.subscribe("flood/#", 1).unwrap();
+    // More messages than the connection may hand the session before it reads.
+    let count = 3000;
+    let mut publisher = MqttSession::connect(
+        &ctx,
+        &plain_options(broker.port, "flooder", ProtocolVersion::Mqtt311),
+    )
+    .unwrap();
+    let flood: Vec<Message> = (0..count)
+        .map(|i| Message::new("flood/x", format!("{i}"), 1))
+        .collect();
+    publisher.publish_batch(&flood).unwrap();
+    // Not read for more than 1.5 keep-alives: the broker closes a connection it hears nothing
+    // from for that long, so the connection must go on pinging while it holds messages back.
+    std::thread::sleep(Duration::from_secs(12));
+    for i in 0..count {
+        let m = slow
+            .receive(Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("message {i}: {e}"))
+            .unwrap_or_else(|| panic!("message {i} did not come"));
+        assert_eq!(m.payload, format!("{i}").as_bytes(), "in order");
+    }
+    // Still the same connection: what it publishes now comes back.
+    slow.publish(&Message::new("flood/after", "still here", 1))
+        .unwrap();
+    let m = slow.receive(Duration::from_secs(5)).unwrap().expect("echo");
+    assert_eq!(m.payload, b"still here");
+}
+
+#[test]
 fn a_persistent_session_gets_what_waited_for_it_even_in_the_connacks_segment() {
     let pki = Pki::new();
     let broker = Mosquitto::start(&pki.dir, "allow_anonymous true");

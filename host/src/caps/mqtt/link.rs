@@ -14,7 +14,7 @@ use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::QoS;
 use rustls_pki_types::ServerName;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,9 +86,13 @@ impl Waker {
 
 /// The request channel's capacity: how many requests may wait for the connection thread.
 const CHANNEL_CAPACITY: usize = 64;
-/// How many events the connection thread may be ahead of the session (then it waits, and TCP
-/// flow control holds the broker back).
+/// How many events the connection thread may be ahead of the session. Then it keeps what it
+/// read back and stops reading until the session takes some (TCP flow control holds the broker
+/// back), while it goes on writing and pinging: a session that reads slowly, or not for a
+/// while, keeps its connection.
 const EVENT_CAPACITY: usize = 1024;
+/// How often a connection whose session's channel is full looks for room.
+const BACKLOG_RETRY: Duration = Duration::from_millis(5);
 /// QoS 1/2 publishes sent and not yet acknowledged, at most (fewer if the broker says so).
 const MAX_IN_FLIGHT: usize = 100;
 /// QoS 2 publishes in flight at most with MQTT 3.1.1, whose brokers cannot say how many they
@@ -136,6 +140,7 @@ impl Link {
             },
             written: Vec::new(),
             completed: Vec::new(),
+            backlog: VecDeque::new(),
         };
         std::thread::Builder::new()
             .name(format!("mqtt {endpoint}"))
@@ -265,6 +270,9 @@ struct Connection {
     written: Vec<u64>,
     /// Completions not yet handed to the session.
     completed: Vec<(u64, Result<(), String>)>,
+    /// Events the session's full channel did not take yet, oldest first (bounded by one read:
+    /// nothing is read while it holds any).
+    backlog: VecDeque<Item>,
 }
 
 /// Why the connection thread stops.
@@ -300,6 +308,13 @@ impl Connection {
             ),
             Stop::Failed(e) => e,
         };
+        // What was read before the end comes first (the connection is over: waiting for the
+        // session to take it holds nothing up).
+        for item in std::mem::take(&mut self.backlog) {
+            if self.events.send(item).is_err() {
+                return;
+            }
+        }
         let _ = self.events.send(Err(last));
     }
 
@@ -425,7 +440,15 @@ impl Connection {
         let mut acked_quickly = false;
         // A request taken from the channel that waits for room in flight (order is kept).
         let mut parked: Option<Request> = None;
+        // Whether reading paused for the session since the last ping went out: then its
+        // answer may be waiting unread, and a missing answer proves nothing yet.
+        let mut paused_since_ping = false;
         loop {
+            if !self.hand_over_backlog() {
+                return Stop::Unheard;
+            }
+            let reading = self.backlog.is_empty();
+            paused_since_ping |= !reading;
             if let Some(request) = parked.take() {
                 if self.has_room_for(&request) {
                     match self.take_request(request) {
@@ -457,7 +480,7 @@ impl Connection {
             }
             let room = parked.is_none() && self.ids.open() < self.max_in_flight;
             tokio::select! {
-                read = stream.read_buf(&mut inbuf) => match read {
+                read = stream.read_buf(&mut inbuf), if reading => match read {
                     Ok(0) => return Stop::Failed(self.ended()),
                     Ok(_) => {
                         quiet.as_mut().reset(Instant::now() + QUIET_BEFORE_ACK);
@@ -491,8 +514,9 @@ impl Connection {
                     ack_quickly(&**stream);
                     acked_quickly = true;
                 },
+                _ = tokio::time::sleep(BACKLOG_RETRY), if !reading => {},
                 _ = tokio::time::sleep_until(ping_at), if !keep_alive.is_zero() => {
-                    if ping_out {
+                    if ping_out && !paused_since_ping {
                         return Stop::Failed(err(
                             ErrorKind::Timeout,
                             format!(
@@ -504,6 +528,7 @@ impl Connection {
                     }
                     if self.codec.encode(Outgoing::PingReq, &mut self.out).is_ok() {
                         ping_out = true;
+                        paused_since_ping = !reading;
                     }
                 },
             }
@@ -721,13 +746,36 @@ impl Connection {
         self.flush_completed() && self.send(item)
     }
 
-    /// Send an item (waiting while the session's channel is full); `false` when nobody listens
-    /// any more.
-    fn send(&self, item: Item) -> bool {
+    /// Send an item, or keep it in the backlog behind those already there while the session's
+    /// channel is full; `false` when nobody listens any more.
+    fn send(&mut self, item: Item) -> bool {
+        if !self.backlog.is_empty() {
+            self.backlog.push_back(item);
+            return true;
+        }
         match self.events.try_send(item) {
             Ok(()) => true,
-            Err(TrySendError::Full(item)) => self.events.send(item).is_ok(),
+            Err(TrySendError::Full(item)) => {
+                self.backlog.push_back(item);
+                true
+            }
             Err(TrySendError::Disconnected(_)) => false,
         }
+    }
+
+    /// Hand the session what its channel has room for from the backlog; `false` when nobody
+    /// listens any more.
+    fn hand_over_backlog(&mut self) -> bool {
+        while let Some(item) = self.backlog.pop_front() {
+            match self.events.try_send(item) {
+                Ok(()) => {}
+                Err(TrySendError::Full(item)) => {
+                    self.backlog.push_front(item);
+                    return true;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        true
     }
 }
