@@ -441,8 +441,8 @@ fn throughput(dir: &Path) {
         .and_then(|r| r.parse().ok())
         .unwrap_or(3)
         .max(1);
-    // Per setup, in the order of the first round: (msg/s, CPU µs/msg) of each round.
-    let mut results: Vec<(String, Vec<(f64, Option<f64>)>)> = Vec::new();
+    // Per setup, in the order of the first round: its result in each round.
+    let mut results: Vec<(String, Vec<Measured>)> = Vec::new();
     for round in 1..=rounds {
         eprintln!("throughput round {round} of {rounds}");
         for (label, rate, cpu) in throughput_round(dir) {
@@ -499,6 +499,9 @@ fn median(values: &[f64]) -> f64 {
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
 }
+
+/// msg/s, and CPU µs per message of gatehost or the translator.
+type Measured = (f64, Option<f64>);
 
 /// One round of every selected setup: (label, msg/s, CPU µs/msg of gatehost or the translator).
 fn throughput_round(dir: &Path) -> Vec<(String, f64, Option<f64>)> {
