@@ -1,12 +1,14 @@
 //! The MQTT 3.1.1 server core of the sandbox's emulated services and of the bridge's embedded
 //! local broker, built on rumqttc's packet codec (`rumqttc::mqttbytes::v4`) over tokio, plain TCP
 //! or rustls. It owns the protocol mechanics — TLS, CONNECT/CONNACK, keep-alive, SUBACK, PUBACK,
-//! QoS 0/1/2 in, one connection per client id, delivery to subscribed clients only, and
+//! QoS 0/1/2 in, one connection per client id, delivery to subscribed clients only, persistent
+//! sessions for the services that keep them ([`sessions`]), and
 //! acknowledgements held back until the service says the message is safe (persisted) — and asks
 //! an [`MqttService`] for every decision (who may connect, which subscriptions and publishes are
 //! allowed, what to answer).
 
 mod retained;
+mod sessions;
 
 use crate::record::{Record, Recorder};
 use bytes::BytesMut;
@@ -206,6 +208,16 @@ pub trait MqttService: Send + Sync + 'static {
     fn retained_refused(&self, detail: &str) {
         let _ = detail;
     }
+    /// Whether clients may keep a session while they are away (CleanSession = 0: their
+    /// subscriptions and the QoS 1 messages for them wait, see [`sessions`]); a broker does.
+    fn keeps_sessions(&self) -> bool {
+        false
+    }
+    /// A message was not kept for an absent client (a limit of [`sessions`]); `detail` says
+    /// which and why.
+    fn session_message_dropped(&self, detail: &str) {
+        let _ = detail;
+    }
 }
 
 enum Command {
@@ -223,22 +235,56 @@ struct Client {
     inbox: Inbox,
 }
 
-/// Connected clients by client id (one connection per id).
-#[derive(Default)]
+/// Connected clients by client id (one connection per id), and the sessions of absent ones.
+/// Lock order: `by_id`, then `sessions` — a client moves between the two under both locks, so a
+/// message reaches it in exactly one of them.
 struct Clients {
     by_id: Mutex<HashMap<String, Client>>,
+    sessions: Mutex<sessions::Sessions>,
     /// Retained messages, for services that keep them ([`MqttService::retains`]).
     retained: retained::Retained,
+    service: Arc<dyn MqttService>,
 }
 
 impl Clients {
+    fn new(service: Arc<dyn MqttService>) -> Clients {
+        Clients {
+            by_id: Mutex::default(),
+            sessions: Mutex::default(),
+            retained: retained::Retained::default(),
+            service,
+        }
+    }
+
     /// Hand a message to every connected client subscribed to a filter matching `topic` (the
-    /// others are not woken: a publish costs the same however many clients only publish).
+    /// others are not woken: a publish costs the same however many clients only publish), and
+    /// keep it for the absent ones whose sessions subscribed to it.
     fn broadcast(&self, topic: &str, payload: &[u8], qos: QoS) {
+        // Subscriptions are granted QoS 1 at most.
+        let qos = if qos == QoS::ExactlyOnce {
+            QoS::AtLeastOnce
+        } else {
+            qos
+        };
         let clients = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         for client in clients.values() {
             client.inbox.offer(topic, || payload.to_vec(), qos);
         }
+        if !self.service.keeps_sessions() {
+            return;
+        }
+        let full = self.sessions().offer(topic, payload, qos);
+        for client_id in full {
+            self.service.session_message_dropped(&format!(
+                "the message on '{topic}' was not kept for absent client '{client_id}': its \
+                 session holds {} messages already",
+                sessions::MAX_WAITING
+            ));
+        }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, sessions::Sessions> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -267,7 +313,7 @@ impl MqttServer {
     ) -> std::io::Result<MqttServer> {
         let listener = TcpListener::bind(addr).await?;
         let port = listener.local_addr()?.port();
-        let clients = Arc::new(Clients::default());
+        let clients = Arc::new(Clients::new(service.clone()));
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let shared = clients.clone();
         tokio::spawn(async move {
@@ -389,6 +435,42 @@ fn connect_protocol_level(buf: &[u8]) -> Option<u8> {
     i += 1;
     let name_len = u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]) as usize;
     buf.get(i + 2 + name_len).copied()
+}
+
+/// How long a connection taking over a client id waits for the older one to end.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// What the server sends one client: packet ids, and for a persistent session the QoS 1
+/// messages sent and not yet acknowledged (sent again when the session resumes).
+struct Delivery {
+    persistent: bool,
+    last_pkid: u16,
+    sent: VecDeque<Publish>,
+}
+
+impl Delivery {
+    /// Queue `publish` in `out`; `true` when the oldest unacknowledged message was let go to
+    /// keep at most [`sessions::MAX_WAITING`].
+    fn queue(&mut self, mut publish: Publish, out: &mut BytesMut) -> bool {
+        if publish.qos != QoS::AtMostOnce && publish.pkid == 0 {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            publish.pkid = self.last_pkid;
+        }
+        if !self.persistent || publish.qos == QoS::AtMostOnce {
+            queue_packet(out, Packet::Publish(publish));
+            return false;
+        }
+        queue_packet(out, Packet::Publish(publish.clone()));
+        self.sent.push_back(publish);
+        self.sent.len() > sessions::MAX_WAITING && self.sent.pop_front().is_some()
+    }
+
+    /// The client acknowledged `pkid`.
+    fn acked(&mut self, pkid: u16) {
+        if let Some(i) = self.sent.iter().position(|p| p.pkid == pkid) {
+            self.sent.remove(i);
+        }
+    }
 }
 
 /// A publish waiting for the service to settle it.
@@ -626,33 +708,32 @@ impl Connection {
             }
         };
 
+        let persistent = !connect.clean_session && self.service.keeps_sessions();
+        self.await_older(&client_id).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let inbox = Inbox {
-            commands: tx,
-            filters: Arc::default(),
-        };
-        let older = {
-            let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-            let client = Client {
-                connection: self.id,
-                inbox: inbox.clone(),
-            };
-            clients.insert(client_id.clone(), client)
-        };
-        if let Some(older) = older {
-            let _ = older.inbox.commands.send(Command::Kick(
-                "a newer connection with the same client id took over".into(),
-            ));
-        }
+        let (inbox, resumed) = self.take_over(&client_id, tx, connect.clean_session, persistent);
         let session = Session {
             client_id: client_id.clone(),
             auth,
             inbox,
             clients: self.clients.clone(),
         };
-        let accepted = ConnAck::new(ConnectReturnCode::Success, false);
+        let mut delivery = Delivery {
+            persistent,
+            last_pkid: resumed.as_ref().map_or(0, |r| r.last_pkid),
+            sent: VecDeque::new(),
+        };
+        let mut out = BytesMut::new();
+        let session_present = resumed.is_some();
+        if let Some(resumed) = resumed {
+            // What waited goes first, before anything new.
+            for publish in resumed.waiting {
+                self.deliver(&mut delivery, publish, &client_id, &mut out);
+            }
+        }
+        let accepted = ConnAck::new(ConnectReturnCode::Success, session_present);
         if !write_packet(&mut writer, Packet::ConnAck(accepted)).await {
-            self.forget(&client_id);
+            self.leave(&session, &mut rx, delivery);
             return;
         }
         self.recorder.push(
@@ -664,17 +745,16 @@ impl Connection {
                 }),
         );
 
-        let mut out = BytesMut::new();
         let why = self
             .run(
                 &session,
                 connect.keep_alive,
-                &mut reader,
-                &mut writer,
+                (&mut reader, &mut writer),
                 &mut rx,
                 &mut buf,
                 max_packet,
                 &mut out,
+                &mut delivery,
             )
             .await;
         // Acknowledgements queued before the session ended still go out (best effort), so the
@@ -683,7 +763,7 @@ impl Connection {
             let _ = writer.write_all(&out).await;
             let _ = writer.flush().await;
         }
-        self.forget(&client_id);
+        self.leave(&session, &mut rx, delivery);
         if why != CLIENT_DISCONNECTED {
             if let Some(will) = connect.last_will {
                 self.publish_will(&session, will);
@@ -744,18 +824,17 @@ impl Connection {
         &self,
         session: &Session,
         keep_alive: u16,
-        reader: &mut R,
-        writer: &mut W,
+        (reader, writer): (&mut R, &mut W),
         rx: &mut mpsc::UnboundedReceiver<Command>,
         buf: &mut BytesMut,
         max_packet: usize,
         out: &mut BytesMut,
+        delivery: &mut Delivery,
     ) -> String
     where
         R: AsyncReadExt + Unpin,
         W: AsyncWriteExt + Unpin,
     {
-        let mut next_pkid: u16 = 0;
         // Publishes whose acknowledgement waits for the service, oldest first.
         let mut unacked: VecDeque<Unacked> = VecDeque::new();
         // Packet ids of QoS 2 publishes taken and not yet released (PUBREL): the same id again
@@ -876,7 +955,7 @@ impl Connection {
                         queue_packet(out, Packet::SubAck(SubAck::new(s.pkid, codes)));
                         if self.service.retains() {
                             for (filter, granted) in granted_filters {
-                                self.queue_retained(filter, granted, &mut next_pkid, out);
+                                self.queue_retained(filter, granted, session, delivery, out);
                             }
                         }
                     }
@@ -888,7 +967,8 @@ impl Connection {
                     Packet::PingReq => {
                         queue_packet(out, Packet::PingResp);
                     }
-                    Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => {}
+                    Packet::PubAck(ack) => delivery.acked(ack.pkid),
+                    Packet::PubRec(_) | Packet::PubComp(_) => {}
                     Packet::Disconnect => return CLIENT_DISCONNECTED.into(),
                     other => {
                         let detail = format!("unexpected {other:?}; closed");
@@ -941,12 +1021,8 @@ impl Connection {
                 command = rx.recv() => match command {
                     // Offered only if it matched a subscription (`Inbox::offer`).
                     Some(Command::Publish { topic, payload, qos }) => {
-                        let mut publish = Publish::new(topic, qos, payload);
-                        if qos != QoS::AtMostOnce {
-                            next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                            publish.pkid = next_pkid;
-                        }
-                        queue_packet(out, Packet::Publish(publish));
+                        let publish = Publish::new(topic, qos, payload);
+                        self.deliver(delivery, publish, &session.client_id, out);
                     }
                     Some(Command::Kick(why)) => return why,
                     None => return "the server stopped".into(),
@@ -968,7 +1044,14 @@ impl Connection {
 
     /// Queue the retained messages a new subscription to `filter` (granted at QoS `granted`)
     /// receives, with the retain flag set.
-    fn queue_retained(&self, filter: &str, granted: u8, next_pkid: &mut u16, out: &mut BytesMut) {
+    fn queue_retained(
+        &self,
+        filter: &str,
+        granted: u8,
+        session: &Session,
+        delivery: &mut Delivery,
+        out: &mut BytesMut,
+    ) {
         for (topic, kept) in self.clients.retained.matching(filter) {
             // Delivery is at QoS 0 or 1 (a QoS 2 retained message goes out as QoS 1).
             let qos = if granted == 0 || kept.qos == QoS::AtMostOnce {
@@ -978,21 +1061,168 @@ impl Connection {
             };
             let mut publish = Publish::new(topic, qos, kept.payload);
             publish.retain = true;
-            if qos != QoS::AtMostOnce {
-                *next_pkid = next_pkid.checked_add(1).unwrap_or(1);
-                publish.pkid = *next_pkid;
-            }
-            queue_packet(out, Packet::Publish(publish));
+            self.deliver(delivery, publish, &session.client_id, out);
         }
     }
 
-    fn forget(&self, client_id: &str) {
+    /// Queue `publish` for the client (a packet id for QoS 1 unless it is sent again and has
+    /// one), kept until acknowledged for a persistent session.
+    fn deliver(
+        &self,
+        delivery: &mut Delivery,
+        publish: Publish,
+        client_id: &str,
+        out: &mut BytesMut,
+    ) {
+        if delivery.queue(publish, out) {
+            self.service.session_message_dropped(&format!(
+                "client '{client_id}' left {} messages unacknowledged; the oldest will not be \
+                 sent again if its session resumes",
+                sessions::MAX_WAITING
+            ));
+        }
+    }
+
+    /// A connection of the same client id is told to close, and given [`TAKEOVER_WAIT`] to end
+    /// (and leave its session) before this one takes over.
+    async fn await_older(&self, client_id: &str) {
+        let older = {
+            let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
+            clients.get(client_id).map(|c| {
+                let _ = c.inbox.commands.send(Command::Kick(
+                    "a newer connection with the same client id took over".into(),
+                ));
+                c.connection
+            })
+        };
+        let Some(older) = older else { return };
+        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            let still_there = {
+                let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
+                clients
+                    .get(client_id)
+                    .is_some_and(|c| c.connection == older)
+            };
+            if !still_there {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Register this connection as `client_id`'s, with the session it left if it resumes one
+    /// (a clean session discards it).
+    fn take_over(
+        &self,
+        client_id: &str,
+        commands: mpsc::UnboundedSender<Command>,
+        clean: bool,
+        persistent: bool,
+    ) -> (Inbox, Option<sessions::Parked>) {
         let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        let resumed = {
+            let mut sessions = self.clients.sessions();
+            if clean {
+                sessions.discard(client_id);
+            }
+            if persistent {
+                sessions.resume(client_id)
+            } else {
+                None
+            }
+        };
+        let filters = resumed
+            .as_ref()
+            .map(|r| r.filters.clone())
+            .unwrap_or_default();
+        let inbox = Inbox {
+            commands,
+            filters: Arc::new(Mutex::new(filters)),
+        };
+        let client = Client {
+            connection: self.id,
+            inbox: inbox.clone(),
+        };
+        // One that did not end in time is closed now.
+        if let Some(older) = clients.insert(client_id.to_string(), client) {
+            let _ = older.inbox.commands.send(Command::Kick(
+                "a newer connection with the same client id took over".into(),
+            ));
+        }
+        (inbox, resumed)
+    }
+
+    /// The connection ended: the client is no longer connected, and a persistent session keeps
+    /// its subscriptions and what it was not sent or did not acknowledge (what it was sent goes
+    /// again marked DUP).
+    fn leave(
+        &self,
+        session: &Session,
+        rx: &mut mpsc::UnboundedReceiver<Command>,
+        delivery: Delivery,
+    ) {
+        let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
+        // A newer connection that took over already did without this one's session.
         if clients
-            .get(client_id)
-            .is_some_and(|client| client.connection == self.id)
+            .get(&session.client_id)
+            .is_none_or(|client| client.connection != self.id)
         {
-            clients.remove(client_id);
+            return;
+        }
+        clients.remove(&session.client_id);
+        if !delivery.persistent {
+            return;
+        }
+        let mut waiting = delivery.sent;
+        for publish in &mut waiting {
+            publish.dup = true;
+        }
+        let mut dropped = 0;
+        while let Ok(command) = rx.try_recv() {
+            let Command::Publish {
+                topic,
+                payload,
+                qos,
+            } = command
+            else {
+                continue;
+            };
+            // QoS 0 messages are not kept for an absent client.
+            if qos == QoS::AtMostOnce {
+                continue;
+            }
+            if waiting.len() < sessions::MAX_WAITING {
+                waiting.push_back(Publish::new(topic, qos, payload));
+            } else {
+                dropped += 1;
+            }
+        }
+        let parked = sessions::Parked {
+            filters: session.inbox.filters().clone(),
+            waiting,
+            last_pkid: delivery.last_pkid,
+        };
+        let refused = self
+            .clients
+            .sessions()
+            .park(session.client_id.clone(), parked)
+            .is_err();
+        drop(clients);
+        if dropped > 0 {
+            self.service.session_message_dropped(&format!(
+                "{dropped} messages were not kept for absent client '{}': its session holds {} \
+                 already",
+                session.client_id,
+                sessions::MAX_WAITING
+            ));
+        }
+        if refused {
+            self.service.session_message_dropped(&format!(
+                "the session of '{}' was not kept: {} absent clients' sessions are kept already",
+                session.client_id,
+                sessions::MAX_SESSIONS
+            ));
         }
     }
 }
@@ -1024,6 +1254,9 @@ mod tests {
         fn max_qos(&self) -> u8 {
             2
         }
+        fn keeps_sessions(&self) -> bool {
+            true
+        }
     }
 
     /// A client speaking raw MQTT 3.1.1 packets, for what client libraries do not let a test do.
@@ -1034,15 +1267,23 @@ mod tests {
 
     impl RawClient {
         async fn connect(port: u16, id: &str) -> RawClient {
+            RawClient::connect_with(port, id, true).await.0
+        }
+
+        /// Connect with or without a clean session; the CONNACK's session-present flag.
+        async fn connect_with(port: u16, id: &str, clean: bool) -> (RawClient, bool) {
             let stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
             let mut raw = RawClient {
                 stream,
                 buf: BytesMut::new(),
             };
-            raw.send(Packet::Connect(rumqttc::mqttbytes::v4::Connect::new(id)))
-                .await;
-            assert!(matches!(raw.next().await, Packet::ConnAck(_)));
-            raw
+            let mut connect = rumqttc::mqttbytes::v4::Connect::new(id);
+            connect.clean_session = clean;
+            raw.send(Packet::Connect(connect)).await;
+            match raw.next().await {
+                Packet::ConnAck(ack) => (raw, ack.session_present),
+                other => panic!("expected a CONNACK, got {other:?}"),
+            }
         }
 
         async fn send(&mut self, packet: Packet) {
@@ -1068,6 +1309,121 @@ mod tests {
                 .await
                 .expect("no packet within 10 s")
         }
+    }
+
+    async fn persistent_client(port: u16, id: &str) -> (AsyncClient, EventLoop, bool) {
+        let mut options = MqttOptions::new(id, "127.0.0.1", port);
+        options.set_clean_session(false);
+        let (client, mut events) = AsyncClient::new(options, 100);
+        loop {
+            if let Event::Incoming(In::ConnAck(ack)) = events.poll().await.unwrap() {
+                return (client, events, ack.session_present);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_persistent_session_keeps_subscriptions_and_qos1_messages_while_the_client_is_away() {
+        let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
+            .await
+            .unwrap();
+        let (watch, mut w_events) = client(server.port, "watch").await;
+        watch.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+        until_acked(&mut w_events).await;
+        let (publisher, mut p_events) = client(server.port, "publisher").await;
+        tokio::spawn(async move { while p_events.poll().await.is_ok() {} });
+
+        let (away, mut a_events, present) = persistent_client(server.port, "away").await;
+        assert!(!present, "a new session");
+        away.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+        until_acked(&mut a_events).await;
+        away.disconnect().await.unwrap();
+        while a_events.poll().await.is_ok() {}
+
+        for (topic, qos) in [
+            ("cmd/1", QoS::AtLeastOnce),
+            ("cmd/2", QoS::AtMostOnce),
+            ("cmd/3", QoS::AtLeastOnce),
+        ] {
+            publisher.publish(topic, qos, false, "x").await.unwrap();
+        }
+        // The watcher has them: the absent session was offered them too.
+        for want in ["cmd/1", "cmd/2", "cmd/3"] {
+            assert_eq!(next_topic(&mut w_events).await, want);
+        }
+
+        // Back: the subscription is still there and the QoS 1 messages come, in order.
+        let (back, mut b_events, present) = persistent_client(server.port, "away").await;
+        assert!(present, "the session was kept");
+        assert_eq!(next_topic(&mut b_events).await, "cmd/1");
+        assert_eq!(next_topic(&mut b_events).await, "cmd/3");
+        publisher
+            .publish("cmd/4", QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        assert_eq!(next_topic(&mut b_events).await, "cmd/4", "live again");
+        back.disconnect().await.unwrap();
+        while b_events.poll().await.is_ok() {}
+
+        // A clean session discards it: no subscription, nothing kept.
+        publisher
+            .publish("cmd/5", QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        let (clean, mut c_events) = client(server.port, "away").await;
+        clean.subscribe("sync", QoS::AtLeastOnce).await.unwrap();
+        until_acked(&mut c_events).await;
+        for topic in ["cmd/6", "sync"] {
+            publisher
+                .publish(topic, QoS::AtLeastOnce, false, "x")
+                .await
+                .unwrap();
+        }
+        assert_eq!(next_topic(&mut c_events).await, "sync", "cmd/5 or cmd/6");
+        drop((watch, clean));
+    }
+
+    #[tokio::test]
+    async fn a_message_the_client_did_not_acknowledge_is_sent_again_marked_dup_when_it_returns() {
+        let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
+            .await
+            .unwrap();
+        let (publisher, mut p_events) = client(server.port, "publisher").await;
+        tokio::spawn(async move { while p_events.poll().await.is_ok() {} });
+        let (mut raw, _) = RawClient::connect_with(server.port, "forgetful", false).await;
+        let subscribe = rumqttc::mqttbytes::v4::Subscribe::new("cmd/#", QoS::AtLeastOnce);
+        raw.send(Packet::Subscribe(subscribe)).await;
+        assert!(matches!(raw.next().await, Packet::SubAck(_)));
+        publisher
+            .publish("cmd/a", QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+        let Packet::Publish(first) = raw.next().await else {
+            panic!("expected cmd/a")
+        };
+        assert!(!first.dup);
+        // Gone without acknowledging it.
+        drop(raw);
+
+        let (mut raw, present) = RawClient::connect_with(server.port, "forgetful", false).await;
+        assert!(present);
+        let Packet::Publish(again) = raw.next().await else {
+            panic!("expected cmd/a again")
+        };
+        assert_eq!((again.topic.as_str(), again.pkid), ("cmd/a", first.pkid));
+        assert!(again.dup, "sent again: DUP");
+        raw.send(Packet::PubAck(PubAck::new(again.pkid))).await;
+        raw.send(Packet::Disconnect).await;
+        drop(raw);
+
+        // Acknowledged: not sent a third time.
+        let (mut raw, present) = RawClient::connect_with(server.port, "forgetful", false).await;
+        assert!(present);
+        raw.send(Packet::PingReq).await;
+        assert!(
+            matches!(raw.next().await, Packet::PingResp),
+            "nothing before it"
+        );
     }
 
     #[tokio::test]

@@ -1227,6 +1227,43 @@ fn the_embedded_broker_keeps_retained_messages_and_publishes_the_will_of_a_dead_
 }
 
 #[test]
+fn a_device_with_a_persistent_session_gets_the_commands_sent_while_it_was_away() {
+    let (dir, local, metrics) = bare_gateway("");
+    let g = Gatehost::start(dir.path(), metrics);
+    let port = local.to_string();
+    // `-c`: CleanSession = 0, the session outlives the connection.
+    let device = |extra: &[&str], out: &Path| {
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-c", "-i", "press7"])
+            .args(["-q", "1", "-t", "cmd/#", "-v"])
+            .args(extra)
+            .stdout(std::fs::File::create(out).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let first = dir.path().join("first.out");
+    let mut online = device(&[], &first);
+    eventually(10, "press7 connected and subscribed", || {
+        mosquitto_pub(local, "cmd/ping", b"ping");
+        std::fs::read_to_string(&first).unwrap().contains("ping")
+    });
+    online.kill().unwrap();
+    online.wait().unwrap();
+
+    for i in 1..=3 {
+        mosquitto_pub(local, "cmd/press7", format!("command {i}").as_bytes());
+    }
+    let second = dir.path().join("second.out");
+    let mut back = device(&["-C", "3", "-W", "10"], &second);
+    assert!(back.wait().unwrap().success(), "three messages within 10 s");
+    assert_eq!(
+        std::fs::read_to_string(&second).unwrap(),
+        "cmd/press7 command 1\ncmd/press7 command 2\ncmd/press7 command 3\n"
+    );
+    assert_eq!(g.metric("gatehost_local_session_dropped_total"), 0.0);
+}
+
+#[test]
 fn a_queue_file_of_an_earlier_build_is_named_at_start() {
     let (dir, _local, metrics) = bare_gateway("");
     let d = dir.path();

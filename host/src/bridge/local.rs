@@ -329,6 +329,15 @@ impl MqttService for LocalService {
         true
     }
 
+    fn keeps_sessions(&self) -> bool {
+        true
+    }
+
+    fn session_message_dropped(&self, detail: &str) {
+        self.metrics.session_dropped.fetch_add(1, Ordering::Relaxed);
+        self.log.warn("local session", detail);
+    }
+
     fn retained_refused(&self, detail: &str) {
         self.metrics
             .retained_refused

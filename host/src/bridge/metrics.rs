@@ -61,6 +61,8 @@ pub struct Metrics {
     pub unrouted: AtomicU64,
     /// Retained messages the embedded broker did not keep (its limits).
     pub retained_refused: AtomicU64,
+    /// Messages the embedded broker did not keep for an absent client's session (its limits).
+    pub session_dropped: AtomicU64,
     /// Cloud-to-device messages received, by device.
     pub from_cloud: CounterVec,
     /// Messages a rule took in, by rule.
@@ -131,6 +133,13 @@ impl Metrics {
             "Retained messages the embedded broker did not keep (10 000 topics or 64 MiB at most).",
             "counter",
             self.retained_refused.load(Ordering::Relaxed) as f64,
+        );
+        plain(
+            &mut out,
+            "gatehost_local_session_dropped_total",
+            "Messages (or whole sessions) the embedded broker did not keep for absent clients with persistent sessions (1 000 messages per session, 10 000 sessions at most).",
+            "counter",
+            self.session_dropped.load(Ordering::Relaxed) as f64,
         );
         let families: [(&str, &str, &[&str], &CounterVec); 9] = [
             (
