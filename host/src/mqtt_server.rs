@@ -173,6 +173,8 @@ impl Session {
 
 /// Why a session ended when the client sent DISCONNECT (then its will is not published).
 const CLIENT_DISCONNECTED: &str = "the client disconnected";
+/// Why a session ended when the server closed it to stop (its will is not published either).
+const SERVER_STOPPING: &str = "the server is stopping";
 
 /// How many publishes of one client may wait for their acknowledgement (see
 /// [`PublishVerdict::Deferred`]) before the server stops reading from it.
@@ -364,6 +366,44 @@ impl MqttServer {
     /// Retain the messages saved in `path` ([`retained::Retained::load`]).
     pub fn load_retained(&self, path: &std::path::Path) -> std::io::Result<(usize, Vec<String>)> {
         self.clients.retained.load(path)
+    }
+
+    /// Close every client's connection (no wills are published) and wait up to `wait` for them
+    /// to end, so the persistent sessions among them are kept ([`MqttServer::save_sessions`]).
+    pub async fn close_all(&self, wait: Duration) {
+        {
+            let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
+            for client in clients.values() {
+                let _ = client
+                    .inbox
+                    .commands
+                    .send(Command::Kick(SERVER_STOPPING.into()));
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            if self
+                .clients
+                .by_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Save the absent clients' sessions to `path` ([`sessions::Sessions::save`]): how many
+    /// sessions and messages.
+    pub fn save_sessions(&self, path: &std::path::Path) -> std::io::Result<(usize, usize)> {
+        self.clients.sessions().save(path)
+    }
+
+    /// Keep the sessions saved in `path` ([`sessions::Sessions::load`]).
+    pub fn load_sessions(&self, path: &std::path::Path) -> std::io::Result<(usize, Vec<String>)> {
+        self.clients.sessions().load(path)
     }
 
     /// Whether `client_id` is connected now.
@@ -764,7 +804,7 @@ impl Connection {
             let _ = writer.flush().await;
         }
         self.leave(&session, &mut rx, delivery);
-        if why != CLIENT_DISCONNECTED {
+        if why != CLIENT_DISCONNECTED && why != SERVER_STOPPING {
             if let Some(will) = connect.last_will {
                 self.publish_will(&session, will);
             }

@@ -4,7 +4,7 @@
 //! `plugin new` skeletons of both engines.
 
 use crate::sandbox_brokers::{openssl_ca, openssl_leaf_with};
-use crate::support::{gatehost, repo_root, run, wasm_dir, Output};
+use crate::support::{gatehost, repo_root, run, wasm_dir, Killed, Output};
 use gatehost::bundle::archive::ArchiveLimits;
 use gatehost::bundle::format::{pack, sha256_hex, Bundle, FileHash};
 use gatehost::bundle::minisign::{PublicKey, SecretKey, Signature};
@@ -308,14 +308,6 @@ fn https_server(dir: &Path, serve: &Path) -> (Child, u16, PathBuf) {
         .unwrap();
     let port = line.trim().parse().expect("the server prints its port");
     (child, port, dir.join("web-ca.pem"))
-}
-
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]

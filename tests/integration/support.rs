@@ -4,7 +4,7 @@
 use gatehost::engine::RulePlugin;
 use gatehost::plugins::registry::{PluginEnv, PluginHandle, Registry};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::sync::{Arc, OnceLock};
 
 pub fn repo_root() -> PathBuf {
@@ -172,5 +172,15 @@ pub fn install_shipped_flows(dir: &Path) {
             );
         }
         std::fs::write(plugins.join(path.file_name().unwrap()), text).unwrap();
+    }
+}
+
+/// A child process killed when dropped (also when a test fails before it is done with it).
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }

@@ -3,6 +3,7 @@
 //! the publisher's acknowledgement and forwarded per device ([`forward`]); [`reload`] swaps in
 //! changed plugins and config while messages flow; [`metrics`] is served on `/metrics`.
 
+pub mod broker_state;
 pub mod chain;
 pub mod commit;
 pub mod external;
@@ -13,7 +14,6 @@ pub mod metrics;
 pub mod queue;
 pub mod reload;
 pub mod replay;
-pub mod retained;
 pub mod simulate;
 
 use crate::config::Config;
@@ -68,8 +68,8 @@ pub struct Bridge {
     queue: Arc<Queue>,
     forwarders: Arc<Forwarders>,
     _reloader: Option<reload::Reloader>,
-    /// The embedded broker's retained messages, saved at stop.
-    retained: Option<retained::RetainedFile>,
+    /// The embedded broker's retained messages and persistent sessions, saved at stop.
+    broker_state: Option<broker_state::BrokerState>,
 }
 
 /// Builds of 2026-11-24 kept the queue in `<state>/queue.redb`, which this build does not read:
@@ -145,7 +145,7 @@ impl Bridge {
                     (k as usize).saturating_mul(1024)
                 }),
         });
-        let mut retained_file = None;
+        let mut broker_state = None;
         let (local_addr, local_url) = match external::ExternalBroker::from_config(&config)? {
             Some(broker) => {
                 let url = broker.url().clone();
@@ -195,10 +195,9 @@ impl Bridge {
                     server: server.clone(),
                 };
                 let _guard = runtime.enter();
-                let path = config.state_dir().join(retained::FILE);
-                retained_file = Some(retained::RetainedFile::start(
+                broker_state = Some(broker_state::BrokerState::start(
                     server.clone(),
-                    path,
+                    &config.state_dir(),
                     log.clone(),
                 ));
                 forwarders.set_from_cloud(Box::new(move |device, message| {
@@ -228,7 +227,7 @@ impl Bridge {
             queue,
             forwarders,
             _reloader: None,
-            retained: retained_file,
+            broker_state,
         };
         if config.metrics.listen != "off" {
             let addr = config.metrics.listen.clone();
@@ -314,14 +313,21 @@ impl Bridge {
 
     fn shutdown(&mut self) {
         if let Some(runtime) = self.runtime.take() {
+            // Connected clients' persistent sessions are kept once their connections end (not
+            // possible from inside another runtime: then only absent clients' are saved).
+            if let Some(state) = &self.broker_state {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    runtime.block_on(state.close_clients());
+                }
+            }
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
         }
         self.forwarders.stop();
         if let Err(e) = self.queue.sync() {
             tracing::warn!("the queue could not be synced at stop (acknowledged messages may be sent again after the restart): {e}");
         }
-        if let Some(retained) = self.retained.take() {
-            retained.save();
+        if let Some(state) = self.broker_state.take() {
+            state.save();
         }
     }
 }

@@ -4,12 +4,17 @@
 //! again (CONNACK with session present) or connects with a clean session (then they are
 //! discarded). QoS 0 messages are not kept for an absent client. Sessions live in memory while
 //! the server runs; each keeps at most [`MAX_WAITING`] messages and at most [`MAX_SESSIONS`]
-//! sessions are kept.
+//! sessions are kept. The owner may [`Sessions::save`] them to a file (one JSON session per line)
+//! when the server stops and [`Sessions::load`] them at the next start.
 
 use super::filter_matches;
+use crate::model::Message;
 use rumqttc::mqttbytes::v4::Publish;
 use rumqttc::mqttbytes::QoS;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
 
 /// Messages one absent client's session keeps at most; later ones are dropped and reported.
 pub const MAX_WAITING: usize = 1000;
@@ -81,6 +86,112 @@ impl Sessions {
     pub fn discard(&mut self, client_id: &str) {
         self.parked.remove(client_id);
     }
+
+    /// Write every kept session to `path` (a new file, synced, renamed over the old one; none
+    /// removes it): how many sessions and messages were written.
+    pub fn save(&self, path: &Path) -> std::io::Result<(usize, usize)> {
+        if self.parked.is_empty() {
+            return match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok((0, 0)),
+            };
+        }
+        let mut text = Vec::new();
+        let mut messages = 0;
+        for (client_id, session) in &self.parked {
+            let saved = Saved {
+                client_id: client_id.clone(),
+                filters: session.filters.clone(),
+                last_pkid: session.last_pkid,
+                waiting: session
+                    .waiting
+                    .iter()
+                    .map(|p| SavedMessage {
+                        message: Message::new(p.topic.clone(), p.payload.to_vec(), p.qos as u8),
+                        pkid: p.pkid,
+                        dup: p.dup,
+                    })
+                    .collect(),
+            };
+            messages += saved.waiting.len();
+            serde_json::to_writer(&mut text, &saved).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+        }
+        let fresh = path.with_extension("jsonl.new");
+        {
+            let mut file = std::fs::File::create(&fresh)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+        }
+        std::fs::rename(&fresh, path)?;
+        Ok((self.parked.len(), messages))
+    }
+
+    /// Keep the sessions saved in `path` (none when it does not exist): how many were kept, and
+    /// the sentences saying which lines were not (unreadable, or beyond [`MAX_SESSIONS`]).
+    pub fn load(&mut self, path: &Path) -> std::io::Result<(usize, Vec<String>)> {
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+            Err(e) => return Err(e),
+        };
+        let (mut kept, mut skipped) = (0, Vec::new());
+        for (n, line) in BufReader::new(file).lines().enumerate() {
+            let line = line?;
+            let saved: Saved = match serde_json::from_str(&line) {
+                Ok(s) => s,
+                Err(e) => {
+                    skipped.push(format!("{} line {}: {e}", path.display(), n + 1));
+                    continue;
+                }
+            };
+            let waiting = saved
+                .waiting
+                .into_iter()
+                .take(MAX_WAITING)
+                .map(|m| {
+                    let mut p = Publish::new(m.message.topic, QoS::AtLeastOnce, m.message.payload);
+                    p.pkid = m.pkid;
+                    p.dup = m.dup;
+                    p
+                })
+                .collect();
+            let session = Parked {
+                filters: saved.filters,
+                waiting,
+                last_pkid: saved.last_pkid,
+            };
+            match self.park(saved.client_id.clone(), session) {
+                Ok(()) => kept += 1,
+                Err(_) => skipped.push(format!(
+                    "the session of '{}' in {} was not kept: {MAX_SESSIONS} sessions are kept already",
+                    saved.client_id,
+                    path.display()
+                )),
+            }
+        }
+        Ok((kept, skipped))
+    }
+}
+
+/// One session in the saved file.
+#[derive(Serialize, Deserialize)]
+struct Saved {
+    client_id: String,
+    filters: Vec<String>,
+    last_pkid: u16,
+    waiting: Vec<SavedMessage>,
+}
+
+/// A waiting message: `pkid` and `dup` are set for one the client was sent and did not
+/// acknowledge.
+#[derive(Serialize, Deserialize)]
+struct SavedMessage {
+    message: Message,
+    #[serde(default)]
+    pkid: u16,
+    #[serde(default)]
+    dup: bool,
 }
 
 #[cfg(test)]
@@ -113,6 +224,50 @@ mod tests {
         assert!(a.waiting.iter().all(|p| p.qos == QoS::AtLeastOnce));
         assert!(sessions.resume("b").unwrap().waiting.is_empty());
         assert!(sessions.resume("a").is_none(), "taken once");
+    }
+
+    #[test]
+    fn saved_sessions_come_back_with_their_messages_and_a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.jsonl");
+        let mut sessions = Sessions::default();
+        let mut away = parked("cmd/#");
+        let mut unacked = Publish::new("cmd/0", QoS::AtLeastOnce, vec![0u8, 255]);
+        unacked.pkid = 7;
+        unacked.dup = true;
+        away.keep(unacked);
+        away.last_pkid = 7;
+        sessions.park("away".into(), away).ok().unwrap();
+        sessions.offer("cmd/1", b"one", QoS::AtLeastOnce);
+        assert_eq!(sessions.save(&path).unwrap(), (1, 2));
+
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("not json\n");
+        std::fs::write(&path, text).unwrap();
+        let mut loaded = Sessions::default();
+        let (kept, skipped) = loaded.load(&path).unwrap();
+        assert_eq!(kept, 1);
+        assert_eq!(skipped.len(), 1);
+        assert!(skipped[0].contains("line 2"), "{skipped:?}");
+        let away = loaded.resume("away").unwrap();
+        assert_eq!(away.filters, vec!["cmd/#".to_string()]);
+        assert_eq!(away.last_pkid, 7);
+        let got: Vec<_> = away
+            .waiting
+            .iter()
+            .map(|p| (p.topic.as_str(), p.payload.to_vec(), p.pkid, p.dup))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("cmd/0", vec![0u8, 255], 7, true),
+                ("cmd/1", b"one".to_vec(), 0, false)
+            ]
+        );
+
+        // Nothing kept: no file.
+        assert_eq!(loaded.save(&path).unwrap(), (0, 0));
+        assert!(!path.exists());
     }
 
     #[test]

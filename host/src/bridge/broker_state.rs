@@ -1,0 +1,114 @@
+//! What the embedded broker keeps across restarts: its retained messages, loaded at start from
+//! `<state_dir>/retained.jsonl` and saved when they changed every [`SAVE_EVERY`] and at stop (as
+//! mosquitto's autosave does: a crash loses at most the last interval's changes), and the
+//! persistent sessions of absent clients, saved to `<state_dir>/sessions.jsonl` at stop (after
+//! the connected clients were closed, so theirs are among them) and loaded at start.
+
+use super::log_once::LogOnce;
+use crate::mqtt_server::MqttServer;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub const RETAINED_FILE: &str = "retained.jsonl";
+pub const SESSIONS_FILE: &str = "sessions.jsonl";
+/// How often changed retained messages are written.
+const SAVE_EVERY: Duration = Duration::from_secs(60);
+/// How long stopping waits for the connected clients' connections to end.
+const CLOSE_WAIT: Duration = Duration::from_millis(500);
+
+pub struct BrokerState {
+    server: Arc<MqttServer>,
+    retained: PathBuf,
+    sessions: PathBuf,
+}
+
+impl BrokerState {
+    /// Restore what `state_dir` holds (a file that cannot be read is logged; the broker starts
+    /// without it), and save changed retained messages every minute on the current tokio
+    /// runtime.
+    pub fn start(server: Arc<MqttServer>, state_dir: &Path, log: Arc<LogOnce>) -> BrokerState {
+        let state = BrokerState {
+            server,
+            retained: state_dir.join(RETAINED_FILE),
+            sessions: state_dir.join(SESSIONS_FILE),
+        };
+        state.restore();
+        let (server, path) = (state.server.clone(), state.retained.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SAVE_EVERY);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = server.save_retained(&path) {
+                    log.warn(
+                        "retained save",
+                        &format!(
+                            "cannot save the retained messages to {}: {e}",
+                            path.display()
+                        ),
+                    );
+                }
+            }
+        });
+        state
+    }
+
+    fn restore(&self) {
+        match self.server.load_retained(&self.retained) {
+            Ok((kept, skipped)) => {
+                if kept > 0 {
+                    tracing::info!(file = %self.retained.display(), "{kept} retained message(s) restored");
+                }
+                for why in skipped {
+                    tracing::warn!("a saved retained message was not restored: {why}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot read the retained messages in {}: {e}; starting without them",
+                self.retained.display()
+            ),
+        }
+        match self.server.load_sessions(&self.sessions) {
+            Ok((kept, skipped)) => {
+                if kept > 0 {
+                    tracing::info!(file = %self.sessions.display(), "{kept} persistent session(s) of absent clients restored");
+                }
+                for why in skipped {
+                    tracing::warn!("a saved session was not restored: {why}");
+                }
+            }
+            Err(e) => tracing::warn!(
+                "cannot read the persistent sessions in {}: {e}; starting without them",
+                self.sessions.display()
+            ),
+        }
+    }
+
+    /// Stopping, on the broker's runtime: close the connected clients' connections so their
+    /// persistent sessions are kept.
+    pub async fn close_clients(&self) {
+        self.server.close_all(CLOSE_WAIT).await;
+    }
+
+    /// Save the retained messages that changed and the sessions kept (at stop).
+    pub fn save(&self) {
+        if let Err(e) = self.server.save_retained(&self.retained) {
+            tracing::warn!(
+                "cannot save the retained messages to {}: {e}; changes since the last save are lost",
+                self.retained.display()
+            );
+        }
+        match self.server.save_sessions(&self.sessions) {
+            Ok((0, _)) => {}
+            Ok((sessions, messages)) => tracing::info!(
+                file = %self.sessions.display(),
+                "{sessions} persistent session(s) of absent clients saved, {messages} message(s) waiting in them"
+            ),
+            Err(e) => tracing::warn!(
+                "cannot save the persistent sessions to {}: {e}; absent clients start afresh after the restart",
+                self.sessions.display()
+            ),
+        }
+    }
+}
