@@ -7,6 +7,7 @@
 //! an [`MqttService`] for every decision (who may connect, which subscriptions and publishes are
 //! allowed, what to answer).
 
+mod jsonl;
 mod retained;
 mod sessions;
 

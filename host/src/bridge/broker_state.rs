@@ -55,34 +55,14 @@ impl BrokerState {
     }
 
     fn restore(&self) {
-        match self.server.load_retained(&self.retained) {
-            Ok((kept, skipped)) => {
-                if kept > 0 {
-                    tracing::info!(file = %self.retained.display(), "{kept} retained message(s) restored");
-                }
-                for why in skipped {
-                    tracing::warn!("a saved retained message was not restored: {why}");
-                }
-            }
-            Err(e) => tracing::warn!(
-                "cannot read the retained messages in {}: {e}; starting without them",
-                self.retained.display()
-            ),
-        }
-        match self.server.load_sessions(&self.sessions) {
-            Ok((kept, skipped)) => {
-                if kept > 0 {
-                    tracing::info!(file = %self.sessions.display(), "{kept} persistent session(s) of absent clients restored");
-                }
-                for why in skipped {
-                    tracing::warn!("a saved session was not restored: {why}");
-                }
-            }
-            Err(e) => tracing::warn!(
-                "cannot read the persistent sessions in {}: {e}; starting without them",
-                self.sessions.display()
-            ),
-        }
+        let retained = self.server.load_retained(&self.retained);
+        report_restored(retained, &self.retained, "retained message(s)");
+        let sessions = self.server.load_sessions(&self.sessions);
+        report_restored(
+            sessions,
+            &self.sessions,
+            "persistent session(s) of absent clients",
+        );
     }
 
     /// Stopping, on the broker's runtime: close the connected clients' connections so their
@@ -110,5 +90,23 @@ impl BrokerState {
                 self.sessions.display()
             ),
         }
+    }
+}
+
+/// Log what was restored from `path`, what was not and why, or why nothing could be.
+fn report_restored(loaded: std::io::Result<(usize, Vec<String>)>, path: &Path, what: &str) {
+    match loaded {
+        Ok((kept, skipped)) => {
+            if kept > 0 {
+                tracing::info!(file = %path.display(), "{kept} {what} restored");
+            }
+            for why in skipped {
+                tracing::warn!("not all saved {what} were restored: {why}");
+            }
+        }
+        Err(e) => tracing::warn!(
+            "cannot read the saved {what} in {}: {e}; starting without them",
+            path.display()
+        ),
     }
 }

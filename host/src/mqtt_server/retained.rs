@@ -9,7 +9,6 @@ use super::filter_matches;
 use crate::model::Message;
 use rumqttc::mqttbytes::QoS;
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -94,27 +93,21 @@ impl Retained {
     /// Write every retained message to `path` if any changed since the last save: a new file,
     /// synced, renamed over the old one. Whether it wrote.
     pub fn save(&self, path: &Path) -> std::io::Result<bool> {
-        let (text, changes) = {
+        let (messages, changes) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.changes == state.saved {
                 return Ok(false);
             }
-            let mut text = Vec::new();
-            for (topic, kept) in &state.by_topic {
-                let qos = kept.qos as u8;
-                let message = Message::new(topic.clone(), kept.payload.clone(), qos);
-                serde_json::to_writer(&mut text, &message).map_err(std::io::Error::other)?;
-                text.push(b'\n');
-            }
-            (text, state.changes)
+            let messages: Vec<Message> = state
+                .by_topic
+                .iter()
+                .map(|(topic, kept)| {
+                    Message::new(topic.clone(), kept.payload.clone(), kept.qos as u8)
+                })
+                .collect();
+            (messages, state.changes)
         };
-        let fresh = path.with_extension("jsonl.new");
-        {
-            let mut file = std::fs::File::create(&fresh)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&fresh, path)?;
+        super::jsonl::save(path, messages)?;
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.saved = state.saved.max(changes);
         Ok(true)
@@ -123,18 +116,12 @@ impl Retained {
     /// Retain the messages saved in `path` (none when it does not exist): how many were kept,
     /// and the sentences saying which lines were not (unreadable, or over a limit).
     pub fn load(&self, path: &Path) -> std::io::Result<(usize, Vec<String>)> {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
-            Err(e) => return Err(e),
-        };
         let (mut kept, mut skipped) = (0, Vec::new());
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line?;
-            let message: Message = match serde_json::from_str(&line) {
+        for line in super::jsonl::load::<Message>(path)? {
+            let message = match line {
                 Ok(m) => m,
-                Err(e) => {
-                    skipped.push(format!("{} line {}: {e}", path.display(), n + 1));
+                Err(why) => {
+                    skipped.push(why);
                     continue;
                 }
             };

@@ -13,7 +13,6 @@ use rumqttc::mqttbytes::v4::Publish;
 use rumqttc::mqttbytes::QoS;
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 /// Messages one absent client's session keeps at most; later ones are dropped and reported.
@@ -96,8 +95,8 @@ impl Sessions {
                 _ => Ok((0, 0)),
             };
         }
-        let mut text = Vec::new();
         let mut messages = 0;
+        let mut lines = Vec::with_capacity(self.parked.len());
         for (client_id, session) in &self.parked {
             let saved = Saved {
                 client_id: client_id.clone(),
@@ -114,34 +113,21 @@ impl Sessions {
                     .collect(),
             };
             messages += saved.waiting.len();
-            serde_json::to_writer(&mut text, &saved).map_err(std::io::Error::other)?;
-            text.push(b'\n');
+            lines.push(saved);
         }
-        let fresh = path.with_extension("jsonl.new");
-        {
-            let mut file = std::fs::File::create(&fresh)?;
-            file.write_all(&text)?;
-            file.sync_all()?;
-        }
-        std::fs::rename(&fresh, path)?;
+        super::jsonl::save(path, lines)?;
         Ok((self.parked.len(), messages))
     }
 
     /// Keep the sessions saved in `path` (none when it does not exist): how many were kept, and
     /// the sentences saying which lines were not (unreadable, or beyond [`MAX_SESSIONS`]).
     pub fn load(&mut self, path: &Path) -> std::io::Result<(usize, Vec<String>)> {
-        let file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, Vec::new())),
-            Err(e) => return Err(e),
-        };
         let (mut kept, mut skipped) = (0, Vec::new());
-        for (n, line) in BufReader::new(file).lines().enumerate() {
-            let line = line?;
-            let saved: Saved = match serde_json::from_str(&line) {
+        for line in super::jsonl::load::<Saved>(path)? {
+            let saved = match line {
                 Ok(s) => s,
-                Err(e) => {
-                    skipped.push(format!("{} line {}: {e}", path.display(), n + 1));
+                Err(why) => {
+                    skipped.push(why);
                     continue;
                 }
             };
