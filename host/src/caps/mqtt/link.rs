@@ -749,18 +749,8 @@ impl Connection {
     /// Send an item, or keep it in the backlog behind those already there while the session's
     /// channel is full; `false` when nobody listens any more.
     fn send(&mut self, item: Item) -> bool {
-        if !self.backlog.is_empty() {
-            self.backlog.push_back(item);
-            return true;
-        }
-        match self.events.try_send(item) {
-            Ok(()) => true,
-            Err(TrySendError::Full(item)) => {
-                self.backlog.push_back(item);
-                true
-            }
-            Err(TrySendError::Disconnected(_)) => false,
-        }
+        self.backlog.push_back(item);
+        self.hand_over_backlog()
     }
 
     /// Hand the session what its channel has room for from the backlog; `false` when nobody
