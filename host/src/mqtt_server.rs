@@ -120,16 +120,31 @@ pub struct Session {
 #[derive(Clone)]
 struct Inbox {
     commands: mpsc::UnboundedSender<Command>,
-    filters: Arc<Mutex<Vec<String>>>,
+    filters: Arc<Mutex<Subscriptions>>,
+}
+
+/// A client's subscriptions: each filter with the QoS granted for it.
+type Subscriptions = Vec<(String, QoS)>;
+
+/// The QoS a message published at `qos` on `topic` is delivered with to a client with
+/// `subscriptions` (the lower of the two, the highest over its matching filters), or `None`
+/// when none matches.
+fn delivery_qos(subscriptions: &[(String, QoS)], topic: &str, qos: QoS) -> Option<QoS> {
+    let granted = subscriptions
+        .iter()
+        .filter(|(filter, _)| filter_matches(filter, topic))
+        .map(|(_, granted)| *granted)
+        .reduce(|a, b| if b > a { b } else { a })?;
+    Some(if granted < qos { granted } else { qos })
 }
 
 impl Inbox {
-    /// Queue a message for the client if it subscribed to a filter matching `topic`; false
-    /// when it did not or its connection is gone.
+    /// Queue a message for the client if it subscribed to a filter matching `topic` (at the
+    /// QoS granted for it at most); false when it did not or its connection is gone.
     fn offer(&self, topic: &str, payload: impl FnOnce() -> Vec<u8>, qos: QoS) -> bool {
-        if !self.subscribed(topic) {
+        let Some(qos) = delivery_qos(&self.filters(), topic, qos) else {
             return false;
-        }
+        };
         let topic = topic.to_string();
         let payload = payload();
         self.commands
@@ -141,11 +156,7 @@ impl Inbox {
             .is_ok()
     }
 
-    fn subscribed(&self, topic: &str) -> bool {
-        self.filters().iter().any(|f| filter_matches(f, topic))
-    }
-
-    fn filters(&self) -> std::sync::MutexGuard<'_, Vec<String>> {
+    fn filters(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
         self.filters.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -176,6 +187,8 @@ impl Session {
 const CLIENT_DISCONNECTED: &str = "the client disconnected";
 /// Why a session ended when the server closed it to stop (its will is not published either).
 const SERVER_STOPPING: &str = "the server is stopping";
+/// Why a session ended when a newer connection with its client id came.
+const TAKEN_OVER: &str = "a newer connection with the same client id took over";
 
 /// How many publishes of one client may wait for their acknowledgement (see
 /// [`PublishVerdict::Deferred`]) before the server stops reading from it.
@@ -263,12 +276,6 @@ impl Clients {
     /// others are not woken: a publish costs the same however many clients only publish), and
     /// keep it for the absent ones whose sessions subscribed to it.
     fn broadcast(&self, topic: &str, payload: &[u8], qos: QoS) {
-        // Subscriptions are granted QoS 1 at most.
-        let qos = if qos == QoS::ExactlyOnce {
-            QoS::AtLeastOnce
-        } else {
-            qos
-        };
         let clients = self.by_id.lock().unwrap_or_else(|e| e.into_inner());
         for client in clients.values() {
             client.inbox.offer(topic, || payload.to_vec(), qos);
@@ -288,6 +295,18 @@ impl Clients {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, sessions::Sessions> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until the connected clients are as `done` says (connections end on their own
+    /// tasks), or `wait` passed.
+    async fn wait_until(&self, wait: Duration, done: impl Fn(&HashMap<String, Client>) -> bool) {
+        let deadline = tokio::time::Instant::now() + wait;
+        while tokio::time::Instant::now() < deadline {
+            if done(&self.by_id.lock().unwrap_or_else(|e| e.into_inner())) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 }
 
@@ -381,19 +400,7 @@ impl MqttServer {
                     .send(Command::Kick(SERVER_STOPPING.into()));
             }
         }
-        let deadline = tokio::time::Instant::now() + wait;
-        while tokio::time::Instant::now() < deadline {
-            if self
-                .clients
-                .by_id
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.clients.wait_until(wait, HashMap::is_empty).await;
     }
 
     /// Save the absent clients' sessions to `path` ([`sessions::Sessions::save`]): how many
@@ -503,7 +510,11 @@ impl Delivery {
         }
         queue_packet(out, Packet::Publish(publish.clone()));
         self.sent.push_back(publish);
-        self.sent.len() > sessions::MAX_WAITING && self.sent.pop_front().is_some()
+        if self.sent.len() <= sessions::MAX_WAITING {
+            return false;
+        }
+        self.sent.pop_front();
+        true
     }
 
     /// The client acknowledged `pkid`.
@@ -752,7 +763,7 @@ impl Connection {
         let persistent = !connect.clean_session && self.service.keeps_sessions();
         self.await_older(&client_id).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let (inbox, resumed) = self.take_over(&client_id, tx, connect.clean_session, persistent);
+        let (inbox, resumed) = self.take_over(&client_id, tx, persistent);
         let session = Session {
             client_id: client_id.clone(),
             auth,
@@ -978,7 +989,11 @@ impl Connection {
                         for f in &s.filters {
                             match self.service.subscribe(session, &f.path, f.qos as u8) {
                                 Ok(granted) => {
-                                    session.inbox.filters().push(f.path.clone());
+                                    // A filter subscribed again replaces its subscription.
+                                    let mut filters = session.inbox.filters();
+                                    filters.retain(|(filter, _)| *filter != f.path);
+                                    filters.push((f.path.clone(), qos_of(granted)));
+                                    drop(filters);
                                     codes.push(SubscribeReasonCode::Success(qos_of(granted)));
                                     granted_filters.push((f.path.as_str(), granted));
                                 }
@@ -1001,7 +1016,10 @@ impl Connection {
                         }
                     }
                     Packet::Unsubscribe(u) => {
-                        session.inbox.filters().retain(|f| !u.topics.contains(f));
+                        session
+                            .inbox
+                            .filters()
+                            .retain(|(f, _)| !u.topics.contains(f));
                         let ack = rumqttc::mqttbytes::v4::UnsubAck::new(u.pkid);
                         queue_packet(out, Packet::UnsubAck(ack));
                     }
@@ -1130,26 +1148,15 @@ impl Connection {
         let older = {
             let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
             clients.get(client_id).map(|c| {
-                let _ = c.inbox.commands.send(Command::Kick(
-                    "a newer connection with the same client id took over".into(),
-                ));
+                let _ = c.inbox.commands.send(Command::Kick(TAKEN_OVER.into()));
                 c.connection
             })
         };
         let Some(older) = older else { return };
-        let deadline = tokio::time::Instant::now() + TAKEOVER_WAIT;
-        while tokio::time::Instant::now() < deadline {
-            let still_there = {
-                let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-                clients
-                    .get(client_id)
-                    .is_some_and(|c| c.connection == older)
-            };
-            if !still_there {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let gone = |clients: &HashMap<String, Client>| {
+            clients.get(client_id).is_none_or(|c| c.connection != older)
+        };
+        self.clients.wait_until(TAKEOVER_WAIT, gone).await;
     }
 
     /// Register this connection as `client_id`'s, with the session it left if it resumes one
@@ -1158,21 +1165,14 @@ impl Connection {
         &self,
         client_id: &str,
         commands: mpsc::UnboundedSender<Command>,
-        clean: bool,
         persistent: bool,
     ) -> (Inbox, Option<sessions::Parked>) {
         let mut clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        let resumed = {
-            let mut sessions = self.clients.sessions();
-            if clean {
-                sessions.discard(client_id);
-            }
-            if persistent {
-                sessions.resume(client_id)
-            } else {
-                None
-            }
-        };
+        let resumed = self
+            .clients
+            .sessions()
+            .resume(client_id)
+            .filter(|_| persistent);
         let filters = resumed
             .as_ref()
             .map(|r| r.filters.clone())
@@ -1187,9 +1187,7 @@ impl Connection {
         };
         // One that did not end in time is closed now.
         if let Some(older) = clients.insert(client_id.to_string(), client) {
-            let _ = older.inbox.commands.send(Command::Kick(
-                "a newer connection with the same client id took over".into(),
-            ));
+            let _ = older.inbox.commands.send(Command::Kick(TAKEN_OVER.into()));
         }
         (inbox, resumed)
     }
@@ -1219,31 +1217,25 @@ impl Connection {
         for publish in &mut waiting {
             publish.dup = true;
         }
-        let mut dropped = 0;
-        while let Ok(command) = rx.try_recv() {
-            let Command::Publish {
-                topic,
-                payload,
-                qos,
-            } = command
-            else {
-                continue;
-            };
-            // QoS 0 messages are not kept for an absent client.
-            if qos == QoS::AtMostOnce {
-                continue;
-            }
-            if waiting.len() < sessions::MAX_WAITING {
-                waiting.push_back(Publish::new(topic, qos, payload));
-            } else {
-                dropped += 1;
-            }
-        }
-        let parked = sessions::Parked {
+        let mut parked = sessions::Parked {
             filters: session.inbox.filters().clone(),
             waiting,
             last_pkid: delivery.last_pkid,
         };
+        let mut dropped = 0;
+        while let Ok(command) = rx.try_recv() {
+            // QoS 0 messages are not kept for an absent client.
+            if let Command::Publish {
+                topic,
+                payload,
+                qos,
+            } = command
+            {
+                if qos != QoS::AtMostOnce && !parked.keep(Publish::new(topic, qos, payload)) {
+                    dropped += 1;
+                }
+            }
+        }
         let refused = self
             .clients
             .sessions()
@@ -1713,6 +1705,19 @@ mod tests {
             ("status/broken".into(), b"offline".to_vec(), true)
         );
         drop((watch, late));
+    }
+
+    #[test]
+    fn a_message_goes_at_the_lower_of_its_qos_and_the_best_matching_subscription() {
+        let subscriptions = vec![
+            ("a/#".to_string(), QoS::AtMostOnce),
+            ("a/b".to_string(), QoS::AtLeastOnce),
+        ];
+        let at = |topic, qos| delivery_qos(&subscriptions, topic, qos);
+        assert_eq!(at("a/b", QoS::ExactlyOnce), Some(QoS::AtLeastOnce));
+        assert_eq!(at("a/b", QoS::AtMostOnce), Some(QoS::AtMostOnce));
+        assert_eq!(at("a/c", QoS::AtLeastOnce), Some(QoS::AtMostOnce));
+        assert_eq!(at("b", QoS::AtLeastOnce), None);
     }
 
     #[test]

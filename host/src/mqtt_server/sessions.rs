@@ -7,7 +7,7 @@
 //! sessions are kept. The owner may [`Sessions::save`] them to a file (one JSON session per line)
 //! when the server stops and [`Sessions::load`] them at the next start.
 
-use super::filter_matches;
+use super::{delivery_qos, Subscriptions};
 use crate::model::Message;
 use rumqttc::mqttbytes::v4::Publish;
 use rumqttc::mqttbytes::QoS;
@@ -22,7 +22,7 @@ pub const MAX_SESSIONS: usize = 10_000;
 
 /// An absent client's session.
 pub struct Parked {
-    pub filters: Vec<String>,
+    pub filters: Subscriptions,
     /// Oldest first. Messages the client was sent and did not acknowledge keep their packet id
     /// and DUP flag; the others get a packet id when they are delivered (`pkid` 0).
     pub waiting: VecDeque<Publish>,
@@ -48,15 +48,13 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Keep `message` for every absent client subscribed to a filter matching `topic` (QoS 1
-    /// only); the client ids whose session was full, so it was not kept for them.
+    /// Keep `message` for every absent client subscribed to a filter matching `topic`, if it
+    /// is delivered at QoS 1; the client ids whose session was full, so it was not kept for
+    /// them.
     pub fn offer(&mut self, topic: &str, payload: &[u8], qos: QoS) -> Vec<String> {
         let mut full = Vec::new();
-        if qos == QoS::AtMostOnce {
-            return full;
-        }
         for (client_id, session) in &mut self.parked {
-            if !session.filters.iter().any(|f| filter_matches(f, topic)) {
+            if delivery_qos(&session.filters, topic, qos) != Some(QoS::AtLeastOnce) {
                 continue;
             }
             if !session.keep(Publish::new(topic, QoS::AtLeastOnce, payload.to_vec())) {
@@ -81,11 +79,6 @@ impl Sessions {
         self.parked.remove(client_id)
     }
 
-    /// Forget `client_id`'s session (it connected with a clean session).
-    pub fn discard(&mut self, client_id: &str) {
-        self.parked.remove(client_id);
-    }
-
     /// Write every kept session to `path` (a new file, synced, renamed over the old one; none
     /// removes it): how many sessions and messages were written.
     pub fn save(&self, path: &Path) -> std::io::Result<(usize, usize)> {
@@ -100,7 +93,11 @@ impl Sessions {
         for (client_id, session) in &self.parked {
             let saved = Saved {
                 client_id: client_id.clone(),
-                filters: session.filters.clone(),
+                filters: session
+                    .filters
+                    .iter()
+                    .map(|(filter, qos)| (filter.clone(), *qos as u8))
+                    .collect(),
                 last_pkid: session.last_pkid,
                 waiting: session
                     .waiting
@@ -143,7 +140,11 @@ impl Sessions {
                 })
                 .collect();
             let session = Parked {
-                filters: saved.filters,
+                filters: saved
+                    .filters
+                    .into_iter()
+                    .map(|(filter, qos)| (filter, super::qos_of(qos)))
+                    .collect(),
                 waiting,
                 last_pkid: saved.last_pkid,
             };
@@ -164,7 +165,8 @@ impl Sessions {
 #[derive(Serialize, Deserialize)]
 struct Saved {
     client_id: String,
-    filters: Vec<String>,
+    /// Each filter with its granted QoS (0 or 1).
+    filters: Vec<(String, u8)>,
     last_pkid: u16,
     waiting: Vec<SavedMessage>,
 }
@@ -186,7 +188,7 @@ mod tests {
 
     fn parked(filter: &str) -> Parked {
         Parked {
-            filters: vec![filter.into()],
+            filters: vec![(filter.into(), QoS::AtLeastOnce)],
             waiting: VecDeque::new(),
             last_pkid: 0,
         }
@@ -236,7 +238,7 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert!(skipped[0].contains("line 2"), "{skipped:?}");
         let away = loaded.resume("away").unwrap();
-        assert_eq!(away.filters, vec!["cmd/#".to_string()]);
+        assert_eq!(away.filters, vec![("cmd/#".to_string(), QoS::AtLeastOnce)]);
         assert_eq!(away.last_pkid, 7);
         let got: Vec<_> = away
             .waiting
@@ -265,7 +267,7 @@ mod tests {
         assert!(sessions.park("one-more".into(), parked("#")).is_err());
         // A session that is kept already may be kept again.
         assert!(sessions.park("c0".into(), parked("#")).is_ok());
-        sessions.discard("c1");
+        sessions.resume("c1");
         assert!(sessions.resume("c1").is_none());
         assert!(sessions.park("one-more".into(), parked("#")).is_ok());
     }
