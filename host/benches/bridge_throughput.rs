@@ -503,9 +503,16 @@ fn median(values: &[f64]) -> f64 {
 /// msg/s, and CPU µs per message of gatehost or the translator.
 type Measured = (f64, Option<f64>);
 
+/// [`run_load`] on `port`, and the CPU µs per message `process` spent meanwhile.
+fn load_measuring(process: &Proc, port: u16, rx: &mpsc::Receiver<(Instant, String)>) -> (f64, f64) {
+    let before = cpu_secs(process.0.id());
+    let rate = run_load(port, rx);
+    let cpu = cpu_secs(process.0.id()) - before;
+    (rate, cpu / (PUBLISHERS * PER_PUBLISHER) as f64 * 1e6)
+}
+
 /// One round of every selected setup: (label, msg/s, CPU µs/msg of gatehost or the translator).
 fn throughput_round(dir: &Path) -> Vec<(String, f64, Option<f64>)> {
-    let total = (PUBLISHERS * PER_PUBLISHER) as f64;
     let only = std::env::var("BRIDGE_BENCH_SETUPS").unwrap_or_default();
     let setup = |name: &str| only.is_empty() || only.split(',').any(|s| s.trim() == name);
     let mut rows: Vec<(String, f64, Option<f64>)> = Vec::new();
@@ -535,16 +542,14 @@ fn throughput_round(dir: &Path) -> Vec<(String, f64, Option<f64>)> {
             let (_sub, rx) = cloud.subscribe();
             let (local, metrics) = gatehost_config(dir, cloud.tls_port, rule);
             let g = start_gatehost(dir, metrics);
-            let cpu_before = cpu_secs(g.0.id());
-            let rate = run_load(local, &rx);
-            let cpu = cpu_secs(g.0.id()) - cpu_before;
+            let (rate, cpu) = load_measuring(&g, local, &rx);
             rows.push((
                 format!(
                     "(b) publishers -> gatehost ({label} rule, queue) -> TLS mosquitto -> {}",
                     reader.label()
                 ),
                 rate,
-                Some(cpu / total * 1e6),
+                Some(cpu),
             ));
         }
 
@@ -572,16 +577,14 @@ fn throughput_round(dir: &Path) -> Vec<(String, f64, Option<f64>)> {
                 .unwrap();
             std::thread::sleep(Duration::from_millis(500));
             let translator = Proc(child);
-            let cpu_before = cpu_secs(translator.0.id());
-            let rate = run_load(local_port, &rx);
-            let cpu = cpu_secs(translator.0.id()) - cpu_before;
+            let (rate, cpu) = load_measuring(&translator, local_port, &rx);
             rows.push((
                 format!(
                     "(c) publishers -> mosquitto -> Python paho translator -> TLS mosquitto -> {}",
                     reader.label()
                 ),
                 rate,
-                Some(cpu / total * 1e6),
+                Some(cpu),
             ));
         }
     }
