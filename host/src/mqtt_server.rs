@@ -1416,6 +1416,74 @@ mod tests {
         drop((watch, clean));
     }
 
+    /// A broker that writes down what it was told it could not keep for absent clients.
+    #[derive(Default)]
+    struct Counting {
+        dropped: Mutex<Vec<String>>,
+    }
+
+    impl MqttService for Counting {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn connect(&self, request: &ConnectRequest<'_>) -> ConnectVerdict {
+            Broker.connect(request)
+        }
+        fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+            Broker.subscribe(session, filter, qos)
+        }
+        fn publish(&self, session: &Session, publish: &Publish) -> PublishVerdict {
+            Broker.publish(session, publish)
+        }
+        fn keeps_sessions(&self) -> bool {
+            true
+        }
+        fn session_message_dropped(&self, detail: &str) {
+            self.dropped.lock().unwrap().push(detail.to_string());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_absent_clients_session_keeps_at_most_its_limit_and_says_what_it_dropped() {
+        let service = Arc::new(Counting::default());
+        let server = MqttServer::start("127.0.0.1:0", None, service.clone(), Arc::default())
+            .await
+            .unwrap();
+        let (away, mut a_events, _) = persistent_client(server.port, "away").await;
+        away.subscribe("cmd/#", QoS::AtLeastOnce).await.unwrap();
+        until_acked(&mut a_events).await;
+        away.disconnect().await.unwrap();
+        while a_events.poll().await.is_ok() {}
+
+        let (publisher, mut p_events) = client(server.port, "publisher").await;
+        let (watch, mut w_events) = client(server.port, "watch").await;
+        watch.subscribe("cmd/#", QoS::AtMostOnce).await.unwrap();
+        until_acked(&mut w_events).await;
+        tokio::spawn(async move { while p_events.poll().await.is_ok() {} });
+        let count = sessions::MAX_WAITING + 1;
+        for i in 0..count {
+            publisher
+                .publish(format!("cmd/{i}"), QoS::AtLeastOnce, false, "x")
+                .await
+                .unwrap();
+        }
+        // All of them were offered once the watcher has the last.
+        while next_topic(&mut w_events).await != format!("cmd/{}", count - 1) {}
+        assert_eq!(
+            *service.dropped.lock().unwrap(),
+            [format!(
+                "the message on 'cmd/{}' was not kept for absent client 'away': its session \
+                 holds {} messages already",
+                count - 1,
+                sessions::MAX_WAITING
+            )]
+        );
+        let (_back, mut b_events, present) = persistent_client(server.port, "away").await;
+        assert!(present);
+        assert_eq!(next_topic(&mut b_events).await, "cmd/0");
+        drop(watch);
+    }
+
     #[tokio::test]
     async fn a_message_the_client_did_not_acknowledge_is_sent_again_marked_dup_when_it_returns() {
         let server = MqttServer::start("127.0.0.1:0", None, Arc::new(Broker), Arc::default())
