@@ -72,8 +72,9 @@ impl Drop for Mosquitto {
     }
 }
 
-/// CA, server certificate (localhost, 127.0.0.1), client certificate dev01 and its chain, plus a
-/// second, untrusted CA with its own client certificate.
+/// CA, server certificate (localhost, 127.0.0.1), client certificate dev01 and its chain, a
+/// client certificate `guide-dev` made by the guides' openssl commands (v1), plus a second,
+/// untrusted CA with its own client certificate.
 pub struct Pki {
     pub dir: PathBuf,
     _temp: tempfile::TempDir,
@@ -117,6 +118,8 @@ impl Pki {
         issue(&ca_key, &ca_pem, "dev01", "dev01", &[]);
         let (rogue_key, rogue_pem) = make_ca("rogue-ca", "Rogue CA");
         issue(&rogue_key, &rogue_pem, "rogue", "rogue", &[]);
+        // A device certificate as the providers' guides make it (openssl, X.509 v1).
+        crate::guide_certs::guide_leaf(&dir, "ca", "guide-dev", "guide-dev");
         Pki { dir, _temp: temp }
     }
 

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// The twins' manifests from `plugins/dist`, pointing at the built components, file roots `d`.
-fn install_twins(d: &Path) {
+pub fn install_twins(d: &Path) {
     for (manifest, component) in [
         ("azure-dps-wasm.toml", "azure_dps"),
         ("mindconnect-private-wasm.toml", "mindconnect_private"),

@@ -221,7 +221,7 @@ pub fn write_config(d: &Path, sandbox: &Sandbox) -> PathBuf {
 
 /// Connect with the kept connection and fresh credentials from the flow's `refresh`, and
 /// publish `payload` on `topic`.
-fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, payload: &str) {
+pub fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, payload: &str) {
     let config = Config::load(config_path, true).unwrap();
     let kept: Onboarded = serde_json::from_str(
         &std::fs::read_to_string(onboard::state_path(&config, device)).unwrap(),

@@ -206,8 +206,11 @@ fn the_official_python_sdk_registers_and_sends_telemetry() {
     assert_eq!(got["status"], "assigned");
     check_telemetry(&telemetry_of(&sandbox, "line7-press"), "sas:line7-press");
 
-    // X.509 through the group CA, and an individually enrolled certificate.
-    for name in ["x509-group-dev", "x509-single"] {
+    // X.509 through the group CA, and an individually enrolled certificate; then a device
+    // certificate made exactly as the providers' guides say (openssl x509 -req without
+    // extensions: X.509 v1), through the group CA.
+    crate::guide_certs::guide_leaf(&pki, "tenant-ca", "x509-guide-dev", "x509-guide-dev");
+    for name in ["x509-group-dev", "x509-single", "x509-guide-dev"] {
         let got = sdk_register(
             &sandbox,
             serde_json::json!({
@@ -223,7 +226,7 @@ fn the_official_python_sdk_registers_and_sends_telemetry() {
     // What DPS recorded: each registration with the SDK's custom payload, and the SDK's
     // username format accepted.
     let registers = sandbox.recorder.of("dps", "register");
-    assert_eq!(registers.len(), 4, "{registers:#?}");
+    assert_eq!(registers.len(), 5, "{registers:#?}");
     for r in &registers {
         let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(body["payload"], serde_json::json!({"site": "plant1"}));

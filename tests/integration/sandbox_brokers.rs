@@ -45,9 +45,11 @@ pub fn openssl_leaf(dir: &Path, ca: &str, name: &str, cn: &str) {
     openssl_leaf_valid_for(dir, ca, name, cn, "30")
 }
 
-/// [`openssl_leaf`] valid for `days` days from now ("-1" makes one that has already expired).
+/// [`openssl_leaf`] valid for `days` days from now ("-1" makes one that has already expired),
+/// made with the guides' commands (no extensions: X.509 v1, as users' certificates are).
 pub fn openssl_leaf_valid_for(dir: &Path, ca: &str, name: &str, cn: &str, days: &str) {
-    openssl_leaf_with(dir, ca, name, cn, days, "basicConstraints=CA:FALSE\n")
+    let (ca_pem, ca_key) = (dir.join(format!("{ca}.pem")), dir.join(format!("{ca}.key")));
+    crate::guide_certs::guide_leaf_valid_for(dir, &ca_pem, &ca_key, name, cn, days)
 }
 
 /// [`openssl_leaf_valid_for`] with the given extensions file contents (a server's SAN, say).

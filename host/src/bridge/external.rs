@@ -118,7 +118,7 @@ fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalErro
             None => ExternalError::Tls(why),
         })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| ExternalError::Tls(e.to_string()))?
         .with_root_certificates(roots);
@@ -137,17 +137,22 @@ fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalErro
                 )
                 .map_err(|e| ExternalError::Tls(e.message))?;
             }
-            builder.with_client_auth_cert(chain, key_der).map_err(|e| {
-                let why = match e {
-                    rustls::Error::InconsistentKeys(_) => "the key is not the certificate's".into(),
-                    other => other.to_string(),
-                };
-                ExternalError::Tls(format!(
-                    "local.client_cert {} cannot be used with local.client_key {}: {why}",
-                    cert.display(),
-                    key.display()
-                ))
-            })?
+            let identity =
+                crate::caps::tls::certified_key(chain, key_der, &provider).map_err(|why| {
+                    let why = match why {
+                        crate::caps::tls::IdentityError::KeyMismatch => {
+                            "the key is not the certificate's".to_string()
+                        }
+                        other => other.to_string(),
+                    };
+                    ExternalError::Tls(format!(
+                        "local.client_cert {} cannot be used with local.client_key {}: {why}",
+                        cert.display(),
+                        key.display()
+                    ))
+                })?;
+            builder
+                .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(identity)))
         }
         _ => builder.with_no_client_auth(),
     };

@@ -354,19 +354,20 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         None => builder.with_no_client_auth(),
         Some(file) => {
             let path = config.resolve(file);
-            let roots = crate::caps::tls::roots_from_file(Some(&path)).map_err(BridgeError::Tls)?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .map_err(|e| BridgeError::Tls(format!("{}: {e}", path.display())))?;
-            builder.with_client_cert_verifier(verifier)
+            let verifier = crate::caps::tls::ClientCertificatesFrom::file(&path, provider.clone())
+                .map_err(BridgeError::Tls)?;
+            builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };
-    let server = builder
-        .with_single_cert(chain, key_der)
-        .map_err(|e| BridgeError::Tls(format!("{}: {e}", cert.display())))?;
+    let identity = crate::caps::tls::certified_key(chain, key_der, &provider).map_err(|why| {
+        BridgeError::Tls(format!(
+            "local.tls_cert {} cannot be used with local.tls_key {}: {why}",
+            cert.display(),
+            config.resolve(key).display()
+        ))
+    })?;
+    let server =
+        builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(identity)));
     Ok(Some(Arc::new(server)))
 }
 

@@ -8,6 +8,7 @@ use super::CapContext;
 use crate::model::{ErrorKind, PluginError};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
@@ -47,13 +48,14 @@ pub fn client_config(
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(NoVerification(HandshakeSignatures(
-                provider,
+                provider.clone(),
             ))))
     } else {
         let roots = Arc::new(root_store(ctx, options.ca_file.as_deref())?);
-        let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider)
-            .build()
-            .map_err(|e| tls_error(format!("TLS set-up failed: {e}")))?;
+        let webpki =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
+                .build()
+                .map_err(|e| tls_error(format!("TLS set-up failed: {e}")))?;
         match &options.server_name {
             Some(name) => {
                 let name = ServerName::try_from(name.clone()).map_err(|_| {
@@ -86,17 +88,17 @@ pub fn client_config(
             if let Some(leaf) = chain.first() {
                 x509::check_validity(leaf, crate::caps::crypto::now_unix() as i64, chain_file)?;
             }
-            builder
-                .with_client_auth_cert(chain, key.key.tls_private_key())
-                .map_err(|e| {
+            let identity =
+                certified_key(chain, key.key.tls_private_key(), &provider).map_err(|why| {
                     PluginError::new(
                         ErrorKind::InvalidInput,
                         format!(
-                            "client certificate {chain_file} cannot be used with key {}: {e}",
+                            "client certificate {chain_file} cannot be used with key {}: {why}",
                             key.reference
                         ),
                     )
-                })?
+                })?;
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity)))
         }
     };
     config.alpn_protocols = options.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
@@ -279,8 +281,7 @@ impl HandshakeSignatures {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls12_signature(message, cert, dss, algorithms)
+        self.verify(message, cert, dss)
     }
 
     pub fn tls13(
@@ -289,13 +290,112 @@ impl HandshakeSignatures {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        let algorithms = &self.0.signature_verification_algorithms;
-        rustls::crypto::verify_tls13_signature(message, cert, dss, algorithms)
+        use rustls::SignatureScheme as S;
+        // RFC 8446 4.2.3: PKCS#1 v1.5 and SHA-1 schemes are not for TLS 1.3 handshakes.
+        if matches!(
+            dss.scheme,
+            S::RSA_PKCS1_SHA1
+                | S::RSA_PKCS1_SHA256
+                | S::RSA_PKCS1_SHA384
+                | S::RSA_PKCS1_SHA512
+                | S::ECDSA_SHA1_Legacy
+        ) {
+            return Err(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme.into());
+        }
+        self.verify(message, cert, dss)
     }
 
     pub fn schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
+
+    /// The signature checked against the certificate's public key, read by x509-parser rather
+    /// than webpki: webpki refuses X.509 v1 certificates (what `openssl x509 -req` makes without
+    /// `-extfile`), and whether a certificate is trusted is not this check's question.
+    fn verify(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding);
+        let (_, parsed) =
+            <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(
+                cert,
+            )
+            .map_err(|_| bad())?;
+        let spki = parsed.public_key();
+        let algorithm_id = x509::spki_algorithm_contents(spki.raw).ok_or_else(bad)?;
+        let public_key = &spki.subject_public_key.data;
+        let candidates = self
+            .0
+            .signature_verification_algorithms
+            .mapping
+            .iter()
+            .find(|(scheme, _)| *scheme == dss.scheme)
+            .map(|(_, algorithms)| *algorithms)
+            .ok_or(rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme)?;
+        let mut matched = false;
+        for algorithm in candidates {
+            if algorithm.public_key_alg_id().as_ref() != algorithm_id {
+                continue;
+            }
+            matched = true;
+            if algorithm
+                .verify_signature(public_key, message, dss.signature())
+                .is_ok()
+            {
+                return Ok(HandshakeSignatureValid::assertion());
+            }
+        }
+        Err(rustls::Error::InvalidCertificate(if matched {
+            rustls::CertificateError::BadSignature
+        } else {
+            rustls::CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext {
+                signature_algorithm_id: Vec::new(),
+                public_key_algorithm_id: algorithm_id.to_vec(),
+            }
+        }))
+    }
+}
+
+/// Why a certificate and a key cannot be presented together.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("the file holds no certificate")]
+    NoCertificate,
+    #[error("TLS cannot use the key: {0}")]
+    UnusableKey(rustls::Error),
+    #[error("the first certificate is damaged: {0}")]
+    DamagedLeaf(String),
+    #[error("the key is not the certificate's (their public keys differ)")]
+    KeyMismatch,
+}
+
+/// A certificate chain (leaf first) with its private key, ready to present in a handshake.
+/// The key must be the leaf's (their SubjectPublicKeyInfos are compared); nothing else about
+/// the certificate is judged here: whether it is trusted is the peer's decision. (rustls's own
+/// constructors, `with_client_auth_cert` and `with_single_cert`, parse the leaf with webpki,
+/// which refuses the X.509 v1 certificates the providers' OpenSSL commands make.)
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Arc<CertifiedKey>, IdentityError> {
+    let leaf = chain.first().ok_or(IdentityError::NoCertificate)?;
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(IdentityError::UnusableKey)?;
+    let (_, parsed) =
+        <x509_parser::prelude::X509Certificate as x509_parser::prelude::FromDer<_>>::from_der(leaf)
+            .map_err(|e| IdentityError::DamagedLeaf(e.to_string()))?;
+    if let Some(spki) = signing_key.public_key() {
+        if spki.as_ref() != parsed.public_key().raw {
+            return Err(IdentityError::KeyMismatch);
+        }
+    }
+    Ok(Arc::new(CertifiedKey::new(chain, signing_key)))
 }
 
 /// `insecure_skip_verify`: accepts any server certificate (signatures are still checked).
@@ -334,5 +434,97 @@ impl ServerCertVerifier for NoVerification {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.schemes()
+    }
+}
+
+/// Client certificates accepted when a CA of the configured file issued them (directly or
+/// through intermediates the client sends), valid now, and the handshake proves the key. The
+/// chain is checked by x509-parser rather than webpki so that the X.509 v1 device certificates
+/// the providers' OpenSSL commands make are accepted like v3 ones.
+#[derive(Debug)]
+pub struct ClientCertificatesFrom {
+    cas: Vec<Vec<u8>>,
+    ca_source: String,
+    subjects: Vec<rustls::DistinguishedName>,
+    signatures: HandshakeSignatures,
+}
+
+impl ClientCertificatesFrom {
+    /// The CA certificates of a PEM file the gateway config names.
+    pub fn file(
+        path: &std::path::Path,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Result<Self, String> {
+        let source = path.display().to_string();
+        let pem =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read {source}: {e}"))?;
+        let cas = x509::parse_pem_certs(&pem, &source).map_err(|e| e.message)?;
+        let subjects = cas
+            .iter()
+            .map(|der| rustls::DistinguishedName::from(x509::subject_der(der)))
+            .collect();
+        Ok(ClientCertificatesFrom {
+            cas,
+            ca_source: source,
+            subjects,
+            signatures: HandshakeSignatures(provider),
+        })
+    }
+}
+
+impl rustls::server::danger::ClientCertVerifier for ClientCertificatesFrom {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &self.subjects
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let chain: Vec<Vec<u8>> = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.to_vec())
+            .collect();
+        for (i, der) in chain.iter().enumerate() {
+            x509::check_der(der, "the client certificate chain", i).map_err(|_| {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+            })?;
+        }
+        x509::verify_chain(
+            &chain,
+            &self.cas,
+            now.as_secs() as i64,
+            "the client's certificate",
+            &self.ca_source,
+        )
+        .map_err(|e| {
+            tracing::info!("refused a client certificate: {}", e.message);
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer)
+        })?;
+        Ok(rustls::server::danger::ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signatures.tls12(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.signatures.tls13(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.signatures.schemes()
     }
 }

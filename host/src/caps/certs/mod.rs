@@ -53,14 +53,20 @@ pub fn generate_key(
     })
 }
 
-/// Load a PEM key from a file under the plugin's declared file roots.
+/// Where the gateway's operator gives the passphrase of encrypted key files: the host reads it,
+/// plugins never see it (the same variable the `gatehost certs` commands read).
+pub const PASSPHRASE_ENV: &str = "GATEHOST_KEY_PASSPHRASE";
+
+/// Load a PEM key from a file under the plugin's declared file roots. An encrypted key is
+/// decrypted with the plugin's passphrase, or else with [`PASSPHRASE_ENV`].
 pub fn load_key(
     ctx: &CapContext,
     path: &str,
     passphrase: Option<&str>,
 ) -> Result<KeyHandle, PluginError> {
     let text = ctx.read_text(path)?;
-    let key = PrivateKey::from_pem(&text, passphrase, path)?;
+    let operator = std::env::var(PASSPHRASE_ENV).ok();
+    let key = PrivateKey::from_pem(&text, passphrase.or(operator.as_deref()), path)?;
     Ok(KeyHandle {
         reference: format!("file:{path}"),
         key: Arc::new(key),

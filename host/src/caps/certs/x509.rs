@@ -225,6 +225,39 @@ pub fn check_validity(der: &[u8], now: i64, source: &str) -> Result<(), PluginEr
     Ok(())
 }
 
+/// The contents of a SubjectPublicKeyInfo's AlgorithmIdentifier (its OID and parameters without
+/// the SEQUENCE header): what `SignatureVerificationAlgorithm::public_key_alg_id` names.
+pub fn spki_algorithm_contents(spki_der: &[u8]) -> Option<&[u8]> {
+    /// One DER element at the start of `der`: (tag, contents, the rest).
+    fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = der.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (first as usize, rest)
+        } else {
+            let n = (first & 0x7f) as usize;
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+            (len, &rest[n..])
+        };
+        (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+    }
+    let (0x30, spki, _) = element(spki_der)? else {
+        return None;
+    };
+    match element(spki)? {
+        (0x30, algorithm, _) => Some(algorithm),
+        _ => None,
+    }
+}
+
+/// The DER of a certificate's subject name (what a TLS server lists as acceptable CAs).
+pub fn subject_der(cert_der: &[u8]) -> Vec<u8> {
+    parsed(cert_der).subject().as_raw().to_vec()
+}
+
 /// Whether `key` is the private key of the certificate.
 pub fn key_matches(key: &PrivateKey, cert_der: &[u8]) -> bool {
     parsed(cert_der).public_key().raw == key.public_key_spki_der().as_slice()
