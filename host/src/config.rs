@@ -9,6 +9,8 @@
 //! timeout_ms = 1000
 //! [limits.flow]
 //! timeout_ms = 120000
+//! [limits.plugins.heavy-rule]                      # one plugin's own ceilings
+//! memory_mib = 256
 //!
 //! [local]                                          # where brownfield devices publish
 //! broker = "embedded"                              # gatehost is the broker (the default), or
@@ -176,6 +178,9 @@ pub struct ConfigLimits {
     pub rule: LimitOverrides,
     #[serde(default)]
     pub flow: LimitOverrides,
+    /// `[limits.plugins.<name>]`: one plugin's ceilings, above (or below) its kind's.
+    #[serde(default)]
+    pub plugins: std::collections::BTreeMap<String, LimitOverrides>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -704,6 +709,7 @@ impl Config {
                 let narrowed = GatewayPermissions {
                     endpoints: p.endpoints.clone(),
                     file_roots: roots,
+                    add_endpoints: p.add_endpoints.clone(),
                 };
                 (name.clone(), narrowed)
             })
@@ -714,6 +720,14 @@ impl Config {
             persistent,
             rule_limits: self.limits.rule.clone(),
             flow_limits: self.limits.flow.clone(),
+            plugin_limits: self.limits.plugins.clone(),
+            base_dir: self.base_dir.clone(),
+            max_payload_bytes: self
+                .local
+                .max_packet_kib
+                .map_or(crate::bridge::local::DEFAULT_MAX_PACKET, |k| {
+                    (k as usize).saturating_mul(1024)
+                }),
             permissions,
             insecure_skip_verify: false,
             installed: Some(self.site().map_err(|e| e.to_string())),
@@ -949,6 +963,11 @@ impl Config {
                 },
             }
         }
+        for name in self.limits.plugins.keys() {
+            if let Err(e) = registry.get(name) {
+                problems.push(format!("[limits.plugins.{name}]: {e}"));
+            }
+        }
         for (name, narrowing) in &self.permissions {
             if let Err(e) = registry.get(name) {
                 problems.push(format!("[permissions.{name}]: {e}"));
@@ -958,6 +977,12 @@ impl Config {
                     problems.push(format!(
                         "[permissions.{name}]: endpoint '{pattern}' must be host:port (port may be *)"
                     ));
+                }
+            }
+            for pattern in narrowing.add_endpoints.iter().flatten() {
+                if let Err(e) = crate::plugins::manifest::check_endpoint_pattern(pattern) {
+                    let why = e.trim_start_matches("permissions.endpoints: ");
+                    problems.push(format!("[permissions.{name}] add_endpoints: {why}"));
                 }
             }
         }

@@ -2,6 +2,7 @@
 //! clear error, and the plugin (and the host) keep answering afterwards.
 
 use crate::support::{load_rule, wasm, PluginDir};
+use gatehost::engine::limits::LimitOverrides;
 use gatehost::model::{Destination, ErrorKind, Message};
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,59 @@ fn a_wasm_rule_that_allocates_without_bound_is_stopped_by_the_memory_cap() {
 }
 
 #[test]
+fn a_manifest_cannot_raise_its_limits_above_the_configs() {
+    // Asking for 1 GiB: the operator's 64 MiB (the default) still applies, in both engines.
+    let dir = PluginDir::new();
+    let m = dir.wasm(
+        "greedy",
+        "rule",
+        &wasm("fixture_memory_hog_rule"),
+        "[limits]\nmemory_mib = 1024",
+    );
+    let e = load_rule(dir.env(), &m).translate(&ok_msg()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");
+    assert_eq!(
+        e.message,
+        "exceeded its memory limit of 64 MiB and was stopped"
+    );
+    let m = dir.rhai(
+        "greedy-rhai",
+        "rule",
+        "fn translate(msg) { let n = 0; loop { n += 1; } }",
+        "[limits]\ntimeout_ms = 60000\nmax_operations = 1000000000000",
+    );
+    let started = Instant::now();
+    let e = load_rule(dir.env(), &m).translate(&ok_msg()).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::LimitExceeded, "{e}");
+    assert!(
+        e.message
+            .starts_with("exceeded its limit of 1000000 operations"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The operator can raise one plugin's ceiling in the config.
+    let mut env = dir.env();
+    env.plugin_limits.insert(
+        "greedy".into(),
+        LimitOverrides {
+            memory_mib: Some(96),
+            ..Default::default()
+        },
+    );
+    let m = dir.wasm(
+        "greedy",
+        "rule",
+        &wasm("fixture_memory_hog_rule"),
+        "[limits]\nmemory_mib = 80",
+    );
+    let e = load_rule(env, &m).translate(&ok_msg()).unwrap_err();
+    assert_eq!(
+        e.message,
+        "exceeded its memory limit of 80 MiB and was stopped"
+    );
+}
+
+#[test]
 fn a_wasm_rule_that_traps_fails_that_message_and_serves_the_next() {
     let dir = PluginDir::new();
     let m = dir.wasm("panicky", "rule", &wasm("fixture_panic_rule"), "");
@@ -84,7 +138,17 @@ fn a_rhai_rule_that_loops_forever_is_stopped_by_the_deadline() {
         "fn translate(msg) { let n = 0; loop { n += 1; } }",
         "[limits]\ntimeout_ms = 200\nmax_operations = 1000000000000",
     );
-    let rule = load_rule(dir.env(), &m);
+    // The operator raised this plugin's ceiling, so the manifest's operations limit holds and
+    // the deadline is what stops it.
+    let mut env = dir.env();
+    env.plugin_limits.insert(
+        "looper".into(),
+        LimitOverrides {
+            max_operations: Some(1_000_000_000_000),
+            ..Default::default()
+        },
+    );
+    let rule = load_rule(env, &m);
     let e = rule.translate(&ok_msg()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
     assert_eq!(e.message, "did not finish within 200 ms and was stopped");

@@ -14,6 +14,8 @@ pub struct Limits {
     pub max_operations: u64,
     /// Rhai: longest string, in bytes.
     pub max_string_bytes: usize,
+    /// Rhai: largest blob (a binary payload is one), in bytes.
+    pub max_blob_bytes: usize,
     /// Rhai: most array elements / map entries.
     pub max_array_len: usize,
     pub max_map_len: usize,
@@ -27,6 +29,9 @@ pub struct Limits {
 pub const RULE_TIMEOUT: Duration = Duration::from_secs(1);
 pub const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
 pub const MEMORY_BYTES: usize = 64 * 1024 * 1024;
+/// Rhai's default string and blob limits: twice the local broker's default packet limit
+/// (1 MiB), so a payload of the largest size and a re-encoding of it both fit.
+pub const DATA_BYTES: usize = 2 * 1024 * 1024;
 
 impl Limits {
     pub fn rule() -> Self {
@@ -34,7 +39,8 @@ impl Limits {
             timeout: RULE_TIMEOUT,
             memory_bytes: MEMORY_BYTES,
             max_operations: 1_000_000,
-            max_string_bytes: 1024 * 1024,
+            max_string_bytes: DATA_BYTES,
+            max_blob_bytes: DATA_BYTES,
             max_array_len: 65_536,
             max_map_len: 16_384,
             max_call_depth: 64,
@@ -51,7 +57,78 @@ impl Limits {
         }
     }
 
-    /// Apply the overrides of a manifest's or the config's `[limits]` table.
+    /// Strings and blobs of twice `max_payload_bytes` at least: whatever payload the local broker
+    /// takes passes through a Rhai rule.
+    pub fn for_payloads(mut self, max_payload_bytes: usize) -> Self {
+        let data = max_payload_bytes.saturating_mul(2);
+        self.max_string_bytes = self.max_string_bytes.max(data);
+        self.max_blob_bytes = self.max_blob_bytes.max(data);
+        self
+    }
+
+    /// The limits a manifest asks for, within these (the operator's ceilings): a manifest may
+    /// lower any limit, never raise one. Returns what was asked above a ceiling, to be said.
+    pub fn within(mut self, asked: &LimitOverrides) -> (Self, Vec<String>) {
+        let mut capped = Vec::new();
+        let mut lower = |name: &str, current: &mut u64, wanted: Option<u64>, unit: u64| {
+            if let Some(w) = wanted {
+                let w = w.saturating_mul(unit);
+                if w > *current {
+                    capped.push(format!(
+                        "{name} = {} (the config allows {})",
+                        w / unit,
+                        *current / unit
+                    ));
+                } else {
+                    *current = w;
+                }
+            }
+        };
+        let mut timeout = self.timeout.as_millis() as u64;
+        lower("timeout_ms", &mut timeout, asked.timeout_ms, 1);
+        self.timeout = Duration::from_millis(timeout);
+        let mut memory = self.memory_bytes as u64;
+        lower(
+            "memory_mib",
+            &mut memory,
+            asked.memory_mib.map(u64::from),
+            1 << 20,
+        );
+        self.memory_bytes = memory as usize;
+        lower(
+            "max_operations",
+            &mut self.max_operations,
+            asked.max_operations,
+            1,
+        );
+        let mut sessions = self.max_sessions as u64;
+        lower(
+            "max_sessions",
+            &mut sessions,
+            asked.max_sessions.map(|n| n as u64),
+            1,
+        );
+        self.max_sessions = sessions as usize;
+        let mut strings = self.max_string_bytes as u64;
+        lower(
+            "max_string_kib",
+            &mut strings,
+            asked.max_string_kib.map(|n| n as u64),
+            1024,
+        );
+        self.max_string_bytes = strings as usize;
+        let mut blobs = self.max_blob_bytes as u64;
+        lower(
+            "max_blob_kib",
+            &mut blobs,
+            asked.max_blob_kib.map(|n| n as u64),
+            1024,
+        );
+        self.max_blob_bytes = blobs as usize;
+        (self, capped)
+    }
+
+    /// Apply the overrides of the config's `[limits]` tables (the operator's word).
     pub fn with_overrides(mut self, o: &LimitOverrides) -> Self {
         if let Some(ms) = o.timeout_ms {
             self.timeout = Duration::from_millis(ms);
@@ -64,6 +141,12 @@ impl Limits {
         }
         if let Some(n) = o.max_sessions {
             self.max_sessions = n;
+        }
+        if let Some(kib) = o.max_string_kib {
+            self.max_string_bytes = kib.saturating_mul(1024);
+        }
+        if let Some(kib) = o.max_blob_kib {
+            self.max_blob_bytes = kib.saturating_mul(1024);
         }
         self
     }
@@ -81,4 +164,8 @@ pub struct LimitOverrides {
     pub max_operations: Option<u64>,
     /// MQTT sessions open at once.
     pub max_sessions: Option<usize>,
+    /// Rhai: longest string, in KiB.
+    pub max_string_kib: Option<usize>,
+    /// Rhai: largest blob, in KiB.
+    pub max_blob_kib: Option<usize>,
 }

@@ -133,7 +133,9 @@ fn new_engine(caps: &CapContext, limits: &Limits) -> Engine {
     engine.set_module_resolver(DummyModuleResolver::new());
     engine.set_max_operations(limits.max_operations);
     engine.set_max_string_size(limits.max_string_bytes);
-    engine.set_max_array_size(limits.max_array_len);
+    // Rhai has one size limit for arrays and blobs; the larger of the two applies to both (an
+    // array that large is still bounded by the operations limit and the deadline).
+    engine.set_max_array_size(limits.max_array_len.max(limits.max_blob_bytes));
     engine.set_max_map_size(limits.max_map_len);
     engine.set_max_call_levels(limits.max_call_depth);
     engine.set_max_expr_depths(64, 32);

@@ -22,6 +22,14 @@ pub struct PluginEnv {
     pub persistent: bool,
     pub rule_limits: LimitOverrides,
     pub flow_limits: LimitOverrides,
+    /// The config's ceilings for single plugins, by name (`[limits.plugins.<name>]`).
+    pub plugin_limits: BTreeMap<String, LimitOverrides>,
+    /// The gateway config's folder: relative file paths and roots of plugins start there
+    /// (empty: the working directory).
+    pub base_dir: PathBuf,
+    /// The largest packet the local broker takes: Rhai's string and blob limits default to
+    /// twice this, so every payload it accepts passes through a rule.
+    pub max_payload_bytes: usize,
     /// The gateway config's narrowing of plugin permissions, by plugin name.
     pub permissions: BTreeMap<String, GatewayPermissions>,
     /// Skip TLS server verification for plugins loaded with this environment (a device's
@@ -41,6 +49,9 @@ impl PluginEnv {
             persistent: false,
             rule_limits: LimitOverrides::default(),
             flow_limits: LimitOverrides::default(),
+            plugin_limits: BTreeMap::new(),
+            max_payload_bytes: crate::bridge::local::DEFAULT_MAX_PACKET,
+            base_dir: PathBuf::new(),
             permissions: BTreeMap::new(),
             insecure_skip_verify: false,
             installed: None,
@@ -158,7 +169,22 @@ impl Loader {
             PluginKind::Rule => (Limits::rule(), &self.env.rule_limits),
             PluginKind::Flow => (Limits::flow(), &self.env.flow_limits),
         };
-        let limits = base.with_overrides(config).with_overrides(&m.limits);
+        // The config's limits are ceilings; the manifest may only stay below them.
+        let mut ceiling = base
+            .for_payloads(self.env.max_payload_bytes)
+            .with_overrides(config);
+        if let Some(own) = self.env.plugin_limits.get(&m.name) {
+            ceiling = ceiling.with_overrides(own);
+        }
+        let (limits, capped) = ceiling.within(&m.limits);
+        if !capped.is_empty() {
+            tracing::warn!(
+                plugin = %m.name,
+                "the manifest asks for {}; the config's limits apply ([limits.plugins.{}] raises them)",
+                capped.join(", "),
+                m.name
+            );
+        }
         let mut caps = CapContext::new(
             &m.name,
             m.permissions.clone(),
@@ -173,6 +199,7 @@ impl Loader {
             .unwrap_or_default();
         caps.insecure_skip_verify = self.env.insecure_skip_verify;
         caps.max_sessions = limits.max_sessions;
+        caps.base_dir = self.env.base_dir.clone();
         let path = &info.entry;
         let handle = match (info.engine, m.kind) {
             (EngineKind::Rhai, PluginKind::Rule) => {
