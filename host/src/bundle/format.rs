@@ -128,9 +128,11 @@ impl Bundle {
                 })?;
                 let sig = Signature::parse(text)
                     .map_err(|e| BundleError::Layout(format!("bundle.toml.minisig: {e}")))?;
+                // The untrusted comment may say anything (minisign does not sign it); the
+                // layout around it must be minisign's, so that the archive stays canonical.
                 if sig.to_file() != text {
                     return Err(BundleError::Layout(
-                        "bundle.toml.minisig was modified (its untrusted lines are not the ones gatehost writes)".into(),
+                        "bundle.toml.minisig is not in minisign's layout (four lines, LF line endings, one final newline)".into(),
                     ));
                 }
                 Some(sig)
@@ -243,6 +245,13 @@ impl Bundle {
     }
 
     /// Sign (or re-sign) with `key`; the bundle must name its publisher.
+    /// Attach a signature made elsewhere (`minisign -Sm bundle.toml`); it is checked against
+    /// the trust store like any other at verify and install.
+    pub fn attach(&mut self, signature: Signature) {
+        self.signature = Some(signature);
+        self.sha256 = sha256_hex(&self.to_bytes());
+    }
+
     pub fn sign(&mut self, key: &SecretKey) -> Result<(), BundleError> {
         let d = &self.description;
         let Some(publisher) = &d.publisher else {

@@ -253,6 +253,7 @@ impl SecretKey {
         global.extend_from_slice(trusted_comment.as_bytes());
         let global_sig: [u8; 64] = pair.sign(&global).as_ref().try_into().expect("64 bytes");
         Signature {
+            untrusted_comment: Signature::canonical_comment(self.id),
             key_id: self.id,
             prehashed: true,
             sig,
@@ -265,6 +266,9 @@ impl SecretKey {
 /// A `.minisig` signature.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
+    /// The first line's text. Not signed (by minisign's design anyone can change it), so it is
+    /// kept as written and trusted for nothing.
+    pub untrusted_comment: String,
     pub key_id: KeyId,
     pub prehashed: bool,
     pub sig: [u8; 64],
@@ -273,8 +277,7 @@ pub struct Signature {
 }
 
 impl Signature {
-    /// The untrusted comment gatehost writes; bundles require exactly this line so that no byte
-    /// of a bundle can change unnoticed.
+    /// The untrusted comment gatehost writes (minisign's own adds no key id).
     fn canonical_comment(key_id: KeyId) -> String {
         format!("signature from minisign secret key {key_id}")
     }
@@ -287,12 +290,12 @@ impl Signature {
             [a, b, c, d] | [a, b, c, d, ""] => (*a, *b, *c, *d),
             _ => return Err(format_err(what, "expected four lines")),
         };
-        if !comment.starts_with(COMMENT) {
+        let Some(untrusted_comment) = comment.strip_prefix(COMMENT) else {
             return Err(format_err(
                 what,
                 "the first line must start with 'untrusted comment:'",
             ));
-        }
+        };
         let trusted_comment = trusted
             .strip_prefix(TRUSTED)
             .ok_or_else(|| format_err(what, "the third line must start with 'trusted comment:'"))?;
@@ -318,6 +321,7 @@ impl Signature {
             .try_into()
             .map_err(|_| format_err(what, "the global signature is not 64 bytes"))?;
         Ok(Signature {
+            untrusted_comment: untrusted_comment.to_string(),
             key_id: KeyId(raw[2..10].try_into().expect("8 bytes")),
             prehashed,
             sig: raw[10..74].try_into().expect("64 bytes"),
@@ -326,7 +330,7 @@ impl Signature {
         })
     }
 
-    /// The `.minisig` file with the canonical untrusted comment.
+    /// The `.minisig` file, in minisign's four-line layout.
     pub fn to_file(&self) -> String {
         let mut raw = Vec::with_capacity(74);
         raw.extend_from_slice(if self.prehashed { b"ED" } else { b"Ed" });
@@ -334,7 +338,7 @@ impl Signature {
         raw.extend_from_slice(&self.sig);
         format!(
             "{COMMENT}{}\n{}\n{TRUSTED}{}\n{}\n",
-            Signature::canonical_comment(self.key_id),
+            self.untrusted_comment,
             B64.encode(raw),
             self.trusted_comment,
             B64.encode(self.global_sig)

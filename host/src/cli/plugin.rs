@@ -122,8 +122,17 @@ pub struct KeygenArgs {
 pub struct SignArgs {
     pub bundle: PathBuf,
     /// Secret key (minisign format, unencrypted).
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "signature",
+        conflicts_with = "signature"
+    )]
+    pub key: Option<PathBuf>,
+    /// Attach this signature of the bundle's bundle.toml instead, as `minisign -Sm bundle.toml`
+    /// made it (any options; the untrusted comment is kept and trusted for nothing).
     #[arg(long, value_name = "FILE")]
-    pub key: PathBuf,
+    pub signature: Option<PathBuf>,
     /// Write the signed bundle here instead of replacing BUNDLE.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
@@ -248,9 +257,15 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             print_json(row);
         }
     } else {
-        println!(
+        outln!(
             "{:<24} {:<9} {:<5} {:<6} {:<5} {:<12} {:<28} PERMISSIONS",
-            "NAME", "VERSION", "KIND", "ENGINE", "API", "PUBLISHER", "TRUST"
+            "NAME",
+            "VERSION",
+            "KIND",
+            "ENGINE",
+            "API",
+            "PUBLISHER",
+            "TRUST"
         );
         for r in &rows {
             let mut perms: Vec<String> = r.endpoints.iter().map(|e| format!("net:{e}")).collect();
@@ -260,7 +275,7 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
             } else {
                 perms.join(" ")
             };
-            println!(
+            outln!(
                 "{:<24} {:<9} {:<5} {:<6} {:<5} {:<12} {:<28} {perms}",
                 r.name,
                 r.version,
@@ -299,21 +314,21 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
     );
     let written = skeleton::create(&dir, &args.name, kind, engine, &sdk)?;
     for path in &written {
-        println!("created {}", path.display());
+        outln!("created {}", path.display());
     }
     let manifest = dir.join(format!("{}.toml", args.name));
     if engine == EngineKind::Wasm {
-        println!(
+        outln!(
             "next: cd {} && cargo build --release --target wasm32-wasip2",
             dir.display()
         );
     }
     match kind {
-        PluginKind::Rule => println!(
+        PluginKind::Rule => outln!(
             "try:  gatehost rule test {} --topic plant1/press7/temperature --payload '{{\"value\":21.5}}'",
             manifest.display()
         ),
-        PluginKind::Flow => println!(
+        PluginKind::Flow => outln!(
             "try:  add a device with flow = \"{}\" to gatehost.toml (plugin_dirs must include {}), then gatehost onboard <device>",
             args.name,
             dir.display()
@@ -338,7 +353,7 @@ fn pack_cmd(args: PackArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from(bundle.file_name()));
     let bytes = bundle.to_bytes();
     write_atomic(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    println!(
+    outln!(
         "packed {} {} ({} files, {}) into {}\nsha256 {}",
         bundle.description.name,
         bundle.description.version,
@@ -379,7 +394,7 @@ fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
     }
     std::fs::write(&pub_path, key.public().to_file())
         .with_context(|| format!("cannot write {}", pub_path.display()))?;
-    println!(
+    outln!(
         "key {}: secret key {} (keep it secret), public key {}\ntrust it on a gateway: copy {} to <state_dir>/trust/<publisher>.pub",
         key.id,
         key_path.display(),
@@ -397,17 +412,31 @@ fn open_bundle(path: &Path) -> anyhow::Result<(Vec<u8>, Bundle)> {
 }
 
 fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
-    let key = read_key(&args.key)?;
     let (_, mut bundle) = open_bundle(&args.bundle)?;
-    bundle.sign(&key)?;
+    let by = match (&args.key, &args.signature) {
+        (Some(key), _) => {
+            let key = read_key(key)?;
+            bundle.sign(&key)?;
+            format!("with key {}", key.id)
+        }
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let signature = crate::bundle::minisign::Signature::parse(&text)
+                .with_context(|| format!("{} is not a minisign signature", file.display()))?;
+            let by = format!("with the signature of key {}", signature.key_id);
+            bundle.attach(signature);
+            by
+        }
+        (None, None) => unreachable!("clap requires --key or --signature"),
+    };
     let out = args.out.unwrap_or(args.bundle);
     let bytes = bundle.to_bytes();
     write_atomic(&out, &bytes).with_context(|| format!("cannot write {}", out.display()))?;
-    println!(
-        "signed {} {} with key {} into {}\nsha256 {}",
+    outln!(
+        "signed {} {} {by} into {}\nsha256 {}",
         bundle.description.name,
         bundle.description.version,
-        key.id,
         out.display(),
         sha256_hex(&bytes)
     );
@@ -424,7 +453,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .verify(&bundle)
         .with_context(|| format!("{}", args.bundle.display()))?;
     let d = &bundle.description;
-    println!(
+    outln!(
         "ok: {} {} ({} {}, api {}), {}, {} files, sha256 {}",
         d.name,
         d.version,
@@ -487,7 +516,7 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .map(|f| format!("files:{f}")),
     );
-    println!(
+    outln!(
         "{what} {} {} ({}), permissions: {}; pinned in {}",
         d.name,
         d.version,
@@ -517,7 +546,7 @@ fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
         bail!("plugin '{}' is not installed", args.name);
     }
     site.remove(&args.name)?;
-    println!(
+    outln!(
         "removed {} (and its entry in {})",
         args.name,
         site.lock_path.display()
@@ -559,20 +588,22 @@ fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
                 want.publisher
             );
         }
-        println!(
+        outln!(
             "installed {} {} ({})",
-            want.name, want.version, outcome.installed.trust
+            want.name,
+            want.version,
+            outcome.installed.trust
         );
         changed += 1;
     }
     for have in &installed {
         if lock.get(&have.name).is_none() {
             site.remove(&have.name)?;
-            println!("removed {} {} (not in the lock)", have.name, have.version);
+            outln!("removed {} {} (not in the lock)", have.name, have.version);
             changed += 1;
         }
     }
-    println!(
+    outln!(
         "in sync with {}: {} plugins, {changed} changed",
         site.lock_path.display(),
         lock.plugins.len()
