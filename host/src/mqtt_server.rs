@@ -673,6 +673,7 @@ impl Connection {
             (
                 Some(ConnectReturnCode::RefusedProtocolVersion),
                 "refused",
+                "unsupported protocol level",
                 detail,
             )
         };
@@ -685,16 +686,25 @@ impl Connection {
             Ok(Ok(other)) => Err((
                 None,
                 "malformed",
+                "packet before CONNECT",
                 format!("{peer} sent {other:?} before CONNECT; closed"),
             )),
             Ok(Err(e)) => Err((
                 None,
                 "malformed",
+                match &e {
+                    ReadError::Codec(c) => malformed_cause(c),
+                    // A client that went away before sending a byte broke no rule (a port
+                    // probe); one that stopped in the middle of a packet did.
+                    ReadError::Eof if buf.is_empty() => "",
+                    _ => "malformed packet",
+                },
                 format!("{peer} sent no valid CONNECT ({e}); closed"),
             )),
             Err(_) => Err((
                 None,
                 "malformed",
+                "no CONNECT in time",
                 format!(
                     "{peer} sent no CONNECT within {} s; closed",
                     CONNECT_TIMEOUT.as_secs()
@@ -703,9 +713,12 @@ impl Connection {
         };
         let connect = match connect {
             Ok(connect) => connect,
-            Err((code, event, detail)) => {
+            Err((code, event, cause, detail)) => {
                 if let Some(code) = code {
                     write_packet(&mut writer, Packet::ConnAck(ConnAck::new(code, false))).await;
+                }
+                if !cause.is_empty() {
+                    self.service.protocol_error(cause, &detail);
                 }
                 self.recorder.push(self.record(event, "").detail(detail));
                 return;

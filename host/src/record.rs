@@ -1,7 +1,8 @@
 //! What each emulated service received, with the identity it authenticated: kept in memory for
 //! tests (`Recorder::wait_for`) and logged as structured lines for `gatehost sandbox`. Memory is
-//! bounded: past [`Recorder::limit`] records the oldest are let go (every record was logged, and
-//! [`Recorder::dropped`] counts them), so a sandbox left running for days does not grow.
+//! bounded: past [`Recorder::limit`] records, or [`MAX_BYTES`] of their contents, the oldest are
+//! let go (every record was logged, and [`Recorder::dropped`] counts them), so a sandbox left
+//! running for days does not grow.
 
 use crate::model::Pair;
 use serde::Serialize;
@@ -31,6 +32,20 @@ pub struct Record {
 }
 
 impl Record {
+    /// The bytes this record holds beyond its fixed size.
+    fn size(&self) -> usize {
+        self.body.len()
+            + self.detail.len()
+            + self.client_id.len()
+            + self.identity.as_ref().map_or(0, String::len)
+            + self.topic.as_ref().map_or(0, String::len)
+            + self
+                .properties
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
+
     pub fn new(service: &'static str, event: &'static str, client_id: &str) -> Record {
         Record {
             service,
@@ -75,6 +90,9 @@ impl Record {
 
 /// How many records a recorder keeps unless told otherwise.
 pub const DEFAULT_LIMIT: usize = 10_000;
+/// The most bytes of record contents (bodies, details, topics, properties) a recorder keeps:
+/// 10 000 records of IoT Hub's largest message would otherwise be 2.5 GiB.
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// The newest records, in arrival order.
 #[derive(Debug)]
@@ -87,6 +105,7 @@ pub struct Recorder {
 #[derive(Debug, Default)]
 struct Kept {
     records: VecDeque<Record>,
+    bytes: usize,
     dropped: u64,
 }
 
@@ -145,11 +164,16 @@ impl Recorder {
             );
         }
         let mut kept = self.lock();
-        if kept.records.len() == self.limit {
-            kept.records.pop_front();
+        kept.bytes += record.size();
+        kept.records.push_back(record);
+        while kept.records.len() > self.limit || (kept.bytes > MAX_BYTES && kept.records.len() > 1)
+        {
+            let Some(old) = kept.records.pop_front() else {
+                break;
+            };
+            kept.bytes -= old.size();
             kept.dropped += 1;
         }
-        kept.records.push_back(record);
         self.arrived.notify_all();
     }
 
@@ -200,5 +224,19 @@ mod tests {
         assert_eq!(ids, ["d2", "d3", "d4"]);
         assert_eq!(recorder.dropped(), 2);
         assert_eq!(Recorder::with_limit(0).limit(), 1);
+    }
+
+    #[test]
+    fn large_bodies_are_bounded_by_bytes_too() {
+        let recorder = Recorder::default();
+        let body = vec![b'x'; 256 * 1024];
+        for i in 0..100 {
+            recorder.push(Record::new("iothub", "telemetry", &format!("d{i}")).body(&body));
+        }
+        let kept = recorder.all();
+        let bytes: usize = kept.iter().map(|r| r.body.len()).sum();
+        assert!(bytes <= MAX_BYTES, "{bytes} bytes kept");
+        assert_eq!(kept.len() as u64 + recorder.dropped(), 100);
+        assert_eq!(kept.last().unwrap().client_id, "d99", "the newest stay");
     }
 }

@@ -7,8 +7,6 @@
 use crate::broker::{free_port, Mosquitto, Pki};
 use crate::sandbox::{start_sandbox, DEVICE_KEY};
 use crate::support::{install_shipped_flows, repo_root, Killed};
-use gatehost::caps::certs::x509::{self, CertificateAuthority, Subject};
-use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
 use gatehost::sandbox::Service;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{Read, Write};
@@ -259,21 +257,14 @@ impl Relay {
 
 /// A client certificate `name` (CN = name) from the test PKI's CA, as `<dir>/<name>.pem|.key`.
 fn issue_device(pki: &Pki, dir: &Path, name: &str) {
-    let ca_pem = std::fs::read_to_string(pki.path("ca.pem")).unwrap();
-    let ca_key = PrivateKey::from_pem(
-        &std::fs::read_to_string(pki.path("ca.key")).unwrap(),
-        None,
-        "ca",
+    // As the providers' guides make device certificates (X.509 v1), chain in `<name>.pem`.
+    let (ca_pem, ca_key) = (pki.dir.join("ca.pem"), pki.dir.join("ca.key"));
+    crate::guide_certs::guide_leaf_by(dir, &ca_pem, &ca_key, name, name);
+    std::fs::rename(
+        dir.join(format!("{name}_chain.pem")),
+        dir.join(format!("{name}.pem")),
     )
     .unwrap();
-    let ca = CertificateAuthority::new(&ca_pem, &ca_key, "ca", "ca key").unwrap();
-    let key = PrivateKey::generate(KeyAlgorithm::P256).unwrap();
-    let csr =
-        x509::create_csr(&key, &Subject::parse(&format!("/CN={name}")).unwrap(), &[]).unwrap();
-    let cert = ca.issue(&csr, 30, "csr").unwrap();
-    key.write_new_file(&dir.join(format!("{name}.key")))
-        .unwrap();
-    std::fs::write(dir.join(format!("{name}.pem")), format!("{cert}{ca_pem}")).unwrap();
 }
 
 /// A gateway dir for devices `dev01`, `dev02` on a TLS mosquitto reached at `upstream_port`,
@@ -820,6 +811,12 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     raw.write_all(&[0x00, 0x00]).unwrap();
     let mut rest = Vec::new();
     let _ = raw.read_to_end(&mut rest);
+    // 64 bytes of garbage instead of a CONNECT: closed, and counted the same way.
+    let mut garbage = TcpStream::connect(("127.0.0.1", local)).unwrap();
+    garbage.write_all(&[0u8; 64]).unwrap();
+    let mut answer = Vec::new();
+    let _ = garbage.read_to_end(&mut answer);
+    assert!(answer.is_empty(), "{answer:?}");
     // QoS 2 from a brownfield device is taken (and sent upstream as QoS 1).
     let status = Command::new("mosquitto_pub")
         .args([
@@ -860,7 +857,7 @@ fn bad_input_is_counted_and_dead_lettered_and_the_gateway_keeps_serving() {
     );
     assert_eq!(
         g.metric("gatehost_local_protocol_errors_total{cause=\"malformed packet\"}"),
-        1.0
+        2.0
     );
     assert_eq!(
         g.metric("gatehost_messages_dead_lettered_total{rule=\"\",cause=\"not publishable\"}"),
@@ -1581,6 +1578,16 @@ fn the_embedded_broker_serves_local_devices_over_tls_and_mutual_tls() {
         "1",
         &with_cert
     ));
+    // A device certificate made by the guides' openssl commands (X.509 v1) is accepted too.
+    let (guide_chain, guide_key) = (pki.path("guide-dev_chain.pem"), pki.path("guide-dev.key"));
+    let guide_cert = ["--cafile", &ca, "--cert", &guide_chain, "--key", &guide_key];
+    assert!(mosquitto_pub_with(
+        "localhost",
+        local,
+        "plant/dev01/guide",
+        "1",
+        &guide_cert
+    ));
     assert!(!mosquitto_pub_with(
         "localhost",
         local,
@@ -1613,8 +1620,11 @@ fn the_embedded_broker_serves_local_devices_over_tls_and_mutual_tls() {
         .iter()
         .filter(|t| *t != "dt/dev01/marker")
         .collect();
-    assert_eq!(after, ["dt/dev01/mtls", "dt/dev01/marker2"]);
-    assert_eq!(g.metric("gatehost_messages_received_total"), 2.0);
+    assert_eq!(
+        after,
+        ["dt/dev01/mtls", "dt/dev01/guide", "dt/dev01/marker2"]
+    );
+    assert_eq!(g.metric("gatehost_messages_received_total"), 3.0);
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use crate::support::{gatehost, run, wasm_dir};
 
-const EXPECTED: &str = r#"{"destination":{"upstream":"press7"},"topic":"devices/press7/messages/events/$.ct=application%2Fjson&$.ce=utf-8","payload":"{\"site\":\"plant1\",\"device\":\"press7\",\"measurement\":\"temperature\",\"value\":21.5}","qos":1,"retain":false}"#;
+pub const EXPECTED: &str = r#"{"destination":{"upstream":"press7"},"topic":"devices/press7/messages/events/$.ct=application%2Fjson&$.ce=utf-8","payload":"{\"site\":\"plant1\",\"device\":\"press7\",\"measurement\":\"temperature\",\"value\":21.5}","qos":1,"retain":false}"#;
 
 #[test]
 fn rule_test_runs_the_example_rule_in_both_engines() {

@@ -36,6 +36,9 @@ pub struct CapContext {
     pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
     /// The most MQTT sessions it may hold open at once (its limits' `max_sessions`).
     pub max_sessions: usize,
+    /// What relative file paths and file roots are relative to: the gateway config's folder
+    /// (empty: the working directory).
+    pub base_dir: PathBuf,
 }
 
 /// How the gateway config narrows one plugin's declared permissions (`[permissions.<plugin>]`):
@@ -45,6 +48,9 @@ pub struct CapContext {
 pub struct GatewayPermissions {
     pub endpoints: Option<Vec<String>>,
     pub file_roots: Option<Vec<String>>,
+    /// Endpoints the operator grants beyond the manifest's (a shipped flow pointed at a private
+    /// broker, without editing the shipped file). Checked like `endpoints` patterns.
+    pub add_endpoints: Option<Vec<String>>,
 }
 
 /// Open network sessions one plugin may hold at a time, unless its limits say otherwise.
@@ -71,6 +77,7 @@ impl CapContext {
             insecure_skip_verify: false,
             open_sessions: Default::default(),
             max_sessions: MAX_SESSIONS,
+            base_dir: PathBuf::new(),
         }
     }
 
@@ -87,10 +94,61 @@ impl CapContext {
 
 impl CapContext {
     /// Check that the plugin may read `path`: it must lie under one of the plugin's declared
-    /// `file_roots` (relative paths and roots are taken from the working directory). Returns the
-    /// canonical path.
+    /// `file_roots`, and under one of the gateway config's roots for it when it lists any.
+    /// Relative paths and roots are taken from [`CapContext::base_dir`] (the config's folder).
+    /// The path is judged as written first, before the file system is asked anything, so a
+    /// refusal says nothing about whether the file exists; then again with links resolved, so
+    /// a link inside a root cannot lead out of it. Returns the canonical path.
     pub fn readable_file(&self, path: &str) -> Result<PathBuf, PluginError> {
-        let canonical = std::path::Path::new(path).canonicalize().map_err(|e| {
+        let wanted = lexical(&self.absolute(std::path::Path::new(path)));
+        let roots: Vec<PathBuf> = self
+            .permissions
+            .file_roots
+            .iter()
+            .map(|r| lexical(&self.absolute(std::path::Path::new(r))))
+            .collect();
+        let site: Option<Vec<PathBuf>> = self.gateway.file_roots.as_ref().map(|list| {
+            list.iter()
+                .map(|r| lexical(&self.absolute(std::path::Path::new(r))))
+                .collect()
+        });
+        let check = |p: &std::path::Path, canonical_roots: bool| {
+            let under = |roots: &[PathBuf]| {
+                roots.iter().any(|root| {
+                    if canonical_roots {
+                        root.canonicalize().is_ok_and(|root| p.starts_with(root))
+                    } else {
+                        p.starts_with(root)
+                    }
+                })
+            };
+            if !under(&roots) {
+                return Err(PluginError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "plugin '{}' may not read {path}: it is outside the plugin's file roots ({}); \
+                         add its folder to permissions.file_roots in the manifest",
+                        self.plugin,
+                        declared(&self.permissions.file_roots)
+                    ),
+                ));
+            }
+            match (&site, &self.gateway.file_roots) {
+                (Some(site), Some(listed_roots)) if !under(site) => Err(PluginError::new(
+                    ErrorKind::PermissionDenied,
+                    format!(
+                        "plugin '{}' may not read {path}: the gateway config narrows its file roots \
+                         to {} ([permissions.{}] file_roots)",
+                        self.plugin,
+                        listed(listed_roots),
+                        self.plugin
+                    ),
+                )),
+                _ => Ok(()),
+            }
+        };
+        check(&wanted, false)?;
+        let canonical = wanted.canonicalize().map_err(|e| {
             let kind = if e.kind() == std::io::ErrorKind::NotFound {
                 ErrorKind::NotFound
             } else {
@@ -98,39 +156,14 @@ impl CapContext {
             };
             PluginError::new(kind, format!("cannot read {path}: {e}"))
         })?;
-        let under = |roots: &[String]| {
-            roots.iter().any(|root| {
-                std::path::Path::new(root)
-                    .canonicalize()
-                    .is_ok_and(|root| canonical.starts_with(root))
-            })
-        };
-        if !under(&self.permissions.file_roots) {
-            return Err(PluginError::new(
-                ErrorKind::PermissionDenied,
-                format!(
-                    "plugin '{}' may not read {path}: it is outside the plugin's file roots ({}); \
-                     add its folder to permissions.file_roots in the manifest",
-                    self.plugin,
-                    declared(&self.permissions.file_roots)
-                ),
-            ));
-        }
-        if let Some(site) = &self.gateway.file_roots {
-            if !under(site) {
-                return Err(PluginError::new(
-                    ErrorKind::PermissionDenied,
-                    format!(
-                        "plugin '{}' may not read {path}: the gateway config narrows its file roots \
-                         to {} ([permissions.{}] file_roots)",
-                        self.plugin,
-                        listed(site),
-                        self.plugin
-                    ),
-                ));
-            }
-        }
+        check(&canonical, true)?;
         Ok(canonical)
+    }
+
+    /// `path` made absolute against the base folder (or the working directory).
+    fn absolute(&self, path: &std::path::Path) -> PathBuf {
+        let joined = self.base_dir.join(path);
+        std::path::absolute(&joined).unwrap_or(joined)
     }
 
     /// Check that the plugin may connect to `host:port`: a `permissions.endpoints` pattern must
@@ -138,6 +171,15 @@ impl CapContext {
     /// config's patterns for this plugin when it lists any.
     pub fn check_endpoint(&self, host: &str, port: u16) -> Result<(), PluginError> {
         let host = host.to_ascii_lowercase();
+        if self
+            .gateway
+            .add_endpoints
+            .iter()
+            .flatten()
+            .any(|p| endpoint_matches(p, &host, port))
+        {
+            return Ok(());
+        }
         if !self
             .permissions
             .endpoints
@@ -177,6 +219,22 @@ impl CapContext {
         std::fs::read_to_string(&canonical)
             .map_err(|e| PluginError::new(ErrorKind::Io, format!("cannot read {path}: {e}")))
     }
+}
+
+/// `path` with `.` and `..` taken away as written (no link is followed): `/a/b/../c` is `/a/c`.
+fn lexical(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Does `pattern` (`host:port`, `*` for one whole host label or any port) match?

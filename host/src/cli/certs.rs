@@ -234,7 +234,7 @@ fn report(json: bool, written: Written, line: String) {
     if json {
         print_json(&written);
     } else {
-        println!("{line}");
+        outln!("{line}");
     }
 }
 
@@ -393,7 +393,7 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
                 });
             } else {
                 for (i, c) in certificates.iter().enumerate() {
-                    println!("{}: {}", i + 1, describe(c));
+                    outln!("{}: {}", i + 1, describe(c));
                 }
             }
         }

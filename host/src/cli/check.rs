@@ -49,7 +49,7 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         print_json(&report);
     } else if report.ok {
-        println!(
+        outln!(
             "ok: {} plugins ({}), {} devices, {} rules",
             report.plugins.len(),
             report.plugins.join(", "),

@@ -99,7 +99,7 @@ fn drop_letters(args: DropArgs) -> anyhow::Result<ExitCode> {
     }
     let config = args.config.load()?;
     let (dropped, kept) = replay::drop_letters(&config, &f.selection())?;
-    println!("{dropped} dead letter(s) dropped, {kept} kept");
+    outln!("{dropped} dead letter(s) dropped, {kept} kept");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -119,10 +119,10 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     for letter in &letters {
-        println!("{}", describe(letter));
-        println!("    {}", letter.reason);
+        outln!("{}", describe(letter));
+        outln!("    {}", letter.reason);
     }
-    println!(
+    outln!(
         "{} dead letter(s) shown, from {}",
         letters.len(),
         dir.join("dead-letters.jsonl").display()
@@ -142,18 +142,18 @@ fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         ("replayed", "stays")
     };
     for (letter, messages) in &report.replayed {
-        println!(
+        outln!(
             "{done}: {} -> {messages} message(s) queued",
             describe(letter)
         );
     }
     for (letter, why) in &report.kept {
-        println!("{stay}: {}\n    {why}", describe(letter));
+        outln!("{stay}: {}\n    {why}", describe(letter));
     }
     for ((device, cause), n) in &report.dropped.0 {
         eprintln!("warning: {n} replayed message(s) of '{device}' dropped: {cause} (see [store] in the config)");
     }
-    println!(
+    outln!(
         "{} of {} selected dead letter(s) {done}, {} {stay}; {} not selected",
         report.replayed.len(),
         report.replayed.len() + report.kept.len(),

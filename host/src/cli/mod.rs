@@ -1,6 +1,15 @@
 //! The `gatehost` command line: clap definitions and dispatch. One file per command group; errors
 //! become one line on stderr and a non-zero exit code.
 
+/// `println!` for command output: a closed stdout (`gatehost ... | head -1`) ends the command
+/// quietly with success, as the reader wanted no more; any other write error is one sentence on
+/// stderr and exit code 1. Never a panic.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod certs;
 mod check;
 mod dead_letters;
@@ -92,8 +101,13 @@ pub enum Command {
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal, and not when NO_COLOR is set (no-color.org):
+    // journald, files and pipes get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -135,9 +149,30 @@ fn error_sentence(e: &anyhow::Error) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
+/// Write one line of command output (see `outln!`).
+pub(crate) fn write_stdout(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = out
+        .write_fmt(line)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "gatehost: cannot write to standard output: {e}"
+            );
+            std::process::exit(1);
+        }
+    }
+}
+
 /// Print one value as JSON on stdout.
 pub fn print_json(value: &impl serde::Serialize) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(value).expect("CLI output serializes")
     );

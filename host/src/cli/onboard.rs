@@ -54,18 +54,18 @@ pub fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
             1 => "registered now".to_string(),
             n => format!("registered now, after {n} attempts"),
         };
-        println!("device:     {} ({how})", kept.device);
-        println!("flow:       {}", kept.flow);
-        println!("endpoint:   {}:{}", c.host, c.port);
-        println!("client id:  {}", c.client_id);
+        outln!("device:     {} ({how})", kept.device);
+        outln!("flow:       {}", kept.flow);
+        outln!("endpoint:   {}:{}", c.host, c.port);
+        outln!("client id:  {}", c.client_id);
         if let Some(username) = &c.username {
-            println!("username:   {username}");
+            outln!("username:   {username}");
         }
-        println!("auth:       {}", c.auth.kind_name());
+        outln!("auth:       {}", c.auth.kind_name());
         for (k, v) in &c.attributes {
-            println!("{:<11} {v}", format!("{k}:"));
+            outln!("{:<11} {v}", format!("{k}:"));
         }
-        println!("state:      {}", state_file.display());
+        outln!("state:      {}", state_file.display());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -21,8 +21,8 @@ pub enum RuleCommand {
 
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// A template rule's name in the config, a rule plugin's name, or the path of its
-    /// manifest, .rhai or .wasm file.
+    /// A rule's name in the config (template or plugin rule), a rule plugin's name, or the
+    /// path of its manifest, .rhai or .wasm file.
     pub rule: String,
     /// Topic of the incoming message.
     #[arg(long)]
@@ -91,21 +91,27 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The rule to run: a template rule of the config by its name, or a rule plugin by name or path.
+/// The rule to run: a rule of the config by its name (a template rule, or the plugin it
+/// names), or a rule plugin by name or path.
 fn resolve(
     config: &crate::config::Config,
     rule: &str,
 ) -> anyhow::Result<(String, Arc<dyn RulePlugin>)> {
-    if let Some(template) = config
-        .rules
-        .iter()
-        .find(|r| r.name == rule)
-        .and_then(|r| r.template_rule())
-    {
-        let template = template.map_err(|e| anyhow::anyhow!(e))?;
-        return Ok((rule.to_string(), Arc::new(template)));
-    }
     let env = config.plugin_env(false);
+    if let Some(configured) = config.rules.iter().find(|r| r.name == rule) {
+        if let Some(template) = configured.template_rule() {
+            let template = template.map_err(|e| anyhow::anyhow!(e))?;
+            return Ok((rule.to_string(), Arc::new(template)));
+        }
+        if let Some(plugin) = &configured.rule {
+            let loaded = Registry::load_named(env, plugin)
+                .with_context(|| format!("rule '{rule}' of the config runs plugin '{plugin}'"))?;
+            let PluginHandle::Rule(handle) = loaded.handle else {
+                bail!("rule '{rule}' of the config names plugin '{plugin}', which is a flow");
+            };
+            return Ok((rule.to_string(), handle));
+        }
+    }
     let plugin = if looks_like_path(rule) {
         Registry::load_path(env, Path::new(rule))?
     } else {

@@ -31,12 +31,12 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
     let config = SandboxConfig::load(&args.config)?;
     let sandbox = Sandbox::start(&config).context("the sandbox did not start")?;
     if args.json {
-        println!("{}", endpoints_json(&sandbox));
+        outln!("{}", endpoints_json(&sandbox));
     } else {
         for line in endpoint_lines(&sandbox, &config) {
-            println!("{line}");
+            outln!("{line}");
         }
-        println!("Logging what each service receives; Ctrl-C stops.");
+        outln!("Logging what each service receives; Ctrl-C stops.");
     }
     sandbox.wait(args.for_secs.map(Duration::from_secs));
     Ok(ExitCode::SUCCESS)

@@ -82,13 +82,13 @@ pub fn run(cmd: SignCommand) -> anyhow::Result<ExitCode> {
             };
             let token = crypto::sas_token(&a.resource, &a.key, a.policy.as_deref(), expiry)
                 .map_err(|e| anyhow::anyhow!("--key/--resource: {e}"))?;
-            println!("{token}");
+            outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         SignCommand::DeriveKey(a) => {
             let key = crypto::derive_device_key(&a.group_key, &a.registration_id)
                 .map_err(|e| anyhow::anyhow!("--group-key/--registration-id: {e}"))?;
-            println!("{key}");
+            outln!("{key}");
             Ok(ExitCode::SUCCESS)
         }
         SignCommand::Jwt(a) => {
@@ -106,7 +106,7 @@ pub fn run(cmd: SignCommand) -> anyhow::Result<ExitCode> {
                 .map(|(text, name)| (text.as_str(), name.as_str()));
             let token = crypto::jwt_sign(&key, &a.header, &a.claims, x5c, Some(a.max_lifetime))
                 .map_err(|e| anyhow::anyhow!(e.message))?;
-            println!("{token}");
+            outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }
     }
