@@ -640,7 +640,30 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         config.base_dir = base.to_path_buf();
+        config.remember_secrets();
         Ok(config)
+    }
+
+    /// Tell the log redaction the secrets this config holds: devices' and templates' keys and
+    /// passwords, the external broker's password.
+    fn remember_secrets(&self) {
+        let params = self
+            .devices
+            .iter()
+            .map(|d| &d.params)
+            .chain(self.device_templates.iter().map(|t| &t.params));
+        for table in params {
+            for (name, value) in table {
+                if let toml::Value::String(value) = value {
+                    if crate::redact::is_secret_param(name, value) {
+                        crate::redact::remember(value);
+                    }
+                }
+            }
+        }
+        if let Some(password) = &self.local.password {
+            crate::redact::remember(password);
+        }
     }
 
     pub fn defaults_in(base: &Path) -> Config {

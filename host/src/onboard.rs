@@ -223,13 +223,8 @@ fn write_state(path: &Path, onboarded: &Onboarded) -> Result<(), OnboardError> {
         path: path.to_path_buf(),
         message,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| err(e.to_string()))?;
-    }
     let text = serde_json::to_string_pretty(onboarded).map_err(|e| err(e.to_string()))?;
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text).map_err(|e| err(e.to_string()))?;
-    std::fs::rename(&tmp, path).map_err(|e| err(e.to_string()))
+    crate::private_files::write(path, text.as_bytes()).map_err(|e| err(e.to_string()))
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@ mod broker;
 mod bundles;
 mod certs_openssl;
 mod cli;
+mod containment;
 mod engine_limits;
 mod first_steps;
 mod flow_twins;

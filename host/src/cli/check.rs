@@ -21,6 +21,8 @@ struct Report {
     devices: usize,
     rules: usize,
     problems: Vec<String>,
+    /// What is not wrong but should be looked at (loose file modes in the state dir).
+    warnings: Vec<String>,
 }
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -45,7 +47,13 @@ pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         devices: config.devices.len(),
         rules: config.rules.len(),
         problems,
+        warnings: crate::private_files::loose_modes(&config.state_dir()),
     };
+    if !args.json {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if args.json {
         print_json(&report);
     } else if report.ok {

@@ -218,6 +218,8 @@ struct Row<'a> {
     trust: String,
     endpoints: &'a [String],
     file_roots: &'a [String],
+    /// The kv namespace, when the manifest names one (else it is the plugin's name).
+    kv_namespace: Option<&'a str>,
     path: String,
     status: String,
 }
@@ -247,6 +249,7 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
                 trust,
                 endpoints: &m.permissions.endpoints,
                 file_roots: &m.permissions.file_roots,
+                kv_namespace: m.permissions.kv_namespace.as_deref(),
                 path: p.info.entry.display().to_string(),
                 status: "loaded".into(),
             }
@@ -270,6 +273,7 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         for r in &rows {
             let mut perms: Vec<String> = r.endpoints.iter().map(|e| format!("net:{e}")).collect();
             perms.extend(r.file_roots.iter().map(|f| format!("files:{f}")));
+            perms.extend(r.kv_namespace.map(|ns| format!("kv:{ns}")));
             let perms = if perms.is_empty() {
                 "-".to_string()
             } else {
@@ -515,6 +519,12 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
             .file_roots
             .iter()
             .map(|f| format!("files:{f}")),
+    );
+    perms.extend(
+        d.permissions
+            .kv_namespace
+            .as_ref()
+            .map(|ns| format!("kv:{ns}")),
     );
     outln!(
         "{what} {} {} ({}), permissions: {}; pinned in {}",

@@ -445,6 +445,7 @@ impl LineLogger {
 
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
+        let text = crate::redact::redact(&text);
         tracing::info!(
             plugin = &*self.stream.plugin,
             stream = self.stream.stream,

@@ -128,6 +128,52 @@ pub enum RegistryError {
     },
     #[error("plugin '{name}' failed to load: {reason}")]
     Broken { name: String, reason: String },
+    #[error("plugin '{name}' may not use kv namespace '{namespace}': {why}")]
+    Namespace {
+        name: String,
+        namespace: String,
+        why: String,
+    },
+}
+
+/// A kv namespace belongs to one plugin: its own name's, or one it declares that no other plugin
+/// uses, or one that plugins of the same publisher all declare to share. (A namespace holds
+/// what a plugin keeps, device keys among it: another plugin naming it would read them.)
+fn check_namespace(info: &Discovered, all: &[Discovered]) -> Result<(), RegistryError> {
+    let m = &info.manifest;
+    let Some(namespace) = m.permissions.kv_namespace.as_deref() else {
+        return Ok(());
+    };
+    if namespace == m.name {
+        return Ok(());
+    }
+    let refuse = |why: String| {
+        Err(RegistryError::Namespace {
+            name: m.name.clone(),
+            namespace: namespace.to_string(),
+            why,
+        })
+    };
+    let others = all.iter().filter(|o| o.manifest.name != m.name);
+    for other in others {
+        let o = &other.manifest;
+        let declared = o.permissions.kv_namespace.as_deref();
+        let uses = declared.unwrap_or(&o.name) == namespace;
+        if !uses {
+            continue;
+        }
+        if declared != Some(namespace) {
+            return refuse(format!("it is plugin '{}''s own", o.name));
+        }
+        match (&m.publisher, &o.publisher) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => return refuse(format!(
+                "plugin '{}' uses it too, and only plugins of one publisher may share a namespace",
+                o.name
+            )),
+        }
+    }
+    Ok(())
 }
 
 /// Loads plugins; shares one WASM runtime and one kv registry between them.
@@ -240,8 +286,16 @@ impl Registry {
             failed: BTreeMap::new(),
             errors: discovery_errors.into_iter().map(Into::into).collect(),
         };
-        for info in found {
-            registry.add(&loader, info);
+        for info in &found {
+            if let Err(e) = check_namespace(info, &found) {
+                tracing::error!("{e}");
+                registry
+                    .failed
+                    .insert(info.manifest.name.clone(), e.to_string());
+                registry.errors.push(e);
+                continue;
+            }
+            registry.add(&loader, info.clone());
         }
         registry
     }
@@ -261,6 +315,7 @@ impl Registry {
             .into());
         }
         let info = discover_one(&manifest_path).map_err(DiscoveryError::from)?;
+        check_namespace(&info, &env.discover().0)?;
         Loader::new(env)
             .load(&info)
             .map_err(|source| RegistryError::Load {
@@ -274,7 +329,7 @@ impl Registry {
     pub fn load_named(env: PluginEnv, name: &str) -> Result<LoadedPlugin, RegistryError> {
         let (found, errors) = env.discover();
         let names: Vec<String> = found.iter().map(|p| p.manifest.name.clone()).collect();
-        let Some(info) = found.into_iter().find(|p| p.manifest.name == name) else {
+        let Some(info) = found.iter().find(|p| p.manifest.name == name).cloned() else {
             // A broken manifest of that name says more than "unknown".
             if let Some(e) = errors.into_iter().find(|e| e.to_string().contains(name)) {
                 return Err(e.into());
@@ -284,6 +339,7 @@ impl Registry {
                 hint: available_hint(names.iter().map(String::as_str)),
             });
         };
+        check_namespace(&info, &found)?;
         Loader::new(env)
             .load(&info)
             .map_err(|source| RegistryError::Load {

@@ -266,7 +266,10 @@ impl PrivateKey {
             )
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            if !dir.exists() {
+                // A folder made to hold a private key is private too.
+                crate::private_files::create_dir(dir).map_err(io)?;
+            }
         }
         let mut options = std::fs::OpenOptions::new();
         options.write(true).create_new(true);

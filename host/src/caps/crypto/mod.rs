@@ -91,6 +91,8 @@ pub fn sas_token(
         token.push_str("&skn=");
         token.push_str(&percent_encode(policy));
     }
+    crate::redact::remember(key_base64);
+    crate::redact::remember(&token);
     Ok(token)
 }
 
@@ -111,10 +113,10 @@ pub fn derive_device_key(
     }
     let key = base64_decode(group_key_base64)
         .map_err(|_| invalid("group key is not valid base64".to_string()))?;
-    Ok(base64_encode(&hmac_sha256(
-        &key,
-        registration_id.as_bytes(),
-    )))
+    let derived = base64_encode(&hmac_sha256(&key, registration_id.as_bytes()));
+    crate::redact::remember(group_key_base64);
+    crate::redact::remember(&derived);
+    Ok(derived)
 }
 
 /// The longest JWT lifetime (`exp - iat`) MindConnect accepts, and the CLI's default maximum.
@@ -170,7 +172,9 @@ pub fn jwt_sign(
     };
     let signing_input = format!("{}.{}", encode(&header), encode(&claims));
     let signature = key.sign_jwt(signing_input.as_bytes())?;
-    Ok(format!("{signing_input}.{}", base64url_encode(&signature)))
+    let token = format!("{signing_input}.{}", base64url_encode(&signature));
+    crate::redact::remember(&token);
+    Ok(token)
 }
 
 /// `jwt_sign` for a plugin: the x5c chain file must lie under its declared file roots.

@@ -1,5 +1,6 @@
 //! The `kv` capability: a small key-value store per namespace (one per plugin unless its manifest
-//! names one), kept in memory and persisted to `<state>/kv/<namespace>.json` on every change.
+//! names one), kept in memory and persisted to `<state>/kv/<namespace>.json` (mode 0600) on every
+//! change.
 
 pub mod rhai;
 pub mod wasm;
@@ -137,19 +138,14 @@ impl KvNamespace {
                 )
             })
             .collect();
-        let io = |e: std::io::Error| {
+        let body = serde_json::to_vec_pretty(&encoded).expect("map of strings serializes");
+        // Mode 0600 in a 0700 folder: a namespace can hold a credential.
+        crate::private_files::write(file, &body).map_err(|e| {
             PluginError::new(
                 ErrorKind::Io,
                 format!("cannot write kv file {}: {e}", file.display()),
             )
-        };
-        if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
-        }
-        let tmp = file.with_extension("json.tmp");
-        let body = serde_json::to_vec_pretty(&encoded).expect("map of strings serializes");
-        std::fs::write(&tmp, body).map_err(io)?;
-        std::fs::rename(&tmp, file).map_err(io)
+        })
     }
 }
 

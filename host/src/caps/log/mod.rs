@@ -32,7 +32,8 @@ impl Level {
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
 pub fn log(ctx: &CapContext, level: Level, message: &str) {
-    let message = truncate(message);
+    let message = crate::redact::redact(message);
+    let message = truncate(&message);
     let plugin = &*ctx.plugin;
     match level {
         Level::Trace => tracing::trace!(plugin, "{message}"),

@@ -1,0 +1,183 @@
+//! A hostile or careless plugin, using only the documented interface, cannot read what another
+//! plugin keeps, cannot see the secrets it is handed in the logs, and cannot make the state dir
+//! readable by others.
+
+use crate::support::{gatehost, repo_root, run, wasm, PluginDir};
+use gatehost::plugins::registry::Registry;
+use std::os::unix::fs::PermissionsExt;
+
+const OWNER: &str = "fn translate(msg) { kv::set(\"device-key/d1\", \"c2VjcmV0\"); certs::generate_key(\"p256\", \"k\"); [] }";
+const THIEF: &str = "fn translate(msg) { [#{ local: true, topic: \"stolen\", payload: kv::get(\"device-key/d1\"), qos: 0, retain: false }] }";
+
+#[test]
+fn a_plugin_cannot_claim_another_plugins_kv_namespace_in_either_engine() {
+    let dir = PluginDir::new();
+    dir.rhai("r-owner", "rule", OWNER, "");
+    dir.rhai(
+        "r-thief",
+        "rule",
+        THIEF,
+        "[permissions]\nkv_namespace = \"r-owner\"",
+    );
+    dir.wasm(
+        "w-thief",
+        "rule",
+        &wasm("fixture_probe_rule"),
+        "[permissions]\nkv_namespace = \"r-owner\"",
+    );
+    let registry = Registry::load(dir.env());
+    assert!(registry.get("r-owner").is_ok());
+    for thief in ["r-thief", "w-thief"] {
+        let e = registry.get(thief).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!(
+                "plugin '{thief}' may not use kv namespace 'r-owner': it is plugin 'r-owner''s own"
+            )),
+            "{e}"
+        );
+    }
+    // Loaded alone (`gatehost rule test PATH`), the claim is judged against what is installed.
+    let e = Registry::load_path(dir.env(), &dir.path().join("r-thief.toml"))
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string().contains("it is plugin 'r-owner''s own"),
+        "{e}"
+    );
+}
+
+#[test]
+fn only_plugins_of_one_publisher_that_both_declare_it_share_a_namespace() {
+    let dir = PluginDir::new();
+    let shared = "publisher = \"acme\"\n[permissions]\nkv_namespace = \"line-state\"";
+    dir.rhai("acme-a", "rule", OWNER, shared);
+    dir.rhai("acme-b", "rule", THIEF, shared);
+    dir.rhai(
+        "other-c",
+        "rule",
+        THIEF,
+        "publisher = \"other\"\n[permissions]\nkv_namespace = \"line-state\"",
+    );
+    let registry = Registry::load(dir.env());
+    let e = registry.get("other-c").err().unwrap().to_string();
+    assert!(
+        e.contains("only plugins of one publisher may share a namespace"),
+        "{e}"
+    );
+    // (acme-a and acme-b are refused too while other-c claims their namespace: a namespace is
+    // never silently shared.)
+    assert!(registry.get("acme-a").is_err());
+
+    let dir = PluginDir::new();
+    dir.rhai("acme-a", "rule", OWNER, shared);
+    dir.rhai("acme-b", "rule", THIEF, shared);
+    let registry = Registry::load(dir.env());
+    assert!(registry.get("acme-a").is_ok() && registry.get("acme-b").is_ok());
+    let out = run(gatehost()
+        .args(["plugin", "list", "--config"])
+        .arg(config_for(&dir)));
+    assert!(out.stdout.contains("kv:line-state"), "{}", out.stdout);
+}
+
+fn config_for(dir: &PluginDir) -> std::path::PathBuf {
+    let config = dir.path().join("gatehost.toml");
+    std::fs::write(
+        &config,
+        format!("plugin_dirs = [{:?}]\n", dir.path().display().to_string()),
+    )
+    .unwrap();
+    config
+}
+
+#[test]
+fn what_plugins_keep_is_private_and_check_warns_when_it_is_not() {
+    let dir = PluginDir::new();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let manifest = dir.rhai("r-owner", "rule", OWNER, "");
+    let env = crate::support::env_for(vec![dir.path().to_path_buf()], state.clone(), true);
+    let rule = crate::support::load_rule(env, &manifest);
+    rule.translate(&gatehost::model::Message::new("a/b", "x", 0))
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state.join("kv/r-owner.json")), 0o600);
+    assert_eq!(mode(&state.join("kv")), 0o700);
+    assert_eq!(mode(&state.join("keys/r-owner/k.key")), 0o600);
+
+    let config = dir.path().join("gatehost.toml");
+    std::fs::write(&config, "state_dir = \"state\"\nplugin_dirs = []\n").unwrap();
+    let quiet = run(gatehost().args(["check", "--config"]).arg(&config));
+    assert!(!quiet.stderr.contains("warning"), "{}", quiet.stderr);
+    // An operator's cp or a umask left one readable: said by check.
+    std::fs::set_permissions(
+        state.join("kv/r-owner.json"),
+        std::fs::Permissions::from_mode(0o644),
+    )
+    .unwrap();
+    let out = run(gatehost().args(["check", "--config"]).arg(&config));
+    assert!(
+        out.stderr.contains(&format!(
+            "warning: {} is a file that can hold a credential, readable by other users (mode 644)",
+            state.join("kv/r-owner.json").display()
+        )),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn plugin_log_lines_never_show_a_device_key_or_a_token_in_either_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let plugins = d.join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    for f in ["echo-flow.toml", "echo-flow.rhai"] {
+        std::fs::copy(
+            repo_root().join("tests/fixtures/rhai").join(f),
+            plugins.join(f),
+        )
+        .unwrap();
+    }
+    std::fs::copy(
+        wasm("fixture_echo_flow"),
+        plugins.join("echo-flow-wasm.wasm"),
+    )
+    .unwrap();
+    std::fs::write(
+        plugins.join("echo-flow-wasm.toml"),
+        "name = \"echo-flow-wasm\"\nversion = \"0.1.0\"\nkind = \"flow\"\napi = \"0.1\"\n",
+    )
+    .unwrap();
+    let key = crate::sandbox::DEVICE_KEY;
+    let mut text = "state_dir = \"state\"\nplugin_dirs = [\"plugins\"]\n".to_string();
+    for flow in ["echo-flow", "echo-flow-wasm"] {
+        text.push_str(&format!(
+            "[[devices]]\nname = \"{flow}-dev\"\nflow = \"{flow}\"\n[devices.params]\nhub = \"hub.example\"\ndevice_id = \"d1\"\nkey = \"{key}\"\nexpiry = \"2000000000\"\n"
+        ));
+    }
+    std::fs::write(d.join("gatehost.toml"), text).unwrap();
+    for flow in ["echo-flow", "echo-flow-wasm"] {
+        let out = run(gatehost()
+            .args(["onboard", &format!("{flow}-dev"), "--config"])
+            .arg(d.join("gatehost.toml"))
+            .env("RUST_LOG", "info"));
+        assert_eq!(out.code, 0, "{flow}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("onboarding d1 with key <redacted>"),
+            "{flow}: {}",
+            out.stderr
+        );
+        assert!(
+            out.stderr.contains("minted <redacted>"),
+            "{flow}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains(key), "{flow}: {}", out.stderr);
+        assert!(
+            !out.stderr.contains("SharedAccessSignature"),
+            "{flow}: {}",
+            out.stderr
+        );
+    }
+}
