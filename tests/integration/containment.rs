@@ -181,3 +181,68 @@ fn plugin_log_lines_never_show_a_device_key_or_a_token_in_either_engine() {
         );
     }
 }
+
+#[test]
+fn host_calls_end_at_the_calls_deadline_in_both_engines() {
+    use gatehost::model::{ErrorKind, Message};
+    use std::time::{Duration, Instant};
+    let dir = PluginDir::new();
+    // Rhai: sleeping in a loop (a sleep is one cheap operation, so the operations limit and the
+    // progress check never come into it), and catching the timeout to sleep on.
+    for (name, script) in [
+        (
+            "sleeper",
+            "fn translate(msg) { loop { time::sleep_ms(5000); } }",
+        ),
+        (
+            "stubborn",
+            "fn translate(msg) { loop { try { time::sleep_ms(5000); } catch { } } }",
+        ),
+    ] {
+        let m = dir.rhai(name, "rule", script, "[limits]\ntimeout_ms = 300");
+        let rule = crate::support::load_rule(dir.env(), &m);
+        let started = Instant::now();
+        let e = rule.translate(&Message::new("a/b", "x", 0)).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Timeout, "{name}: {e}");
+        assert!(
+            e.message
+                .starts_with("did not finish within 300 ms and was stopped"),
+            "{name}: {e}"
+        );
+        // One whole sleep would take 5 s; the bound only tells the two apart.
+        assert!(started.elapsed() < Duration::from_secs(4), "{name}");
+    }
+
+    // WASM: an HTTPS request to a server that accepts and never answers (the rule asks for a
+    // 5 s timeout).
+    let pki = crate::broker::Pki::new();
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hanging.local_addr().unwrap().port();
+    let m = dir.wasm(
+        "hanger",
+        "rule",
+        &wasm("fixture_http_rule"),
+        &format!(
+            "[limits]\ntimeout_ms = 300\n[permissions]\nendpoints = [\"127.0.0.1:*\", \"localhost:*\"]\nfile_roots = [{:?}]",
+            pki.dir.display().to_string()
+        ),
+    );
+    let rule = crate::support::load_rule(dir.env(), &m);
+    let mut msg = Message::new("a/b", "{}", 0);
+    msg.properties = vec![
+        ("url".into(), format!("https://127.0.0.1:{port}/x")),
+        ("ca".into(), pki.path("ca.pem")),
+        ("chain".into(), pki.path("dev01_chain.pem")),
+        ("key".into(), pki.path("dev01.key")),
+    ];
+    let started = Instant::now();
+    let e = rule.translate(&msg).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    assert!(
+        e.message
+            .starts_with("did not finish within 300 ms and was stopped (during an HTTP request"),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+    drop(hanging);
+}

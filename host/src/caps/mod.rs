@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod crypto;
+pub mod deadline;
 pub mod http;
 pub mod json;
 pub mod kv;

@@ -115,6 +115,7 @@ impl Script {
             PluginError::new(ErrorKind::Plugin, format!("cannot compile the script: {e}"))
         })?;
         let previous = DEADLINE.replace(Some(Instant::now() + self.limits.timeout));
+        let _host_calls = crate::caps::deadline::CallDeadline::start(self.limits.timeout);
         let options = CallFnOptions::new().eval_ast(false).rewind_scope(true);
         let result = compiled.engine.call_fn_with_options::<Dynamic>(
             options,

@@ -336,6 +336,7 @@ impl<B> InstanceSlot<B> {
         }
         let (store, bindings) = live.as_mut().expect("instance was just started");
         store.set_epoch_deadline(self.deadline_ticks());
+        let _host_calls = crate::caps::deadline::CallDeadline::start(self.limits.timeout);
         store.data_mut().memory.hit = false;
         match f(store, bindings) {
             Ok(result) => result.map_err(PluginError::from),

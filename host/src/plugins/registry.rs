@@ -167,10 +167,12 @@ fn check_namespace(info: &Discovered, all: &[Discovered]) -> Result<(), Registry
         }
         match (&m.publisher, &o.publisher) {
             (Some(a), Some(b)) if a == b => {}
-            _ => return refuse(format!(
+            _ => {
+                return refuse(format!(
                 "plugin '{}' uses it too, and only plugins of one publisher may share a namespace",
                 o.name
-            )),
+            ))
+            }
         }
     }
     Ok(())

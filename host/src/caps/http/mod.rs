@@ -103,10 +103,16 @@ pub fn send(ctx: &CapContext, r: &Request) -> Result<Response, PluginError> {
             Err(e) => attempt.error(e.message),
         }
     });
-    let timeout = match r.timeout_ms {
+    let asked = match r.timeout_ms {
         0 => DEFAULT_TIMEOUT,
         ms => Duration::from_millis(ms.into()),
     };
+    // No longer than what is left of the plugin call.
+    let timeout = super::deadline::bound(asked);
+    if timeout.is_zero() {
+        return Err(super::deadline::passed("an HTTP request")
+            .unwrap_or_else(|| err(ErrorKind::Timeout, "no time left for the request".into())));
+    }
     let client = reqwest::blocking::Client::builder()
         .use_preconfigured_tls((*tls).clone())
         .redirect(policy)
@@ -117,7 +123,12 @@ pub fn send(ctx: &CapContext, r: &Request) -> Result<Response, PluginError> {
     for (k, v) in &r.headers {
         request = request.header(k, v);
     }
-    let response = request.send().map_err(|e| failure(&r.url, timeout, &e))?;
+    let response = request.send().map_err(|e| {
+        match super::deadline::passed(&format!("an HTTP request to {}", r.url)) {
+            Some(deadline) if e.is_timeout() => deadline,
+            _ => failure(&r.url, timeout, &e),
+        }
+    })?;
     let status = response.status().as_u16();
     let headers: Vec<Pair> = response
         .headers()

@@ -262,10 +262,10 @@ impl MqttSession {
                 ),
             ));
         }
-        let timeout = match o.connect_timeout_ms {
+        let timeout = super::deadline::bound(match o.connect_timeout_ms {
             0 => DEFAULT_CONNECT_TIMEOUT,
             ms => Duration::from_millis(ms.into()),
-        };
+        });
         let link = Link::open(LinkOptions {
             protocol: o.protocol,
             host: &o.host,
@@ -544,7 +544,15 @@ impl MqttSession {
 
     /// One event from the link; a failed link marks the session closed.
     fn recv(&mut self, timeout: Duration) -> Result<Option<LinkEvent>, PluginError> {
-        self.link.recv(timeout, &self.endpoint).inspect_err(|e| {
+        // Inside a plugin call, no wait outlasts the call's deadline.
+        let bounded = super::deadline::bound(timeout);
+        if bounded < timeout && bounded.is_zero() {
+            let during = format!("an MQTT wait on {}", self.endpoint);
+            if let Some(e) = super::deadline::passed(&during) {
+                return Err(e);
+            }
+        }
+        self.link.recv(bounded, &self.endpoint).inspect_err(|e| {
             if e.kind != ErrorKind::Timeout {
                 self.open = false;
             }
@@ -558,6 +566,8 @@ impl MqttSession {
         what: &str,
         mut done: impl FnMut(&LinkEvent) -> Option<Result<(), PluginError>>,
     ) -> Result<(), PluginError> {
+        // No longer than what is left of the plugin call, if one is running.
+        let timeout = super::deadline::bound(timeout);
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -568,6 +578,9 @@ impl MqttSession {
             };
             match event {
                 None => {
+                    if let Some(e) = super::deadline::passed(&format!("waiting for {what}")) {
+                        return Err(e);
+                    }
                     return Err(err(
                         ErrorKind::Timeout,
                         format!(
@@ -575,7 +588,7 @@ impl MqttSession {
                             self.endpoint,
                             timeout.as_millis()
                         ),
-                    ))
+                    ));
                 }
                 Some(event) => {
                     if let Some(result) = done(&event) {

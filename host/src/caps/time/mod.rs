@@ -23,8 +23,13 @@ pub fn sleep_ms(ctx: &CapContext, ms: u64) -> Result<(), PluginError> {
             ),
         ));
     }
-    std::thread::sleep(Duration::from_millis(ms));
-    Ok(())
+    let wanted = Duration::from_millis(ms);
+    let allowed = super::deadline::bound(wanted);
+    std::thread::sleep(allowed);
+    match super::deadline::passed("time::sleep_ms") {
+        Some(e) if allowed < wanted => Err(e),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,82 @@
+//! The deadline of the plugin call running on this thread, for the host calls it makes. The
+//! engines stop a plugin's own code at its deadline (Rhai's progress callback, WASM's epoch),
+//! but a host call — a sleep, an HTTP request, an MQTT wait — ran on its own timeout: a rule
+//! with a 1 s limit slept for 4.7 s. Each engine starts a [`CallDeadline`] for every call, and
+//! every wait in a capability is cut to what is left of it ([`bound`]); a wait cut short ends
+//! with the same timeout error the engine gives.
+
+use crate::model::{ErrorKind, PluginError};
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+thread_local! {
+    /// When the running call must end, and its limit (for the message).
+    static CALL: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+}
+
+/// The deadline of one plugin call on this thread, from now to `limit`; the previous one (a
+/// nested call) comes back when it is dropped.
+pub struct CallDeadline {
+    previous: Option<(Instant, Duration)>,
+}
+
+impl CallDeadline {
+    pub fn start(limit: Duration) -> CallDeadline {
+        let previous = CALL.replace(Some((Instant::now() + limit, limit)));
+        CallDeadline { previous }
+    }
+}
+
+impl Drop for CallDeadline {
+    fn drop(&mut self) {
+        CALL.set(self.previous);
+    }
+}
+
+/// `wait`, or what is left of the running call's deadline if that is less.
+pub fn bound(wait: Duration) -> Duration {
+    match CALL.get() {
+        Some((end, _)) => wait.min(end.saturating_duration_since(Instant::now())),
+        None => wait,
+    }
+}
+
+/// The error of a call whose deadline passed during a host call, if it did.
+pub fn passed(during: &str) -> Option<PluginError> {
+    let (end, limit) = CALL.get()?;
+    (Instant::now() >= end).then(|| {
+        PluginError::new(
+            ErrorKind::Timeout,
+            format!(
+                "did not finish within {} ms and was stopped (during {during})",
+                limit.as_millis()
+            ),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_are_cut_to_the_call_and_nested_calls_restore_it() {
+        assert_eq!(bound(Duration::from_secs(5)), Duration::from_secs(5));
+        let outer = CallDeadline::start(Duration::from_millis(50));
+        assert!(bound(Duration::from_secs(5)) <= Duration::from_millis(50));
+        {
+            let _inner = CallDeadline::start(Duration::from_secs(0));
+            assert_eq!(bound(Duration::from_secs(5)), Duration::ZERO);
+            assert!(passed("a test").is_some());
+        }
+        assert!(bound(Duration::from_secs(5)) > Duration::ZERO);
+        std::thread::sleep(Duration::from_millis(60));
+        let e = passed("time::sleep_ms").unwrap();
+        assert_eq!(
+            e.message,
+            "did not finish within 50 ms and was stopped (during time::sleep_ms)"
+        );
+        drop(outer);
+        assert!(passed("x").is_none());
+    }
+}
