@@ -34,6 +34,7 @@
 //! max_age_hours = 168                              # older messages are dropped (default 7 days)
 //! when_full = "drop-oldest"                        # or "drop-newest"; drops are counted
 //! max_dead_letters = 10000                         # dead letters kept (oldest let go)
+//! max_dead_letters_mib = 64                        # and at most this many MiB of them
 //! sync_interval_ms = 2                             # least time between two syncs (0: at once)
 //! sync_batch = 32                                  # ...unless this many publishes wait
 //!
@@ -283,6 +284,9 @@ pub struct StoreConfig {
     pub when_full: crate::bridge::queue::WhenFull,
     #[serde(default)]
     pub max_dead_letters: Option<u64>,
+    /// MiB the dead-letter file may hold.
+    #[serde(default)]
+    pub max_dead_letters_mib: Option<u64>,
     /// Least milliseconds between two syncs of the queue (0: sync at once).
     #[serde(default)]
     pub sync_interval_ms: Option<u64>,
@@ -303,6 +307,11 @@ impl StoreConfig {
             }),
             when_full: self.when_full,
             max_dead_letters: self.max_dead_letters.unwrap_or(default.max_dead_letters),
+            max_dead_letter_bytes: self
+                .max_dead_letters_mib
+                .map_or(default.max_dead_letter_bytes, |m| {
+                    m.saturating_mul(1024 * 1024)
+                }),
         }
     }
 

@@ -140,7 +140,8 @@ pub fn replay(
 ) -> Result<Report, ReplayError> {
     let queue = Queue::open(&config.queue_path(), config.store.limits())?;
     let registry = Registry::load(config.plugin_env(true));
-    let (chain, problems) = RuleChain::build(config, &registry, None);
+    let (chain, mut problems) = RuleChain::build(config, &registry, None);
+    problems.extend(queue.unreadable_dead_letters());
     let mut report = Report {
         problems,
         ..Report::default()

@@ -98,6 +98,9 @@ fn drop_letters(args: DropArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("say which dead letters to drop (--rule, --cause, --device), or --all");
     }
     let config = args.config.load()?;
+    for line in crate::bridge::queue::unreadable_dead_letters_in(&config.queue_path()) {
+        eprintln!("warning: {line}");
+    }
     let (dropped, kept) = replay::drop_letters(&config, &f.selection())?;
     outln!("{dropped} dead letter(s) dropped, {kept} kept");
     Ok(ExitCode::SUCCESS)
@@ -108,6 +111,9 @@ fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let dir = config.queue_path();
     let limits = config.store.limits();
     let selection = args.filter.selection();
+    for line in crate::bridge::queue::unreadable_dead_letters_in(&dir) {
+        eprintln!("warning: {line}");
+    }
     let letters: Vec<DeadLetter> = dead_letters_in(&dir, limits.max_dead_letters)?
         .into_iter()
         .filter(|l| selection.matches(l))

@@ -1,6 +1,8 @@
 //! The dead letters: messages no rule or device could take, kept for the operator as one JSON
-//! object per line in `<queue>/dead-letters.jsonl`, bounded by count (the oldest are let go when
-//! the file is rewritten).
+//! object per line in `<queue>/dead-letters.jsonl`, bounded by count and by bytes (the oldest
+//! are let go when the file is rewritten). A line that cannot be read (damaged on disk, or
+//! written by a future version) is named wherever the letters are read and kept as it is by
+//! every rewrite: nothing there is dropped without a word.
 
 use super::DeadLetter;
 use std::fs::{File, OpenOptions};
@@ -14,25 +16,37 @@ pub struct DeadLetters {
     file: File,
     /// Lines in the file (the kept ones are the last `max`).
     lines: u64,
+    /// Bytes in the file.
+    bytes: u64,
     max: u64,
+    max_bytes: u64,
 }
 
 impl DeadLetters {
-    /// Open (or create) the file in `dir`; a torn last line from a crash is left for
-    /// [`DeadLetters::read`] to skip.
-    pub fn open(dir: &Path, max: u64) -> std::io::Result<DeadLetters> {
+    /// Open (or create) the file in `dir`. A last line without its newline was torn by a crash
+    /// (its letter was never written whole, so its message was never acknowledged): it is cut
+    /// off, so that the next letter starts a line of its own.
+    pub fn open(dir: &Path, max: u64, max_bytes: u64) -> std::io::Result<DeadLetters> {
         let path = dir.join(FILE);
         let file = OpenOptions::new()
             .create(true)
             .read(true)
             .append(true)
             .open(&path)?;
-        let lines = BufReader::new(File::open(&path)?).lines().count() as u64;
+        let text = std::fs::read(&path)?;
+        let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        if whole < text.len() {
+            tracing::warn!(file = %path.display(), "the last dead letter was cut short by a crash; its {} bytes are discarded", text.len() - whole);
+            file.set_len(whole as u64)?;
+        }
+        let lines = text[..whole].iter().filter(|&&b| b == b'\n').count() as u64;
         Ok(DeadLetters {
             path,
             file,
             lines,
+            bytes: whole as u64,
             max,
+            max_bytes,
         })
     }
 
@@ -42,19 +56,34 @@ impl DeadLetters {
     }
 
     /// Write `letters` (not yet synced: see [`DeadLetters::sync`]); rewrites the file with the
-    /// newest `max` once it holds half as many again.
+    /// newest that fit the limits once it holds half as many again, or half as many bytes
+    /// again. A letter that alone is larger than the byte limit keeps its reason but not its
+    /// payload (which it says).
     pub fn add(&mut self, letters: &[DeadLetter]) -> std::io::Result<()> {
         if letters.is_empty() {
             return Ok(());
         }
         let mut text = Vec::new();
         for letter in letters {
+            let start = text.len();
             serde_json::to_writer(&mut text, letter).map_err(std::io::Error::other)?;
+            if (text.len() - start) as u64 > self.max_bytes {
+                text.truncate(start);
+                let mut small = letter.clone();
+                let size = small.message.payload.len();
+                small.message.payload.clear();
+                small.reason.push_str(&format!(
+                    " (its {size}-byte payload was not kept: larger than [store] max_dead_letters_mib)"
+                ));
+                serde_json::to_writer(&mut text, &small).map_err(std::io::Error::other)?;
+            }
             text.push(b'\n');
         }
         self.file.write_all(&text)?;
         self.lines += letters.len() as u64;
-        if self.lines > self.max + self.max / 2 {
+        self.bytes += text.len() as u64;
+        if self.lines > self.max + self.max / 2 || self.bytes > self.max_bytes + self.max_bytes / 2
+        {
             self.rewrite()?;
         }
         Ok(())
@@ -64,27 +93,51 @@ impl DeadLetters {
         self.file.sync_data()
     }
 
-    /// The kept dead letters, oldest first (lines that cannot be read, like one torn by a
-    /// crash, are skipped).
+    /// The kept dead letters, oldest first (see [`unreadable`] for the lines that cannot be
+    /// read).
     pub fn read(&self) -> std::io::Result<Vec<DeadLetter>> {
         read_kept(&self.path, self.max)
     }
 
-    /// Keep only the newest `max`.
+    /// Keep only the newest that fit the limits.
     fn rewrite(&mut self) -> std::io::Result<()> {
-        let kept = self.read()?;
+        let mut kept = self.read()?;
+        let mut bytes = 0u64;
+        let mut from = kept.len();
+        while from > 0 {
+            let size = serde_json::to_vec(&kept[from - 1]).map_or(0, |v| v.len() as u64 + 1);
+            if bytes + size > self.max_bytes {
+                break;
+            }
+            bytes += size;
+            from -= 1;
+        }
+        let kept = kept.split_off(from);
         self.replace(&kept)
     }
 
-    /// Make `letters` the whole file: written to a new file, synced, then renamed over the old
-    /// one (a crash leaves the old file or the new one, never a mix).
+    /// Make `letters` the whole file, after the lines that cannot be read (kept as they are):
+    /// written to a new file, synced, then renamed over the old one (a crash leaves the old
+    /// file or the new one, never a mix).
     pub fn replace(&mut self, letters: &[DeadLetter]) -> std::io::Result<()> {
+        let unreadable = unreadable_lines(&self.path)?;
         let fresh = self.path.with_extension("jsonl.new");
+        let mut lines = 0u64;
+        let mut bytes = 0u64;
         {
             let mut out = std::io::BufWriter::new(File::create(&fresh)?);
-            for letter in letters {
-                serde_json::to_writer(&mut out, letter).map_err(std::io::Error::other)?;
+            for (_, raw) in &unreadable {
+                out.write_all(raw.as_bytes())?;
                 out.write_all(b"\n")?;
+                lines += 1;
+                bytes += raw.len() as u64 + 1;
+            }
+            for letter in letters {
+                let json = serde_json::to_vec(letter).map_err(std::io::Error::other)?;
+                out.write_all(&json)?;
+                out.write_all(b"\n")?;
+                lines += 1;
+                bytes += json.len() as u64 + 1;
             }
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         }
@@ -96,7 +149,8 @@ impl DeadLetters {
             .read(true)
             .append(true)
             .open(&self.path)?;
-        self.lines = letters.len() as u64;
+        self.lines = lines;
+        self.bytes = bytes;
         Ok(())
     }
 }
@@ -119,4 +173,41 @@ pub fn read_kept(path: &Path, max: u64) -> std::io::Result<Vec<DeadLetter>> {
         .len()
         .saturating_sub(usize::try_from(max).unwrap_or(usize::MAX));
     Ok(all.split_off(skip))
+}
+
+/// Whole lines of the file that are not dead letters: (line number from 1, text, why).
+fn unreadable_lines(path: &Path) -> std::io::Result<Vec<(usize, String)>> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let whole = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    Ok(text[..whole]
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter(|(_, line)| !line.is_empty() && serde_json::from_slice::<DeadLetter>(line).is_err())
+        .map(|(i, line)| (i + 1, String::from_utf8_lossy(line).into_owned()))
+        .collect())
+}
+
+/// One sentence for each line of the dead-letter file at `path` that cannot be read.
+pub fn unreadable(path: &Path) -> Vec<String> {
+    let lines = match unreadable_lines(path) {
+        Ok(lines) => lines,
+        Err(e) => return vec![format!("{} cannot be read: {e}", path.display())],
+    };
+    lines
+        .into_iter()
+        .map(|(n, raw)| {
+            let why = serde_json::from_str::<DeadLetter>(&raw)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            format!(
+                "line {n} of {} is not a dead letter gatehost can read ({why}); it is kept as it is",
+                path.display()
+            )
+        })
+        .collect()
 }

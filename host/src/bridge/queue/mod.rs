@@ -65,6 +65,8 @@ pub struct QueueLimits {
     pub max_age: Duration,
     pub when_full: WhenFull,
     pub max_dead_letters: u64,
+    /// Bytes the dead-letter file may hold (its lines as JSON).
+    pub max_dead_letter_bytes: u64,
 }
 
 impl Default for QueueLimits {
@@ -74,6 +76,7 @@ impl Default for QueueLimits {
             max_age: Duration::from_secs(7 * 24 * 3600),
             when_full: WhenFull::DropOldest,
             max_dead_letters: 10_000,
+            max_dead_letter_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -440,6 +443,12 @@ impl State {
 
 /// The kept dead letters of the queue in `dir`, oldest first, read without opening the queue
 /// (so also while gatehost runs on it); none when it has none.
+/// One sentence for each line of the dead-letter file in the queue folder `dir` that cannot be
+/// read (such lines are kept).
+pub fn unreadable_dead_letters_in(dir: &Path) -> Vec<String> {
+    dead::unreadable(&dir.join(dead::FILE))
+}
+
 pub fn dead_letters_in(dir: &Path, max_dead_letters: u64) -> Result<Vec<DeadLetter>, QueueError> {
     let path = dir.join(dead::FILE);
     dead::read_kept(&path, max_dead_letters).map_err(io_error(&path))
@@ -471,7 +480,7 @@ impl Queue {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
-        let dead = DeadLetters::open(dir, limits.max_dead_letters)
+        let dead = DeadLetters::open(dir, limits.max_dead_letters, limits.max_dead_letter_bytes)
             .map_err(io_error(&dir.join(dead::FILE)))?;
         let mut state = State {
             next_seq: 1,
@@ -494,6 +503,14 @@ impl Queue {
                 .write(true)
                 .open(&path)
                 .map_err(io_error(&path))?;
+            if !scan.damaged.is_empty() {
+                // Damage between intact records: what it held is lost (a message, or a
+                // removal, whose message is then sent once more), every intact record after
+                // it is kept. Not a torn write: those were acknowledged.
+                let bytes_lost: u64 = scan.damaged.iter().map(|(_, len)| len).sum();
+                let (first, _) = scan.damaged[0];
+                tracing::error!(segment = %path.display(), "the queue segment is damaged at byte {first}: {} damaged record(s), {bytes_lost} bytes, were skipped and what they held is lost; the {} intact records around them are kept", scan.damaged.len(), scan.records.len());
+            }
             if scan.end < bytes.len() as u64 {
                 // Zeros after the last record were written ahead of it (`ZERO_AHEAD`); anything
                 // else is a torn write or damage. Either way it is cut off: appends go to a new
@@ -502,7 +519,7 @@ impl Queue {
                 let lost = after.len();
                 if after.iter().any(|&b| b != 0) {
                     if i + 1 == ids.len() {
-                        tracing::warn!(segment = %path.display(), "the queue's last write was cut short (a crash or power loss); its {lost} bytes are discarded (they were never acknowledged)");
+                        tracing::warn!(segment = %path.display(), "the queue's last record does not read back (a write cut short by a crash or power loss, which was never acknowledged, or damage): its {lost} bytes are discarded");
                     } else {
                         tracing::error!(segment = %path.display(), "the queue segment is damaged at byte {}: the {lost} bytes after it cannot be read and their messages are lost", scan.end);
                     }
@@ -942,6 +959,11 @@ impl Queue {
         self.lock().dead.read().map_err(io_error(&path))
     }
 
+    /// The lines of the dead-letter file that cannot be read, one sentence each (they are kept).
+    pub fn unreadable_dead_letters(&self) -> Vec<String> {
+        dead::unreadable(&self.dir.join(dead::FILE))
+    }
+
     /// Make `letters` the kept dead letters, replacing the file (after a replay took some).
     pub fn replace_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
         let path = self.dir.join(dead::FILE);
@@ -1215,6 +1237,41 @@ mod tests {
     }
 
     #[test]
+    fn one_flipped_byte_in_a_segment_loses_one_message_not_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        {
+            let q = Queue::open(&path, QueueLimits::default()).unwrap();
+            for i in 0..200u32 {
+                let payload = format!("acknowledged message {i:03} {}", "x".repeat(1000));
+                q.append(&[("d".into(), msg("t", payload.as_bytes()))], &[])
+                    .unwrap();
+            }
+        }
+        let first = *segment_ids(&path).unwrap().first().unwrap();
+        let segment = path.join(segment_name(first));
+        let mut bytes = std::fs::read(&segment).unwrap();
+        let written = record::scan(&bytes).end as usize;
+        bytes[written * 3 / 10] ^= 0x10;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let q = Queue::open(&path, QueueLimits::default()).unwrap();
+        let got = payloads(&q, "d");
+        assert_eq!(got.len(), 199, "every intact record is kept");
+        let numbers: Vec<u32> = got
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p[21..24]).parse().unwrap())
+            .collect();
+        let missing: Vec<u32> = (0..200).filter(|n| !numbers.contains(n)).collect();
+        assert_eq!(missing.len(), 1);
+        assert!((55..65).contains(&missing[0]), "{missing:?}");
+        // The damaged segment is read the same way again.
+        drop(q);
+        let q = Queue::open(&path, QueueLimits::default()).unwrap();
+        assert_eq!(payloads(&q, "d").len(), 199);
+    }
+
+    #[test]
     fn a_write_cut_short_by_a_crash_loses_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q");
@@ -1350,6 +1407,82 @@ mod tests {
         assert!(lines <= 4, "{lines} lines kept in the file");
         let q = Queue::open(&path, limits).unwrap();
         assert_eq!(q.dead_letters().unwrap(), [letter(7), letter(8), letter(9)]);
+    }
+
+    #[test]
+    fn dead_letters_are_bounded_by_bytes_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        let limits = QueueLimits {
+            max_dead_letter_bytes: 100_000,
+            ..QueueLimits::default()
+        };
+        let q = Queue::open(&path, limits).unwrap();
+        let big = |n: u8, size: usize| DeadLetter {
+            message: msg("t", &vec![n; size]),
+            ..letter(n)
+        };
+        // Bytes of 0..20 are JSON-escaped six to one: each letter is about 18 KB in the file.
+        for n in 0..20 {
+            q.append(&[], &[big(n, 3_000)]).unwrap();
+            let size = std::fs::metadata(path.join(dead::FILE)).unwrap().len();
+            assert!(size <= 150_000 + 20_000, "{size} bytes after letter {n}");
+        }
+        let kept = q.dead_letters().unwrap();
+        assert_eq!(
+            kept.last().unwrap().message.payload[0],
+            19,
+            "the newest stay"
+        );
+        // One letter larger than the whole limit keeps its reason, not its payload.
+        q.append(&[], &[big(99, 300_000)]).unwrap();
+        let last = q.dead_letters().unwrap().pop().unwrap();
+        assert!(last.message.payload.is_empty());
+        assert!(
+            last.reason.ends_with(
+                "(its 300000-byte payload was not kept: larger than [store] max_dead_letters_mib)"
+            ),
+            "{}",
+            last.reason
+        );
+    }
+
+    #[test]
+    fn an_unreadable_dead_letter_line_is_named_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q");
+        std::fs::create_dir_all(&path).unwrap();
+        let line = |l: &DeadLetter| serde_json::to_string(l).unwrap();
+        // Nested deeper than the JSON parser's limit, between two good letters; then a line
+        // torn by a crash.
+        let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
+        std::fs::write(
+            path.join(dead::FILE),
+            format!(
+                "{}\n{deep}\n{}\n{{\"at_ms\":",
+                line(&letter(1)),
+                line(&letter(2))
+            ),
+        )
+        .unwrap();
+        let q = Queue::open(&path, QueueLimits::default()).unwrap();
+        assert_eq!(q.dead_letters().unwrap(), [letter(1), letter(2)]);
+        let said = q.unreadable_dead_letters();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with(&format!(
+                "line 2 of {} is not a dead letter gatehost can read (",
+                path.join(dead::FILE).display()
+            )) && said[0].ends_with("; it is kept as it is"),
+            "{said:?}"
+        );
+        // Replaying or dropping every letter leaves the unreadable line where it was.
+        q.replace_dead_letters(&[]).unwrap();
+        let text = std::fs::read_to_string(path.join(dead::FILE)).unwrap();
+        assert_eq!(text, format!("{deep}\n"));
+        q.append(&[], &[letter(3)]).unwrap();
+        assert_eq!(q.dead_letters().unwrap(), [letter(3)]);
+        assert_eq!(q.unreadable_dead_letters().len(), 1);
     }
 
     #[test]

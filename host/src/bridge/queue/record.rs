@@ -1,6 +1,8 @@
 //! The queue's on-disk records: how a queued message, a removal and a segment header are framed
-//! (`length | CRC-32 | body`), and how a segment's bytes are read back, stopping at the first
-//! record that is torn or damaged.
+//! (`length | CRC-32 | body`), and how a segment's bytes are read back: a damaged record is
+//! skipped by looking for the next intact frame (the CRC makes a false match a 1 in 2^32
+//! chance), so one flipped byte costs one record, not the rest of the segment; only what
+//! follows the last intact record is a torn tail.
 
 use crate::model::Message;
 
@@ -98,23 +100,54 @@ fn framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) -> usize {
 pub struct Scan {
     /// Each intact record with its offset and framed length.
     pub records: Vec<(u64, u32, Record)>,
-    /// Where the intact records end; `< bytes.len()` when the rest is torn or damaged.
+    /// Where the last intact record ends; `< bytes.len()` when the rest is zeros written ahead,
+    /// or a torn or damaged tail.
     pub end: u64,
+    /// Damaged spans between intact records, as (offset, length): skipped.
+    pub damaged: Vec<(u64, u64)>,
 }
 
-/// Read records from the start of `bytes` up to the first one that is incomplete, fails its
-/// checksum or cannot be decoded.
+/// Read every intact record of `bytes`: a record that fails its checksum or cannot be decoded
+/// is skipped up to the next intact one; reading ends at zeros (the end of what was written)
+/// or where no intact record follows.
 pub fn scan(bytes: &[u8]) -> Scan {
     let mut records = Vec::new();
+    let mut damaged = Vec::new();
     let mut at = 0usize;
-    while let Some((record, len)) = read_at(bytes, at) {
-        records.push((at as u64, len as u32, record));
-        at += len;
+    let mut end = 0usize;
+    while at < bytes.len() {
+        if let Some((record, len)) = read_at(bytes, at) {
+            records.push((at as u64, len as u32, record));
+            at += len;
+            end = at;
+            continue;
+        }
+        if bytes[at..].iter().all(|&b| b == 0) {
+            break;
+        }
+        match (at + 1..bytes.len()).find(|&i| plausible(bytes, i) && read_at(bytes, i).is_some()) {
+            Some(next) => {
+                damaged.push((at as u64, (next - at) as u64));
+                at = next;
+            }
+            None => break,
+        }
     }
     Scan {
         records,
-        end: at as u64,
+        end: end as u64,
+        damaged,
     }
+}
+
+/// Whether a frame could start at `bytes[at..]` (a cheap test before the checksum): a length
+/// that fits and a known record type.
+fn plausible(bytes: &[u8], at: usize) -> bool {
+    let Some(frame) = bytes.get(at..at + FRAME + 1) else {
+        return false;
+    };
+    let len = u32::from_be_bytes(frame[..4].try_into().expect("4 bytes")) as usize;
+    len > 0 && len <= bytes.len() - at - FRAME && frame[FRAME] <= REMOVED
 }
 
 /// The CRC and body of the record framed at `bytes[at..]`, if it is whole (a zero length ends
@@ -321,5 +354,54 @@ mod tests {
         // Garbage is never taken for a record.
         assert!(scan(&[1, 2, 3]).records.is_empty());
         assert!(read_one(&[0, 0, 0, 1, 0, 0, 0, 0, 9]).is_none());
+    }
+
+    #[test]
+    fn a_damaged_record_in_the_middle_is_skipped_and_the_rest_kept() {
+        let mut bytes = Vec::new();
+        let mut starts = Vec::new();
+        for seq in 0..100u64 {
+            starts.push(bytes.len());
+            write(
+                &mut bytes,
+                &Record::Message {
+                    device: "d".into(),
+                    seq,
+                    enqueued_ms: 0,
+                    message: message(format!("payload {seq}").as_bytes()),
+                },
+            );
+        }
+        for (at, flip) in [
+            (starts[30] + 2, 0x01),
+            (starts[30] + 20, 0x80),
+            (starts[99] + 9, 1),
+        ] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= flip;
+            let scan = scan(&damaged);
+            let seqs: Vec<u64> = scan
+                .records
+                .iter()
+                .map(|(_, _, r)| match r {
+                    Record::Message { seq, .. } => *seq,
+                    _ => unreachable!(),
+                })
+                .collect();
+            let hit = if at > starts[99] { 99 } else { 30 };
+            let expected: Vec<u64> = (0..100).filter(|s| *s != hit).collect();
+            assert_eq!(seqs, expected, "flip at {at}");
+            if hit == 30 {
+                assert_eq!(
+                    scan.damaged,
+                    vec![(starts[30] as u64, (starts[31] - starts[30]) as u64)]
+                );
+                assert_eq!(scan.end, bytes.len() as u64);
+            } else {
+                // The last record: nothing intact follows, so it is the tail.
+                assert!(scan.damaged.is_empty());
+                assert_eq!(scan.end, starts[99] as u64);
+            }
+        }
     }
 }
