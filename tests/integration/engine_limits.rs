@@ -188,6 +188,9 @@ fn a_rhai_rule_that_grows_a_string_without_bound_is_stopped_by_the_size_limit() 
         e.message.starts_with("Length of string exceeds its limit"),
         "{e}"
     );
+    // The limit is named, and no "(none)" position dangles at the end.
+    assert!(e.message.contains("(max_string_kib)"), "{e}");
+    assert!(!e.message.contains("(none)"), "{e}");
 }
 
 #[test]

@@ -281,3 +281,76 @@ fn the_mqtt_broker_flow_reaches_the_brokers_an_operator_grants() {
         out.stderr
     );
 }
+
+#[test]
+fn a_sas_token_that_would_be_expired_already_is_refused() {
+    for args in [vec!["--ttl", "0"], vec!["--expiry", "1600000000"]] {
+        let out = run(gatehost()
+            .args([
+                "sign",
+                "sas",
+                "--resource",
+                "hub/devices/d",
+                "--key",
+                "a2V5a2V5a2V5",
+            ])
+            .args(&args));
+        assert_eq!(out.code, 1, "{args:?}: {}", out.stdout);
+        assert!(
+            out.stderr.contains("the token would have expired already"),
+            "{}",
+            out.stderr
+        );
+        assert!(out.stdout.is_empty());
+    }
+    let out = run(gatehost().args([
+        "sign",
+        "sas",
+        "--resource",
+        "hub/devices/d",
+        "--key",
+        "a2V5a2V5a2V5",
+        "--expiry",
+        "1600000000",
+        "--allow-expired",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("se=1600000000"));
+}
+
+#[test]
+fn pack_refuses_a_listed_file_that_links_out_of_the_plugin_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("rule");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(
+        src.join("linky.toml"),
+        "name = \"linky\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\nfiles = [\"table.csv\"]\n",
+    )
+    .unwrap();
+    std::fs::write(src.join("linky.rhai"), "fn translate(msg) { [] }").unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", src.join("table.csv")).unwrap();
+    let out = run(gatehost()
+        .args(["plugin", "pack"])
+        .arg(&src)
+        .arg("--out")
+        .arg(dir.path().join("linky.ghp")));
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("files: 'table.csv' is a link to /etc/passwd, outside the plugin's folder"),
+        "{}",
+        out.stderr
+    );
+    assert!(!dir.path().join("linky.ghp").exists());
+    // A link inside the folder is fine.
+    std::fs::remove_file(src.join("table.csv")).unwrap();
+    std::fs::write(src.join("real.csv"), "a,b\n").unwrap();
+    std::os::unix::fs::symlink("real.csv", src.join("table.csv")).unwrap();
+    let out = run(gatehost()
+        .args(["plugin", "pack"])
+        .arg(&src)
+        .arg("--out")
+        .arg(dir.path().join("linky.ghp")));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}

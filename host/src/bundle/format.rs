@@ -337,6 +337,16 @@ pub fn pack(path: &Path, limits: &ArchiveLimits) -> Result<Bundle, BundleError> 
                 "files: '{file}' clashes with the plugin's own files"
             )));
         }
+        // A link that leads out of the plugin's folder (to /etc/passwd, say) is not packed.
+        let inside = base.canonicalize().map_err(|e| err(e.to_string()))?;
+        if let Ok(target) = base.join(file).canonicalize() {
+            if !target.starts_with(&inside) {
+                return Err(err(format!(
+                    "files: '{file}' is a link to {}, outside the plugin's folder; copy the file in instead",
+                    target.display()
+                )));
+            }
+        }
         payload.push(Entry {
             path: file.clone(),
             data: read_limited(&base.join(file), limits).map_err(err)?,

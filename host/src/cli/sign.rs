@@ -61,6 +61,9 @@ pub struct SasArgs {
     /// Expiry as seconds from now.
     #[arg(long)]
     pub ttl: Option<u64>,
+    /// Print a token that has already expired (for testing a service's refusal).
+    #[arg(long)]
+    pub allow_expired: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +83,11 @@ pub fn run(cmd: SignCommand) -> anyhow::Result<ExitCode> {
                 (None, Some(ttl)) => crypto::now_unix() + ttl,
                 _ => bail!("give exactly one of --expiry and --ttl"),
             };
+            if expiry <= crypto::now_unix() && !a.allow_expired {
+                bail!(
+                    "--expiry/--ttl: the token would have expired already (expiry {expiry} is not after now); give a later one, or --allow-expired"
+                );
+            }
             let token = crypto::sas_token(&a.resource, &a.key, a.policy.as_deref(), expiry)
                 .map_err(|e| anyhow::anyhow!("--key/--resource: {e}"))?;
             outln!("{token}");

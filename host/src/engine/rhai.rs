@@ -173,10 +173,30 @@ fn classify(e: EvalAltResult, limits: &Limits) -> PluginError {
                 limits.max_operations
             ),
         ),
-        EvalAltResult::ErrorDataTooLarge(what, pos) => PluginError::new(
-            ErrorKind::LimitExceeded,
-            format!("{what} exceeds its limit and was stopped ({pos})"),
-        ),
+        EvalAltResult::ErrorDataTooLarge(what, pos) => {
+            // Name the limit, and where (Rhai knows no position inside its built-ins).
+            let limit = if what.contains("string") {
+                format!("of {} bytes (max_string_kib)", limits.max_string_bytes)
+            } else if what.contains("array") || what.contains("BLOB") {
+                format!(
+                    "of {} elements or bytes (max_blob_kib)",
+                    limits.max_array_len.max(limits.max_blob_bytes)
+                )
+            } else if what.contains("map") {
+                format!("of {} entries", limits.max_map_len)
+            } else {
+                String::new()
+            };
+            let at = if pos.is_none() {
+                String::new()
+            } else {
+                format!(" ({pos})")
+            };
+            PluginError::new(
+                ErrorKind::LimitExceeded,
+                format!("{what} exceeds its limit {limit} and was stopped{at}"),
+            )
+        }
         EvalAltResult::ErrorStackOverflow(pos) => PluginError::new(
             ErrorKind::LimitExceeded,
             format!(

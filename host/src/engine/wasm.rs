@@ -368,6 +368,17 @@ impl<B> InstanceSlot<B> {
             );
         }
         let reason = match e.downcast_ref::<Trap>() {
+            Some(Trap::StackOverflow) => {
+                return PluginError::new(
+                    ErrorKind::LimitExceeded,
+                    "exceeded the WASM call stack (recursion too deep) and was stopped",
+                )
+            }
+            // A guest's own stack lives in its linear memory: running off it is this trap.
+            Some(Trap::MemoryOutOfBounds) => format!(
+                "{} (a bad pointer, or the guest's stack, which lives in its linear memory, overflowed)",
+                Trap::MemoryOutOfBounds
+            ),
             Some(trap) => trap.to_string(),
             None => format!("{e}"),
         };

@@ -7,7 +7,7 @@
 use super::dps::{Caller, Dps, Reply};
 use crate::record::{Record, Recorder};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
 use serde_json::json;
 use std::sync::Arc;
@@ -16,6 +16,8 @@ use tokio::net::TcpListener;
 
 /// The largest request body DPS reads (a register body with custom payload).
 const MAX_BODY: usize = 64 * 1024;
+/// How much of a body over [`MAX_BODY`] is read (and thrown away) before answering 413.
+const DRAIN_MAX: usize = 16 * 1024 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const SERVICE: &str = "dps-rest";
 
@@ -155,16 +157,37 @@ async fn handle(
         .get(hyper::header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or("<not text>").to_string())
         .unwrap_or_default();
-    let body = match Limited::new(request.into_body(), MAX_BODY).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) => {
+    // Read the whole body (past the limit only to drain it, up to DRAIN_MAX): answering
+    // before it is read makes the server close the connection under a client still sending,
+    // which then sees a broken pipe instead of the 413.
+    let mut body = request.into_body();
+    let mut kept = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
             return refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::BAD_REQUEST,
                 "",
-                format!("the request body could not be read: {e}"),
-            )
+                "the request body could not be read".to_string(),
+            );
+        };
+        if let Some(data) = frame.data_ref() {
+            seen += data.len();
+            if seen <= MAX_BODY {
+                kept.extend_from_slice(data);
+            } else if seen > DRAIN_MAX {
+                break;
+            }
         }
-    };
+    }
+    if seen > MAX_BODY {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "",
+            format!("the request body of {seen} bytes or more is over the {MAX_BODY}-byte limit"),
+        );
+    }
+    let body = bytes::Bytes::from(kept);
     let auth = dps.authenticate(&route.scope, &route.registration_id, &sas, chain);
     let caller = Caller {
         transport: SERVICE,
