@@ -121,7 +121,25 @@ pub struct Session {
 struct Inbox {
     commands: mpsc::UnboundedSender<Command>,
     filters: Arc<Mutex<Subscriptions>>,
+    /// Messages offered and not yet taken by the connection: bounded, so a client that does
+    /// not read (its socket full) cannot make the server buffer without end.
+    queued: Arc<Queued>,
+    client_id: Arc<str>,
+    service: Arc<dyn MqttService>,
 }
+
+/// What waits in one client's inbox.
+#[derive(Default)]
+struct Queued {
+    messages: std::sync::atomic::AtomicUsize,
+    bytes: std::sync::atomic::AtomicUsize,
+}
+
+/// Messages waiting for one connected client at most (mosquitto's `max_queued_messages`
+/// default); more are dropped for that client and counted.
+pub const MAX_QUEUED: usize = 1000;
+/// Payload bytes waiting for one connected client at most.
+pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// A client's subscriptions: each filter with the QoS granted for it.
 type Subscriptions = Vec<(String, QoS)>;
@@ -141,19 +159,42 @@ fn delivery_qos(subscriptions: &[(String, QoS)], topic: &str, qos: QoS) -> Optio
 impl Inbox {
     /// Queue a message for the client if it subscribed to a filter matching `topic` (at the
     /// QoS granted for it at most); false when it did not or its connection is gone.
+    /// A client whose inbox is full ([`MAX_QUEUED`], [`MAX_QUEUED_BYTES`]) does not get it; the
+    /// service is told.
     fn offer(&self, topic: &str, payload: impl FnOnce() -> Vec<u8>, qos: QoS) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
         let Some(qos) = delivery_qos(&self.filters(), topic, qos) else {
             return false;
         };
-        let topic = topic.to_string();
         let payload = payload();
+        let (waiting, bytes) = (
+            self.queued.messages.load(Relaxed),
+            self.queued.bytes.load(Relaxed),
+        );
+        if waiting >= MAX_QUEUED || bytes + payload.len() > MAX_QUEUED_BYTES {
+            self.service.outgoing_dropped(&format!(
+                "a message on '{topic}' was not delivered to client '{}': {waiting} messages \
+                 ({bytes} bytes) already wait for it (it reads too slowly, or not at all)",
+                self.client_id
+            ));
+            return false;
+        }
+        self.queued.messages.fetch_add(1, Relaxed);
+        self.queued.bytes.fetch_add(payload.len(), Relaxed);
         self.commands
             .send(Command::Publish {
-                topic,
+                topic: topic.to_string(),
                 payload,
                 qos,
             })
             .is_ok()
+    }
+
+    /// The connection took a message of `len` bytes from the inbox.
+    fn taken(&self, len: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.queued.messages.fetch_sub(1, Relaxed);
+        self.queued.bytes.fetch_sub(len, Relaxed);
     }
 
     fn filters(&self) -> std::sync::MutexGuard<'_, Subscriptions> {
@@ -232,6 +273,10 @@ pub trait MqttService: Send + Sync + 'static {
     /// A message was not kept for an absent client (a limit of [`sessions`]); `detail` says
     /// which and why.
     fn session_message_dropped(&self, detail: &str) {
+        let _ = detail;
+    }
+    /// A message was not delivered to a connected client whose inbox is full.
+    fn outgoing_dropped(&self, detail: &str) {
         let _ = detail;
     }
 }
@@ -1093,6 +1138,7 @@ impl Connection {
                 command = rx.recv() => match command {
                     // Offered only if it matched a subscription (`Inbox::offer`).
                     Some(Command::Publish { topic, payload, qos }) => {
+                        session.inbox.taken(payload.len());
                         let publish = Publish::new(topic, qos, payload);
                         self.deliver(delivery, publish, &session.client_id, out);
                     }
@@ -1193,6 +1239,9 @@ impl Connection {
         let inbox = Inbox {
             commands,
             filters: Arc::new(Mutex::new(filters)),
+            queued: Arc::default(),
+            client_id: Arc::from(client_id),
+            service: self.service.clone(),
         };
         let client = Client {
             connection: self.id,

@@ -1941,3 +1941,84 @@ fn a_slow_rule_delays_only_its_own_client() {
     // For the record (not asserted: timing belongs to benchmarks).
     eprintln!("round trips of the other clients while two rules slept: {round_trips:?}");
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn a_subscriber_that_never_reads_costs_bounded_memory() {
+    let (dir, local, metrics) = bare_gateway("");
+    let d = dir.path();
+    let g = Gatehost::start(d, metrics);
+    // A raw client: CONNECT, SUBSCRIBE '#' at QoS 1, then it never reads again.
+    let mut stuck = TcpStream::connect(("127.0.0.1", local)).unwrap();
+    stuck
+        .write_all(&[
+            0x10, 16, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 4, b's', b'l', b'o', b'w',
+        ])
+        .unwrap();
+    let mut connack = [0u8; 4];
+    stuck.read_exact(&mut connack).unwrap();
+    stuck.write_all(&[0x82, 6, 0, 1, 0, 1, b'#', 1]).unwrap();
+    let mut suback = [0u8; 5];
+    stuck.read_exact(&mut suback).unwrap();
+    assert_eq!(suback, [0x90, 3, 0, 1, 1]);
+    let before = rss_kib(g.child.id());
+
+    // 200 000 messages of 1 KiB (200 MB) from one publisher.
+    let mut publisher = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &local.to_string(),
+            "-q",
+            "0",
+            "-t",
+            "flood/x",
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = std::io::BufWriter::new(publisher.stdin.take().unwrap());
+        let line = format!("{}\n", "m".repeat(1023));
+        for _ in 0..200_000 {
+            stdin.write_all(line.as_bytes()).unwrap();
+        }
+    }
+    assert!(publisher.wait().unwrap().success());
+    eventually(60, "the broker to take every publish", || {
+        g.metric("gatehost_messages_received_total") >= 200_000.0
+            || g.metric("gatehost_messages_unrouted_total") >= 200_000.0
+    });
+    let after = rss_kib(g.child.id());
+    let dropped = g.metric("gatehost_local_outgoing_dropped_total");
+    eprintln!(
+        "RSS {before} -> {after} KiB, {dropped} dropped, {} received",
+        g.metric("gatehost_messages_received_total")
+    );
+    assert!(
+        dropped > 150_000.0,
+        "{dropped} dropped for the stuck client"
+    );
+    // Before the bound, gatehost buffered every message for it: 20 -> 230 MB.
+    assert!(
+        after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        g.log().contains("it reads too slowly, or not at all"),
+        "{}",
+        g.log()
+    );
+    drop(stuck);
+}

@@ -357,6 +357,13 @@ impl MqttService for LocalService {
         self.log.warn("local session", detail);
     }
 
+    fn outgoing_dropped(&self, detail: &str) {
+        self.metrics
+            .outgoing_dropped
+            .fetch_add(1, Ordering::Relaxed);
+        self.log.warn("local slow subscriber", detail);
+    }
+
     fn retained_refused(&self, detail: &str) {
         self.metrics
             .retained_refused

@@ -63,6 +63,8 @@ pub struct Metrics {
     pub retained_refused: AtomicU64,
     /// Messages the embedded broker did not keep for an absent client's session (its limits).
     pub session_dropped: AtomicU64,
+    /// Messages not delivered to a connected local client whose inbox was full.
+    pub outgoing_dropped: AtomicU64,
     /// Cloud-to-device messages received, by device.
     pub from_cloud: CounterVec,
     /// Messages a rule took in, by rule.
@@ -140,6 +142,13 @@ impl Metrics {
             "Messages (or whole sessions) the embedded broker did not keep for absent clients with persistent sessions (1 000 messages per session, 10 000 sessions at most).",
             "counter",
             self.session_dropped.load(Ordering::Relaxed) as f64,
+        );
+        plain(
+            &mut out,
+            "gatehost_local_outgoing_dropped_total",
+            "Messages not delivered to a connected local client that had 1 000 messages or 16 MiB waiting for it already (it read too slowly, or not at all).",
+            "counter",
+            self.outgoing_dropped.load(Ordering::Relaxed) as f64,
         );
         let families: [(&str, &str, &[&str], &CounterVec); 9] = [
             (
