@@ -182,6 +182,30 @@ pub struct ConfigLimits {
     /// `[limits.plugins.<name>]`: one plugin's ceilings, above (or below) its kind's.
     #[serde(default)]
     pub plugins: std::collections::BTreeMap<String, LimitOverrides>,
+    /// `[limits.kv]`: what one kv namespace may hold.
+    #[serde(default)]
+    pub kv: KvLimitsConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KvLimitsConfig {
+    /// Keys and values of one namespace, in KiB (default 1024).
+    pub max_kib: Option<usize>,
+    /// Entries of one namespace (default 1024).
+    pub max_entries: Option<usize>,
+}
+
+impl KvLimitsConfig {
+    pub fn limits(&self) -> crate::caps::kv::KvLimits {
+        let default = crate::caps::kv::KvLimits::default();
+        crate::caps::kv::KvLimits {
+            max_bytes: self
+                .max_kib
+                .map_or(default.max_bytes, |k| k.saturating_mul(1024)),
+            max_entries: self.max_entries.unwrap_or(default.max_entries),
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -753,6 +777,7 @@ impl Config {
             rule_limits: self.limits.rule.clone(),
             flow_limits: self.limits.flow.clone(),
             plugin_limits: self.limits.plugins.clone(),
+            kv_limits: self.limits.kv.limits(),
             base_dir: self.base_dir.clone(),
             max_payload_bytes: self
                 .local

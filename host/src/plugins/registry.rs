@@ -24,6 +24,8 @@ pub struct PluginEnv {
     pub flow_limits: LimitOverrides,
     /// The config's ceilings for single plugins, by name (`[limits.plugins.<name>]`).
     pub plugin_limits: BTreeMap<String, LimitOverrides>,
+    /// What one kv namespace may hold.
+    pub kv_limits: crate::caps::kv::KvLimits,
     /// The gateway config's folder: relative file paths and roots of plugins start there
     /// (empty: the working directory).
     pub base_dir: PathBuf,
@@ -50,6 +52,7 @@ impl PluginEnv {
             rule_limits: LimitOverrides::default(),
             flow_limits: LimitOverrides::default(),
             plugin_limits: BTreeMap::new(),
+            kv_limits: crate::caps::kv::KvLimits::default(),
             max_payload_bytes: crate::bridge::local::DEFAULT_MAX_PACKET,
             base_dir: PathBuf::new(),
             permissions: BTreeMap::new(),
@@ -188,9 +191,9 @@ pub struct Loader {
 impl Loader {
     pub fn new(env: PluginEnv) -> Self {
         let kv = if env.persistent {
-            KvRegistry::persistent(&env.state_dir)
+            KvRegistry::persistent(&env.state_dir).with_limits(env.kv_limits)
         } else {
-            KvRegistry::in_memory()
+            KvRegistry::in_memory().with_limits(env.kv_limits)
         };
         Loader {
             env,

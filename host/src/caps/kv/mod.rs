@@ -14,11 +14,31 @@ use std::sync::{Arc, Mutex};
 pub const MAX_KEY_BYTES: usize = 256;
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 pub const MAX_ENTRIES: usize = 1024;
+/// Keys and values of one namespace together, by default (`[limits.kv] max_kib`). Every
+/// change rewrites the namespace's file, so this also bounds the disk written per change.
+pub const MAX_NAMESPACE_BYTES: usize = 1024 * 1024;
+
+/// How much one namespace may hold (`[limits.kv]` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLimits {
+    pub max_bytes: usize,
+    pub max_entries: usize,
+}
+
+impl Default for KvLimits {
+    fn default() -> Self {
+        KvLimits {
+            max_bytes: MAX_NAMESPACE_BYTES,
+            max_entries: MAX_ENTRIES,
+        }
+    }
+}
 
 /// Hands out one shared [`KvNamespace`] per namespace name.
 #[derive(Debug, Clone, Default)]
 pub struct KvRegistry {
     dir: Option<PathBuf>,
+    limits: KvLimits,
     namespaces: Arc<Mutex<HashMap<String, Arc<KvNamespace>>>>,
 }
 
@@ -27,8 +47,15 @@ impl KvRegistry {
     pub fn persistent(state_dir: &Path) -> Self {
         KvRegistry {
             dir: Some(state_dir.join("kv")),
+            limits: KvLimits::default(),
             namespaces: Default::default(),
         }
+    }
+
+    /// The same registry with these limits for its namespaces.
+    pub fn with_limits(mut self, limits: KvLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     pub fn in_memory() -> Self {
@@ -40,7 +67,7 @@ impl KvRegistry {
         map.entry(name.to_string())
             .or_insert_with(|| {
                 let file = self.dir.as_ref().map(|d| d.join(format!("{name}.json")));
-                Arc::new(KvNamespace::load(name, file))
+                Arc::new(KvNamespace::load(name, file, self.limits))
             })
             .clone()
     }
@@ -50,11 +77,12 @@ impl KvRegistry {
 pub struct KvNamespace {
     name: String,
     file: Option<PathBuf>,
+    limits: KvLimits,
     entries: Mutex<BTreeMap<String, Vec<u8>>>,
 }
 
 impl KvNamespace {
-    fn load(name: &str, file: Option<PathBuf>) -> Self {
+    fn load(name: &str, file: Option<PathBuf>, limits: KvLimits) -> Self {
         let entries = file
             .as_deref()
             .and_then(|f| std::fs::read(f).ok())
@@ -72,6 +100,7 @@ impl KvNamespace {
         KvNamespace {
             name: name.to_string(),
             file,
+            limits,
             entries: Mutex::new(entries),
         }
     }
@@ -93,12 +122,29 @@ impl KvNamespace {
             ));
         }
         let mut entries = self.lock();
-        if !entries.contains_key(key) && entries.len() >= MAX_ENTRIES {
+        let max_entries = self.limits.max_entries;
+        if !entries.contains_key(key) && entries.len() >= max_entries {
             return Err(PluginError::new(
                 ErrorKind::LimitExceeded,
                 format!(
-                    "kv namespace '{}' already holds {MAX_ENTRIES} entries",
+                    "kv namespace '{}' already holds {max_entries} entries",
                     self.name
+                ),
+            ));
+        }
+        let held: usize = entries
+            .iter()
+            .filter(|(k, _)| k.as_str() != key)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        if held + key.len() + value.len() > self.limits.max_bytes {
+            return Err(PluginError::new(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "kv namespace '{}' holds {held} bytes; '{key}' with {} more would pass its limit of {} ([limits.kv] max_kib)",
+                    self.name,
+                    value.len(),
+                    self.limits.max_bytes
                 ),
             ));
         }
@@ -190,6 +236,25 @@ mod tests {
         let again = KvRegistry::persistent(dir.path()).namespace("p");
         assert_eq!(again.get("b").unwrap(), Some(vec![0, 255]));
         assert_eq!(again.get("a").unwrap(), None);
+    }
+
+    #[test]
+    fn a_namespace_is_bounded_in_bytes() {
+        let limits = KvLimits {
+            max_bytes: 100_000,
+            ..KvLimits::default()
+        };
+        let ns = KvRegistry::in_memory().with_limits(limits).namespace("p");
+        ns.set("a", &vec![1; 60_000]).unwrap();
+        let err = ns.set("b", &vec![2; 60_000]).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::LimitExceeded);
+        assert_eq!(
+            err.message,
+            "kv namespace 'p' holds 60001 bytes; 'b' with 60000 more would pass its limit of 100000 ([limits.kv] max_kib)"
+        );
+        // Replacing a value counts the new one only.
+        ns.set("a", &vec![3; 64_000]).unwrap();
+        assert_eq!(ns.get("b").unwrap(), None);
     }
 
     #[test]
