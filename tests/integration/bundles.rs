@@ -1249,3 +1249,45 @@ fn plugin_new_skeletons_of_both_engines_pass_check_and_run() {
     assert_eq!(t.code, 0, "{}", t.stderr);
     assert_eq!(t.stdout, outputs[1]);
 }
+
+#[test]
+fn an_upgrade_that_raises_its_limits_needs_approval() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let key = key_files(dir, "acme");
+    let site = Site::new("");
+    site.trust("acme", &key.public());
+    let with_limit = |version: &str, ms: u32| {
+        bundle_file(
+            dir,
+            "bounded",
+            version,
+            "v",
+            &format!("\n[limits]\ntimeout_ms = {ms}"),
+            Some(&key),
+        )
+    };
+    let v1 = with_limit("1.0.0", 200);
+    assert_eq!(
+        site.gatehost(&["plugin", "install", v1.to_str().unwrap()])
+            .code,
+        0
+    );
+    let v2 = with_limit("1.1.0", 900);
+    let refused = site.gatehost(&["plugin", "install", v2.to_str().unwrap()]);
+    assert_refused(
+        &refused,
+        "asks for permissions 1.0.0 did not have: limit timeout_ms = 900 (was 200); review them and run again with --approve-permissions",
+    );
+    let approved = site.gatehost(&[
+        "plugin",
+        "install",
+        v2.to_str().unwrap(),
+        "--approve-permissions",
+    ]);
+    assert_eq!(approved.code, 0, "{}", approved.stderr);
+    // Lowering a limit needs nobody's approval.
+    let v3 = with_limit("1.2.0", 100);
+    let lower = site.gatehost(&["plugin", "install", v3.to_str().unwrap()]);
+    assert_eq!(lower.code, 0, "{}", lower.stderr);
+}

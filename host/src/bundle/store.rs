@@ -254,9 +254,10 @@ impl Site {
         let current = self.read(&d.name).ok().map(|on_disk| {
             let (description, record) =
                 (on_disk.bundle.description.clone(), on_disk.record.clone());
-            (description, record, self.verify(&d.name, on_disk))
+            let limits = on_disk.bundle.manifest().map(|m| m.limits).ok();
+            (description, record, limits, self.verify(&d.name, on_disk))
         });
-        if let Some((cd, record, checked)) = &current {
+        if let Some((cd, record, old_limits, checked)) = &current {
             if cd.version == d.version && record.sha256 == bundle.sha256 {
                 // The same bundle again: nothing to do, unless the installed copy was damaged.
                 if let Ok(installed) = checked {
@@ -276,7 +277,10 @@ impl Site {
                     installed: record.sha256.clone(),
                 });
             }
-            let added = added_permissions(cd, d);
+            let mut added = added_permissions(cd, d);
+            if let (Some(old), Ok(new)) = (old_limits, bundle.manifest()) {
+                added.extend(raised_limits(old, &new.limits));
+            }
             if !added.is_empty() && !approve_permissions {
                 return Err(StoreError::NewPermissions {
                     name: d.name.clone(),
@@ -314,7 +318,7 @@ impl Site {
         tracing::info!(plugin = %d.name, version = %d.version, %trust, "plugin installed");
         Ok(InstallOutcome {
             installed,
-            previous: current.map(|(cd, _, _)| cd.version),
+            previous: current.map(|(cd, _, _, _)| cd.version),
             unchanged: false,
         })
     }
@@ -400,6 +404,48 @@ impl Site {
         let lock = Lock::read(&self.lock_path)?;
         Ok(lock.differences(&self.installed_entries()?, &self.lock_path))
     }
+}
+
+/// The limits a new manifest asks to raise above the installed one's (a limit the old one
+/// did not set counts as the config's, so setting one is raising it).
+pub fn raised_limits(
+    old: &crate::engine::limits::LimitOverrides,
+    new: &crate::engine::limits::LimitOverrides,
+) -> Vec<String> {
+    let pairs: [(&str, Option<u64>, Option<u64>); 6] = [
+        ("timeout_ms", old.timeout_ms, new.timeout_ms),
+        (
+            "memory_mib",
+            old.memory_mib.map(u64::from),
+            new.memory_mib.map(u64::from),
+        ),
+        ("max_operations", old.max_operations, new.max_operations),
+        (
+            "max_sessions",
+            old.max_sessions.map(|n| n as u64),
+            new.max_sessions.map(|n| n as u64),
+        ),
+        (
+            "max_string_kib",
+            old.max_string_kib.map(|n| n as u64),
+            new.max_string_kib.map(|n| n as u64),
+        ),
+        (
+            "max_blob_kib",
+            old.max_blob_kib.map(|n| n as u64),
+            new.max_blob_kib.map(|n| n as u64),
+        ),
+    ];
+    pairs
+        .into_iter()
+        .filter_map(|(name, was, now)| match (was, now) {
+            (Some(was), Some(now)) if now > was => {
+                Some(format!("limit {name} = {now} (was {was})"))
+            }
+            (None, Some(now)) => Some(format!("limit {name} = {now}")),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Endpoints and file roots `new` declares that `old` did not, and a changed kv namespace.
