@@ -2022,3 +2022,58 @@ fn a_subscriber_that_never_reads_costs_bounded_memory() {
     );
     drop(stuck);
 }
+
+#[test]
+fn a_rule_that_was_slow_once_runs_off_the_brokers_threads() {
+    // CPU-heavy calls cannot be moved once they run: the first slow call may hold its worker,
+    // after which the rule's calls are isolated, and later slow calls delay only their client.
+    let busy = "fn translate(msg) { let n = 0; while n < 3000000 { n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
+    let manifest = "name = \"busy\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\n";
+    let (dir, local, metrics) = plugin_gateway(
+        &[
+            ("busy.toml", manifest.as_bytes().to_vec()),
+            ("busy.rhai", busy.as_bytes().to_vec()),
+        ],
+        "[limits.plugins.busy]\ntimeout_ms = 20000\nmax_operations = 100000000\n[[rules]]\nname = \"busy\"\nrule = \"busy\"\nfrom = [\"busy/#\"]\n",
+    );
+    let d = dir.path();
+    let g = Gatehost::start(d, metrics);
+    let sub = Sub::start(
+        d,
+        &["-p".into(), local.to_string(), "-t".into(), "#".into()],
+    );
+    mosquitto_pub(local, "busy/first", b"1");
+    eventually(60, "the first call's output", || {
+        sub.messages().iter().any(|(t, _)| t == "done/busy/first")
+    });
+    let slow_clients: Vec<_> = (0..2)
+        .map(|i| std::thread::spawn(move || mosquitto_pub(local, &format!("busy/{i}"), b"s")))
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    for i in 0..5 {
+        mosquitto_pub(local, &format!("fast/{i}"), b"f");
+    }
+    for c in slow_clients {
+        c.join().unwrap();
+    }
+    eventually(60, "the later calls' outputs", || {
+        sub.messages()
+            .iter()
+            .filter(|(t, _)| t.starts_with("done/"))
+            .count()
+            == 3
+    });
+    let order: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
+    let first_later = order
+        .iter()
+        .position(|t| t == "done/busy/0" || t == "done/busy/1")
+        .unwrap();
+    let last_fast = order.iter().rposition(|t| t.starts_with("fast/")).unwrap();
+    assert!(last_fast < first_later, "{order:?}");
+    assert!(
+        g.log()
+            .contains("its calls run off the broker's I/O threads"),
+        "{}",
+        g.log()
+    );
+}

@@ -19,6 +19,8 @@ pub struct ChainRule {
     pub plugin: Arc<dyn RulePlugin>,
     /// `template`, or the plugin's name and version (`iothub-telemetry 0.1.0`), for logs.
     pub source: String,
+    /// Whether its calls run off the broker's I/O threads (`bridge::isolation`).
+    pub isolation: Arc<super::isolation::Isolation>,
 }
 
 impl ChainRule {
@@ -80,6 +82,7 @@ impl RuleChain {
                     cloud_filters: rule.from_cloud.clone(),
                     plugin,
                     source,
+                    isolation: Default::default(),
                 }),
                 (Err(e), Some(old)) => {
                     problems.push(format!(

@@ -140,25 +140,6 @@ pub enum Origin<'a> {
     Cloud { device: &'a str },
 }
 
-/// Run a plugin rule's call where it cannot hold up other connections. A call blocks up to its
-/// deadline (a sleep loop, a CPU-heavy script, a host call), and the rules run on the task of
-/// the connection that published: on a runtime worker, that stalled every other client the
-/// worker served, and a WASM guest's blocking WASI call (a `println!`) panicked there ("Cannot
-/// start a runtime from within a runtime"). `block_in_place` hands the worker's other tasks to
-/// another thread first and lets blocking code enter the runtime; the publishing connection
-/// itself waits, which keeps its messages in order. The template rule runs no code and stays
-/// inline.
-fn off_io<T>(rule: &crate::bridge::chain::ChainRule, call: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    let on_worker =
-        Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if on_worker && rule.source != "template" {
-        tokio::task::block_in_place(call)
-    } else {
-        call()
-    }
-}
-
 /// What the rules made of one message.
 pub struct Routed {
     /// Messages for devices and dead letters, to be stored before the acknowledgement.
@@ -188,7 +169,7 @@ impl LocalService {
         for rule in running.chain.matching(&message.topic, from_cloud) {
             matched = true;
             self.metrics.translated.inc(&[&rule.name]);
-            let outputs = match off_io(rule, || rule.plugin.translate(&message)) {
+            let outputs = match super::isolation::run(rule, || rule.plugin.translate(&message)) {
                 Ok(outputs) => outputs,
                 Err(e) => {
                     let reason = format!("{} failed: {e}", rule.source);

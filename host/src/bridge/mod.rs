@@ -8,6 +8,7 @@ pub mod chain;
 pub mod commit;
 pub mod external;
 pub mod forward;
+pub mod isolation;
 pub mod local;
 pub mod log_once;
 pub mod metrics;

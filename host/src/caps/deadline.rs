@@ -33,6 +33,19 @@ impl Drop for CallDeadline {
     }
 }
 
+/// Run `wait`, a host call that blocks (a sleep, a request, a receive), so that it does not hold
+/// a runtime worker: on one (a rule called by the embedded broker), tokio first hands the
+/// worker's other connections to another thread. Elsewhere it just runs.
+pub fn blocking<T>(wait: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
+}
+
 /// `wait`, or what is left of the running call's deadline if that is less.
 pub fn bound(wait: Duration) -> Duration {
     match CALL.get() {

@@ -338,7 +338,18 @@ impl<B> InstanceSlot<B> {
         store.set_epoch_deadline(self.deadline_ticks());
         let _host_calls = crate::caps::deadline::CallDeadline::start(self.limits.timeout);
         store.data_mut().memory.hit = false;
-        match f(store, bindings) {
+        // A panic in a host call (blocking WASI code on a runtime worker) leaves the guest
+        // half-way through a call: the instance is rebuilt before the panic goes on.
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&mut *store, bindings)));
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                *live = None;
+                std::panic::resume_unwind(panic)
+            }
+        };
+        match outcome {
             Ok(result) => result.map_err(PluginError::from),
             Err(trap) => {
                 let err = self.trap_error(store, trap);

@@ -123,12 +123,13 @@ pub fn send(ctx: &CapContext, r: &Request) -> Result<Response, PluginError> {
     for (k, v) in &r.headers {
         request = request.header(k, v);
     }
-    let response = request.send().map_err(|e| {
-        match super::deadline::passed(&format!("an HTTP request to {}", r.url)) {
+    let response =
+        super::deadline::blocking(|| request.send()).map_err(|e| match super::deadline::passed(
+            &format!("an HTTP request to {}", r.url),
+        ) {
             Some(deadline) if e.is_timeout() => deadline,
             _ => failure(&r.url, timeout, &e),
-        }
-    })?;
+        })?;
     let status = response.status().as_u16();
     let headers: Vec<Pair> = response
         .headers()

@@ -552,7 +552,14 @@ impl MqttSession {
                 return Err(e);
             }
         }
-        self.link.recv(bounded, &self.endpoint).inspect_err(|e| {
+        let endpoint = &self.endpoint;
+        let link = &mut self.link;
+        let received = if bounded.is_zero() {
+            link.recv(bounded, endpoint)
+        } else {
+            super::deadline::blocking(|| link.recv(bounded, endpoint))
+        };
+        received.inspect_err(|e| {
             if e.kind != ErrorKind::Timeout {
                 self.open = false;
             }

@@ -25,7 +25,7 @@ pub fn sleep_ms(ctx: &CapContext, ms: u64) -> Result<(), PluginError> {
     }
     let wanted = Duration::from_millis(ms);
     let allowed = super::deadline::bound(wanted);
-    std::thread::sleep(allowed);
+    super::deadline::blocking(|| std::thread::sleep(allowed));
     match super::deadline::passed("time::sleep_ms") {
         Some(e) if allowed < wanted => Err(e),
         _ => Ok(()),
