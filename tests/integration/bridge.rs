@@ -2024,9 +2024,9 @@ fn a_subscriber_that_never_reads_costs_bounded_memory() {
 }
 
 #[test]
-fn a_rule_that_was_slow_once_runs_off_the_brokers_threads() {
-    // CPU-heavy calls cannot be moved once they run: the first slow call may hold its worker,
-    // after which the rule's calls are isolated, and later slow calls delay only their client.
+fn a_cpu_heavy_rule_delays_only_its_own_client() {
+    // Two clients whose rule computes for a few hundred ms each (the broker has two I/O
+    // threads): a long call gives up its worker, and the rule's later calls run isolated.
     let busy = "fn translate(msg) { let n = 0; while n < 3000000 { n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
     let manifest = "name = \"busy\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\n";
     let (dir, local, metrics) = plugin_gateway(
@@ -2042,10 +2042,6 @@ fn a_rule_that_was_slow_once_runs_off_the_brokers_threads() {
         d,
         &["-p".into(), local.to_string(), "-t".into(), "#".into()],
     );
-    mosquitto_pub(local, "busy/first", b"1");
-    eventually(60, "the first call's output", || {
-        sub.messages().iter().any(|(t, _)| t == "done/busy/first")
-    });
     let slow_clients: Vec<_> = (0..2)
         .map(|i| std::thread::spawn(move || mosquitto_pub(local, &format!("busy/{i}"), b"s")))
         .collect();
@@ -2056,12 +2052,12 @@ fn a_rule_that_was_slow_once_runs_off_the_brokers_threads() {
     for c in slow_clients {
         c.join().unwrap();
     }
-    eventually(60, "the later calls' outputs", || {
+    eventually(60, "both calls' outputs", || {
         sub.messages()
             .iter()
             .filter(|(t, _)| t.starts_with("done/"))
             .count()
-            == 3
+            == 2
     });
     let order: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
     let first_later = order

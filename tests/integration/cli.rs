@@ -161,6 +161,8 @@ fn sign_commands_print_only_the_result() {
         "registration",
         "--expiry",
         "1700000000",
+        // A fixed, past expiry: the known token of these inputs.
+        "--allow-expired",
     ]));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(

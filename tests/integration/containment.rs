@@ -238,9 +238,11 @@ fn host_calls_end_at_the_calls_deadline_in_both_engines() {
     let started = Instant::now();
     let e = rule.translate(&msg).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Timeout, "{e}");
+    // The request ends at the deadline; whether the guest then still returns its error or the
+    // engine stops it first (its next check comes at the deadline too), the call ends there.
     assert!(
         e.message
-            .starts_with("did not finish within 300 ms and was stopped (during an HTTP request"),
+            .starts_with("did not finish within 300 ms and was stopped"),
         "{e}"
     );
     assert!(started.elapsed() < Duration::from_secs(4));

@@ -34,7 +34,10 @@ fn every_command_ends_quietly_on_a_closed_stdout() {
     std::fs::write(d.join("gatehost.toml"), "state_dir = \"state\"\n").unwrap();
     crate::certs_openssl::openssl(d, &["genrsa", "-out", "k.pem", "2048"]);
     let repo = crate::support::repo_root();
-    let rules = repo.join("scripts/rules").display().to_string();
+    let rules = repo
+        .join("scripts/rules/iothub-telemetry.rhai")
+        .display()
+        .to_string();
     let cases: Vec<Vec<&str>> = vec![
         vec!["dead-letters", "list", "--json"],
         vec!["dead-letters", "list"],

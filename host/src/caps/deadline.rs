@@ -12,25 +12,56 @@ use std::time::{Duration, Instant};
 thread_local! {
     /// When the running call must end, and its limit (for the message).
     static CALL: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
+    /// When the running call started, and whether it gave up its runtime worker already.
+    static STARTED: Cell<Option<(Instant, bool)>> = const { Cell::new(None) };
 }
 
 /// The deadline of one plugin call on this thread, from now to `limit`; the previous one (a
 /// nested call) comes back when it is dropped.
 pub struct CallDeadline {
     previous: Option<(Instant, Duration)>,
+    started: Option<(Instant, bool)>,
 }
 
 impl CallDeadline {
     pub fn start(limit: Duration) -> CallDeadline {
-        let previous = CALL.replace(Some((Instant::now() + limit, limit)));
-        CallDeadline { previous }
+        let now = Instant::now();
+        let previous = CALL.replace(Some((now + limit, limit)));
+        let started = STARTED.replace(Some((now, false)));
+        CallDeadline { previous, started }
     }
 }
 
 impl Drop for CallDeadline {
     fn drop(&mut self) {
         CALL.set(self.previous);
+        STARTED.set(self.started);
     }
+}
+
+/// A call that computes this long on a runtime worker gives the worker up.
+pub const HAND_OFF_AFTER: Duration = Duration::from_millis(20);
+
+/// Called by the engines while a plugin's own code runs (Rhai's progress callback, WASM's epoch
+/// callback): once the call has run [`HAND_OFF_AFTER`], and once per call, it gives up the
+/// runtime worker it runs on (if it does), so that a CPU-heavy call holds up nobody else: a
+/// short `block_in_place` sends the worker's core to another thread, which takes it while this
+/// one pauses, and the call goes on without it.
+pub fn long_call() {
+    let Some((started, handed_off)) = STARTED.get() else {
+        return;
+    };
+    if handed_off || started.elapsed() < HAND_OFF_AFTER {
+        return;
+    }
+    STARTED.set(Some((started, true)));
+    blocking(|| std::thread::sleep(Duration::from_micros(300)));
+}
+
+/// What is left of the running call's deadline (`None`: no call is running).
+pub fn remaining() -> Option<Duration> {
+    CALL.get()
+        .map(|(end, _)| end.saturating_duration_since(Instant::now()))
 }
 
 /// Run `wait`, a host call that blocks (a sleep, a request, a receive), so that it does not hold

@@ -10,7 +10,7 @@ pub enum SignCommand {
     /// Mint an Azure SAS token and print it.
     #[command(after_help = "Examples:\n  \
         gatehost sign sas --resource 0ne00055505/registrations/press7 --key \"$KEY\" --policy registration --ttl 3600\n  \
-        gatehost sign sas --resource myhub.azure-devices.net/devices/press7 --key \"$KEY\" --expiry 1767225600")]
+        gatehost sign sas --resource myhub.azure-devices.net/devices/press7 --key \"$KEY\" --expiry 1893456000")]
     Sas(SasArgs),
     /// Derive a DPS group-enrollment device key and print it.
     #[command(

@@ -147,7 +147,10 @@ fn new_engine(caps: &CapContext, limits: &Limits) -> Engine {
         }
         match DEADLINE.get() {
             Some(deadline) if Instant::now() > deadline => Some("deadline".into()),
-            _ => None,
+            _ => {
+                crate::caps::deadline::long_call();
+                None
+            }
         }
     });
     caps::register_rhai(&mut engine, caps);

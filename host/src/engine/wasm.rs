@@ -315,8 +315,21 @@ impl<B> InstanceSlot<B> {
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.memory);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.deadline_ticks());
+        // At each deadline the callback checks the call's own deadline (`caps::deadline`):
+        // past it, the call traps; before it (a first check after HAND_OFF_AFTER), a long call
+        // gives up its runtime worker and runs on. Outside a call (instantiation) the
+        // instance's whole limit applies.
+        let whole = self.deadline_ticks();
+        store.epoch_deadline_callback(move |_| match crate::caps::deadline::remaining() {
+            None => Err(Trap::Interrupt.into()),
+            Some(left) if left.is_zero() => Err(Trap::Interrupt.into()),
+            Some(left) => {
+                crate::caps::deadline::long_call();
+                let ticks = (left.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1;
+                Ok(wasmtime::UpdateDeadline::Continue(ticks.min(whole)))
+            }
+        });
+        store.set_epoch_deadline(whole);
         let bindings = (self.instantiate)(&mut store).map_err(|e| self.trap_error(&store, e))?;
         Ok((store, bindings))
     }
@@ -335,7 +348,10 @@ impl<B> InstanceSlot<B> {
             *live = Some(self.start()?);
         }
         let (store, bindings) = live.as_mut().expect("instance was just started");
-        store.set_epoch_deadline(self.deadline_ticks());
+        // The first check comes early, so a long call can give up its runtime worker.
+        let first =
+            (crate::caps::deadline::HAND_OFF_AFTER.as_millis() / EPOCH_TICK.as_millis()) as u64 + 1;
+        store.set_epoch_deadline(first.min(self.deadline_ticks()));
         let _host_calls = crate::caps::deadline::CallDeadline::start(self.limits.timeout);
         store.data_mut().memory.hit = false;
         // A panic in a host call (blocking WASI code on a runtime worker) leaves the guest
