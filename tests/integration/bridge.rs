@@ -2025,9 +2025,10 @@ fn a_subscriber_that_never_reads_costs_bounded_memory() {
 
 #[test]
 fn a_cpu_heavy_rule_delays_only_its_own_client() {
-    // Two clients whose rule computes for a few hundred ms each (the broker has two I/O
+    // Two clients whose rule computes for a second or two each (the broker has two I/O
     // threads): a long call gives up its worker, and the rule's later calls run isolated.
-    let busy = "fn translate(msg) { let n = 0; while n < 3000000 { n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
+    // Computes until the clock has moved on one to two seconds: long whatever the machine's load.
+    let busy = "fn translate(msg) { let end = crypto::now_unix() + 2; let n = 0; while crypto::now_unix() < end { n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
     let manifest = "name = \"busy\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\n";
     let (dir, local, metrics) = plugin_gateway(
         &[
@@ -2045,7 +2046,7 @@ fn a_cpu_heavy_rule_delays_only_its_own_client() {
     let slow_clients: Vec<_> = (0..2)
         .map(|i| std::thread::spawn(move || mosquitto_pub(local, &format!("busy/{i}"), b"s")))
         .collect();
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(300));
     for i in 0..5 {
         mosquitto_pub(local, &format!("fast/{i}"), b"f");
     }

@@ -7,15 +7,17 @@
 //! `tokio::task::block_in_place` avoids both (tokio hands the worker's other connections to
 //! another thread first, and blocking code may enter the runtime), but it costs a thread
 //! hand-off per call: ~9 µs of CPU per message with the WASM rule in the bridge benchmark,
-//! half again the gatehost CPU of a message. So a rule runs inline while it is fast, and
-//! isolated once it has shown that it is not:
+//! half again the gatehost CPU of a message. So a rule runs inline while it is fast:
 //!
+//! - a host call that waits (sleep, HTTP, MQTT) runs that wait under `block_in_place` itself
+//!   (`caps::deadline::blocking`), and a call that has computed for 20 ms gives its worker up
+//!   (`caps::deadline::long_call`, from Rhai's progress and WASM's epoch callbacks): no call
+//!   holds up other clients for long, not even a rule's first;
 //! - a call that took longer than [`SLOW`] (20 ms: a machine under load preempts a fast call
-//!   for a few ms now and then, which must not isolate it) isolates the rule for [`ISOLATED_FOR`] (a rule that
-//!   is slow once in a while stalls the other clients at most once per period, for at most its
-//!   deadline);
-//! - a call that panicked inline (the WASI case) is run again isolated, and the rule stays
-//!   isolated. That expected panic is not printed.
+//!   for a few ms now and then, which must not isolate it) isolates the rule for
+//!   [`ISOLATED_FOR`]: its calls then run under `block_in_place` from the start;
+//! - a call that panicked inline (blocking WASI code entering the runtime) is run again
+//!   isolated, and the rule stays isolated. That expected panic is not printed.
 //!
 //! The template rule runs no plugin code and is always inline.
 

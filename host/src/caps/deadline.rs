@@ -12,22 +12,22 @@ use std::time::{Duration, Instant};
 thread_local! {
     /// When the running call must end, and its limit (for the message).
     static CALL: Cell<Option<(Instant, Duration)>> = const { Cell::new(None) };
-    /// When the running call started, and whether it gave up its runtime worker already.
-    static STARTED: Cell<Option<(Instant, bool)>> = const { Cell::new(None) };
+    /// When the running call will next try to give up its runtime worker.
+    static STARTED: Cell<Option<Instant>> = const { Cell::new(None) };
 }
 
 /// The deadline of one plugin call on this thread, from now to `limit`; the previous one (a
 /// nested call) comes back when it is dropped.
 pub struct CallDeadline {
     previous: Option<(Instant, Duration)>,
-    started: Option<(Instant, bool)>,
+    started: Option<Instant>,
 }
 
 impl CallDeadline {
     pub fn start(limit: Duration) -> CallDeadline {
         let now = Instant::now();
         let previous = CALL.replace(Some((now + limit, limit)));
-        let started = STARTED.replace(Some((now, false)));
+        let started = STARTED.replace(Some(now + HAND_OFF_AFTER));
         CallDeadline { previous, started }
     }
 }
@@ -43,19 +43,22 @@ impl Drop for CallDeadline {
 pub const HAND_OFF_AFTER: Duration = Duration::from_millis(20);
 
 /// Called by the engines while a plugin's own code runs (Rhai's progress callback, WASM's epoch
-/// callback): once the call has run [`HAND_OFF_AFTER`], and once per call, it gives up the
-/// runtime worker it runs on (if it does), so that a CPU-heavy call holds up nobody else: a
-/// short `block_in_place` sends the worker's core to another thread, which takes it while this
-/// one pauses, and the call goes on without it.
+/// callback): once the call has run [`HAND_OFF_AFTER`], and every [`HAND_OFF_AFTER`] after, it
+/// gives up the runtime worker it runs on (if it does), so that a CPU-heavy call holds up
+/// nobody else: a short `block_in_place` sends the worker's core to another thread, which takes
+/// it while this one pauses (1 ms), and the call goes on without it. When that thread was too
+/// slow to start (the first time, on a loaded machine), the core comes back and the next try
+/// follows. On a thread without a core a try is just the pause: 5 % of a long call.
 pub fn long_call() {
-    let Some((started, handed_off)) = STARTED.get() else {
+    let Some(next) = STARTED.get() else {
         return;
     };
-    if handed_off || started.elapsed() < HAND_OFF_AFTER {
+    let now = Instant::now();
+    if now < next {
         return;
     }
-    STARTED.set(Some((started, true)));
-    blocking(|| std::thread::sleep(Duration::from_micros(300)));
+    STARTED.set(Some(now + HAND_OFF_AFTER));
+    blocking(|| std::thread::sleep(Duration::from_millis(1)));
 }
 
 /// What is left of the running call's deadline (`None`: no call is running).
