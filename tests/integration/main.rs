@@ -1,5 +1,21 @@
 //! gatehost's integration tests: one test binary, shared support code, real plugins built with
 //! the real toolchains (cargo for wasm32-wasip2, the Rhai scripts in `scripts/`).
+//!
+//! Where to look (`cargo test -p gatehost --test integration -- <module>::`):
+//!
+//! | module | what it covers |
+//! |---|---|
+//! | `support`, `broker` | shared helpers: paths, built WASM plugins, plugin dirs, a real mosquitto, a test PKI |
+//! | `guide_certs`, `certs_openssl` | certificates and keys made by the real `openssl` CLI as the providers' guides say |
+//! | `first_steps`, `cli` | the command line as a new user meets it |
+//! | `bridge`, `upstream` | `gatehost run` end to end: local clients, rules, queue, hot reload, metrics, clouds |
+//! | `containment`, `engine_limits`, `bad_plugins`, `sandboxing` | what a hostile or broken plugin cannot do (kv, secrets, deadlines, limits, WASI) |
+//! | `flows`, `flow_twins`, `provider_flows`, `onboard` | onboarding flows in both engines against the sandbox |
+//! | `parity` | the example rule byte-identical in Rhai and WASM |
+//! | `net_mqtt`, `net_http`, `plugin_certs` | the host capabilities as plugins see them |
+//! | `sandbox`, `sandbox_brokers`, `sandbox_rest` | the provider emulators against real clients (the official SDK, curl) |
+//! | `bundles`, `signatures` | signed bundles with the real `minisign`; signatures checked by independent code |
+//! | `robustness`, `wasm_cache` | no panic on mutated inputs; the compiled-component cache |
 
 mod support;
 
