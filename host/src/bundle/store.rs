@@ -412,33 +412,10 @@ pub fn raised_limits(
     old: &crate::engine::limits::LimitOverrides,
     new: &crate::engine::limits::LimitOverrides,
 ) -> Vec<String> {
-    let pairs: [(&str, Option<u64>, Option<u64>); 6] = [
-        ("timeout_ms", old.timeout_ms, new.timeout_ms),
-        (
-            "memory_mib",
-            old.memory_mib.map(u64::from),
-            new.memory_mib.map(u64::from),
-        ),
-        ("max_operations", old.max_operations, new.max_operations),
-        (
-            "max_sessions",
-            old.max_sessions.map(|n| n as u64),
-            new.max_sessions.map(|n| n as u64),
-        ),
-        (
-            "max_string_kib",
-            old.max_string_kib.map(|n| n as u64),
-            new.max_string_kib.map(|n| n as u64),
-        ),
-        (
-            "max_blob_kib",
-            old.max_blob_kib.map(|n| n as u64),
-            new.max_blob_kib.map(|n| n as u64),
-        ),
-    ];
-    pairs
+    old.entries()
         .into_iter()
-        .filter_map(|(name, was, now)| match (was, now) {
+        .zip(new.entries())
+        .filter_map(|((name, was), (_, now))| match (was, now) {
             (Some(was), Some(now)) if now > was => {
                 Some(format!("limit {name} = {now} (was {was})"))
             }

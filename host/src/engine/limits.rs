@@ -66,66 +66,34 @@ impl Limits {
         self
     }
 
+    /// These limits in the units a `[limits]` table writes them (every field set).
+    fn as_overrides(&self) -> LimitOverrides {
+        LimitOverrides {
+            timeout_ms: Some(self.timeout.as_millis() as u64),
+            memory_mib: Some((self.memory_bytes >> 20) as u32),
+            max_operations: Some(self.max_operations),
+            max_sessions: Some(self.max_sessions),
+            max_string_kib: Some(self.max_string_bytes / 1024),
+            max_blob_kib: Some(self.max_blob_bytes / 1024),
+        }
+    }
+
     /// The limits a manifest asks for, within these (the operator's ceilings): a manifest may
     /// lower any limit, never raise one. Returns what was asked above a ceiling, to be said.
-    pub fn within(mut self, asked: &LimitOverrides) -> (Self, Vec<String>) {
+    pub fn within(self, asked: &LimitOverrides) -> (Self, Vec<String>) {
+        let ceiling = self.as_overrides().entries();
+        let mut allowed = LimitOverrides::default();
         let mut capped = Vec::new();
-        let mut lower = |name: &str, current: &mut u64, wanted: Option<u64>, unit: u64| {
-            if let Some(w) = wanted {
-                let w = w.saturating_mul(unit);
-                if w > *current {
-                    capped.push(format!(
-                        "{name} = {} (the config allows {})",
-                        w / unit,
-                        *current / unit
-                    ));
-                } else {
-                    *current = w;
+        for ((name, wanted), (_, most)) in asked.entries().into_iter().zip(ceiling) {
+            match (wanted, most) {
+                (Some(w), Some(m)) if w > m => {
+                    capped.push(format!("{name} = {w} (the config allows {m})"))
                 }
+                (Some(w), _) => allowed.set(name, w),
+                _ => {}
             }
-        };
-        let mut timeout = self.timeout.as_millis() as u64;
-        lower("timeout_ms", &mut timeout, asked.timeout_ms, 1);
-        self.timeout = Duration::from_millis(timeout);
-        let mut memory = self.memory_bytes as u64;
-        lower(
-            "memory_mib",
-            &mut memory,
-            asked.memory_mib.map(u64::from),
-            1 << 20,
-        );
-        self.memory_bytes = memory as usize;
-        lower(
-            "max_operations",
-            &mut self.max_operations,
-            asked.max_operations,
-            1,
-        );
-        let mut sessions = self.max_sessions as u64;
-        lower(
-            "max_sessions",
-            &mut sessions,
-            asked.max_sessions.map(|n| n as u64),
-            1,
-        );
-        self.max_sessions = sessions as usize;
-        let mut strings = self.max_string_bytes as u64;
-        lower(
-            "max_string_kib",
-            &mut strings,
-            asked.max_string_kib.map(|n| n as u64),
-            1024,
-        );
-        self.max_string_bytes = strings as usize;
-        let mut blobs = self.max_blob_bytes as u64;
-        lower(
-            "max_blob_kib",
-            &mut blobs,
-            asked.max_blob_kib.map(|n| n as u64),
-            1024,
-        );
-        self.max_blob_bytes = blobs as usize;
-        (self, capped)
+        }
+        (self.with_overrides(&allowed), capped)
     }
 
     /// Apply the overrides of the config's `[limits]` tables (the operator's word).
@@ -168,4 +136,31 @@ pub struct LimitOverrides {
     pub max_string_kib: Option<usize>,
     /// Rhai: largest blob, in KiB.
     pub max_blob_kib: Option<usize>,
+}
+
+impl LimitOverrides {
+    /// Every limit by its name in a `[limits]` table, as written there: the one list that the
+    /// ceilings ([`Limits::within`]) and the upgrade check (`bundle::store`) go through.
+    pub fn entries(&self) -> [(&'static str, Option<u64>); 6] {
+        [
+            ("timeout_ms", self.timeout_ms),
+            ("memory_mib", self.memory_mib.map(u64::from)),
+            ("max_operations", self.max_operations),
+            ("max_sessions", self.max_sessions.map(|n| n as u64)),
+            ("max_string_kib", self.max_string_kib.map(|n| n as u64)),
+            ("max_blob_kib", self.max_blob_kib.map(|n| n as u64)),
+        ]
+    }
+
+    fn set(&mut self, name: &str, value: u64) {
+        match name {
+            "timeout_ms" => self.timeout_ms = Some(value),
+            "memory_mib" => self.memory_mib = Some(value.min(u32::MAX as u64) as u32),
+            "max_operations" => self.max_operations = Some(value),
+            "max_sessions" => self.max_sessions = Some(value as usize),
+            "max_string_kib" => self.max_string_kib = Some(value as usize),
+            "max_blob_kib" => self.max_blob_kib = Some(value as usize),
+            other => unreachable!("'{other}' is not among LimitOverrides::entries"),
+        }
+    }
 }
