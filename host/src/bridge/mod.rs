@@ -355,8 +355,9 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         None => builder.with_no_client_auth(),
         Some(file) => {
             let path = config.resolve(file);
-            let verifier = crate::caps::tls::ClientCertificatesFrom::file(&path, provider.clone())
-                .map_err(BridgeError::Tls)?;
+            let verifier =
+                crate::caps::tls::ClientCertificates::issued_by_file(&path, provider.clone())
+                    .map_err(BridgeError::Tls)?;
             builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };

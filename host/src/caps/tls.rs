@@ -437,21 +437,38 @@ impl ServerCertVerifier for NoVerification {
     }
 }
 
-/// Client certificates accepted when a CA of the configured file issued them (directly or
-/// through intermediates the client sends), valid now, and the handshake proves the key. The
-/// chain is checked by x509-parser rather than webpki so that the X.509 v1 device certificates
-/// the providers' OpenSSL commands make are accepted like v3 ones.
+/// How a TLS server judges client certificates. Either required and issued by a CA of the
+/// configured file (directly or through intermediates the client sends) and valid now — the
+/// embedded broker's `client_ca` — or asked for, not required, and only checked to be well
+/// formed, trust being left to the service — the sandbox, as the real services answer an
+/// untrusted certificate at the MQTT level. Either way the handshake proves the key. Chains
+/// are read by x509-parser rather than webpki so that the X.509 v1 device certificates the
+/// providers' OpenSSL commands make are accepted like v3 ones.
 #[derive(Debug)]
-pub struct ClientCertificatesFrom {
-    cas: Vec<Vec<u8>>,
-    ca_source: String,
-    subjects: Vec<rustls::DistinguishedName>,
+pub struct ClientCertificates {
+    /// `None`: any well-formed certificate, none required.
+    issuers: Option<Issuers>,
     signatures: HandshakeSignatures,
 }
 
-impl ClientCertificatesFrom {
-    /// The CA certificates of a PEM file the gateway config names.
-    pub fn file(
+#[derive(Debug)]
+struct Issuers {
+    cas: Vec<Vec<u8>>,
+    ca_source: String,
+    subjects: Vec<rustls::DistinguishedName>,
+}
+
+impl ClientCertificates {
+    /// Any well-formed certificate (not required); the service decides whom it trusts.
+    pub fn any(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        ClientCertificates {
+            issuers: None,
+            signatures: HandshakeSignatures(provider),
+        }
+    }
+
+    /// Required, and issued by a CA of a PEM file the gateway config names.
+    pub fn issued_by_file(
         path: &std::path::Path,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Self, String> {
@@ -463,18 +480,24 @@ impl ClientCertificatesFrom {
             .iter()
             .map(|der| rustls::DistinguishedName::from(x509::subject_der(der)))
             .collect();
-        Ok(ClientCertificatesFrom {
-            cas,
-            ca_source: source,
-            subjects,
+        Ok(ClientCertificates {
+            issuers: Some(Issuers {
+                cas,
+                ca_source: source,
+                subjects,
+            }),
             signatures: HandshakeSignatures(provider),
         })
     }
 }
 
-impl rustls::server::danger::ClientCertVerifier for ClientCertificatesFrom {
+impl rustls::server::danger::ClientCertVerifier for ClientCertificates {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
-        &self.subjects
+        self.issuers.as_ref().map_or(&[], |i| &i.subjects)
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.issuers.is_some()
     }
 
     fn verify_client_cert(
@@ -488,16 +511,18 @@ impl rustls::server::danger::ClientCertVerifier for ClientCertificatesFrom {
             .map(|c| c.to_vec())
             .collect();
         for (i, der) in chain.iter().enumerate() {
-            x509::check_der(der, "the client certificate chain", i).map_err(|_| {
-                rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-            })?;
+            x509::check_der(der, "the client certificate chain", i)
+                .map_err(|e| rustls::Error::General(e.message))?;
         }
+        let Some(issuers) = &self.issuers else {
+            return Ok(rustls::server::danger::ClientCertVerified::assertion());
+        };
         x509::verify_chain(
             &chain,
-            &self.cas,
+            &issuers.cas,
             now.as_secs() as i64,
             "the client's certificate",
-            &self.ca_source,
+            &issuers.ca_source,
         )
         .map_err(|e| {
             tracing::info!("refused a client certificate: {}", e.message);

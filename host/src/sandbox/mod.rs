@@ -14,8 +14,6 @@ pub mod mindconnect;
 
 pub mod pki;
 
-pub mod tls;
-
 use crate::model::{Pair, PluginError};
 use crate::mqtt_server::{MqttServer, MqttService};
 use crate::record::{self, Recorder};

@@ -114,8 +114,8 @@ impl SandboxPki {
         let config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| SandboxError::Pki(e.to_string()))?
-            .with_client_cert_verifier(Arc::new(super::tls::AnyClientCertificate(
-                crate::caps::tls::HandshakeSignatures(provider),
+            .with_client_cert_verifier(Arc::new(crate::caps::tls::ClientCertificates::any(
+                provider,
             )))
             .with_single_cert(chain, key)
             .map_err(|e| SandboxError::Pki(format!("server certificate: {e}")))?;
