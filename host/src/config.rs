@@ -576,6 +576,14 @@ impl std::fmt::Display for BrokerUrl {
 }
 
 impl LocalConfig {
+    /// The largest packet the local broker takes (`max_packet_kib`, default 1 MiB).
+    pub fn max_packet_bytes(&self) -> usize {
+        self.max_packet_kib
+            .map_or(crate::bridge::local::DEFAULT_MAX_PACKET, |k| {
+                (k as usize).saturating_mul(1024)
+            })
+    }
+
     /// The external broker `broker` names; `Ok(None)` for the embedded one.
     pub fn external_broker(&self) -> Result<Option<BrokerUrl>, String> {
         if self.broker == "embedded" {
@@ -779,12 +787,7 @@ impl Config {
             plugin_limits: self.limits.plugins.clone(),
             kv_limits: self.limits.kv.limits(),
             base_dir: self.base_dir.clone(),
-            max_payload_bytes: self
-                .local
-                .max_packet_kib
-                .map_or(crate::bridge::local::DEFAULT_MAX_PACKET, |k| {
-                    (k as usize).saturating_mul(1024)
-                }),
+            max_payload_bytes: self.local.max_packet_bytes(),
             permissions,
             insecure_skip_verify: false,
             installed: Some(self.site().map_err(|e| e.to_string())),

@@ -19,8 +19,9 @@ pub struct ChainRule {
     pub plugin: Arc<dyn RulePlugin>,
     /// `template`, or the plugin's name and version (`iothub-telemetry 0.1.0`), for logs.
     pub source: String,
-    /// Whether its calls run off the broker's I/O threads (`bridge::isolation`).
-    pub isolation: Arc<super::isolation::Isolation>,
+    /// Whether its calls run off the broker's I/O threads (`bridge::isolation`); `None` for
+    /// the template rule, which runs no plugin code and stays inline.
+    pub isolation: Option<Arc<super::isolation::Isolation>>,
 }
 
 impl ChainRule {
@@ -80,9 +81,9 @@ impl RuleChain {
                     name: rule.name.clone(),
                     filters: rule.filters(),
                     cloud_filters: rule.from_cloud.clone(),
+                    isolation: (rule.template.is_none()).then(Default::default),
                     plugin,
                     source,
-                    isolation: Default::default(),
                 }),
                 (Err(e), Some(old)) => {
                     problems.push(format!(

@@ -53,12 +53,15 @@ fn now_ms() -> u64 {
 /// Run `rule`'s `call` (see the module notes).
 pub fn run<T>(rule: &ChainRule, call: impl Fn() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
+    let Some(isolation) = &rule.isolation else {
+        return call();
+    };
     let on_worker =
         Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread);
-    if !on_worker || rule.source == "template" {
+    if !on_worker {
         return call();
     }
-    if rule.isolation.until_ms.load(Ordering::Relaxed) > now_ms() {
+    if isolation.until_ms.load(Ordering::Relaxed) > now_ms() {
         return tokio::task::block_in_place(call);
     }
     quiet_expected_panics();
@@ -70,7 +73,7 @@ pub fn run<T>(rule: &ChainRule, call: impl Fn() -> T) -> T {
         Ok(result) => {
             if started.elapsed() > SLOW {
                 let until = now_ms() + ISOLATED_FOR.as_millis() as u64;
-                if rule.isolation.until_ms.swap(until, Ordering::Relaxed) == 0 {
+                if isolation.until_ms.swap(until, Ordering::Relaxed) == 0 {
                     tracing::info!(
                         rule = %rule.name,
                         "a call of rule '{}' took {} ms: its calls run off the broker's I/O threads for {} s",
@@ -83,7 +86,7 @@ pub fn run<T>(rule: &ChainRule, call: impl Fn() -> T) -> T {
             result
         }
         Err(_) => {
-            rule.isolation.until_ms.store(u64::MAX, Ordering::Relaxed);
+            isolation.until_ms.store(u64::MAX, Ordering::Relaxed);
             tracing::info!(
                 rule = %rule.name,
                 "rule '{}' blocks in the runtime (a WASM guest's output, say): its calls run off the broker's I/O threads",

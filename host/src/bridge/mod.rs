@@ -139,12 +139,7 @@ impl Bridge {
             committer,
             metrics: metrics.clone(),
             log: log.clone(),
-            max_packet: config
-                .local
-                .max_packet_kib
-                .map_or(local::DEFAULT_MAX_PACKET, |k| {
-                    (k as usize).saturating_mul(1024)
-                }),
+            max_packet: config.local.max_packet_bytes(),
         });
         let mut broker_state = None;
         let (local_addr, local_url) = match external::ExternalBroker::from_config(&config)? {
