@@ -1892,27 +1892,37 @@ fn a_wasm_rule_that_prints_serves_in_the_bridge_without_a_panic() {
     assert_eq!(g.metric("gatehost_messages_dead_lettered_total"), 0.0);
 }
 
-#[test]
-fn a_slow_rule_delays_only_its_own_client() {
-    // Two clients whose rule sleeps 3 s each (the broker has two I/O threads), and meanwhile
-    // others publish to a topic no rule takes: theirs must not wait for the slow ones.
-    let slow = "fn translate(msg) { let n = 0; while n < 30 { time::sleep_ms(100); n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
-    let manifest = "name = \"slow\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\n[limits]\ntimeout_ms = 10000\n";
+/// A gateway whose rule `name` (Rhai `script`, with `config` lines) takes `<name>/#`: two
+/// clients publish to it at once, then five others publish to a topic no rule takes. The topics
+/// in the order a `#` subscriber saw them, the others' round trips, and the gatehost.
+fn two_slow_clients_and_five_others(
+    name: &str,
+    script: &str,
+    config: &str,
+) -> (Vec<String>, Vec<Duration>, Gatehost, tempfile::TempDir) {
+    let manifest =
+        format!("name = \"{name}\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\n");
+    let (toml, rhai) = (format!("{name}.toml"), format!("{name}.rhai"));
     let (dir, local, metrics) = plugin_gateway(
         &[
-            ("slow.toml", manifest.as_bytes().to_vec()),
-            ("slow.rhai", slow.as_bytes().to_vec()),
+            (toml.as_str(), manifest.into_bytes()),
+            (rhai.as_str(), script.as_bytes().to_vec()),
         ],
-        "[limits.rule]\ntimeout_ms = 10000\n[[rules]]\nname = \"slow\"\nrule = \"slow\"\nfrom = [\"slow/#\"]\n",
+        &format!(
+            "{config}[[rules]]\nname = \"{name}\"\nrule = \"{name}\"\nfrom = [\"{name}/#\"]\n"
+        ),
     );
     let d = dir.path();
-    let _g = Gatehost::start(d, metrics);
+    let g = Gatehost::start(d, metrics);
     let sub = Sub::start(
         d,
         &["-p".into(), local.to_string(), "-t".into(), "#".into()],
     );
     let slow_clients: Vec<_> = (0..2)
-        .map(|i| std::thread::spawn(move || mosquitto_pub(local, &format!("slow/{i}"), b"s")))
+        .map(|i| {
+            let topic = format!("{name}/{i}");
+            std::thread::spawn(move || mosquitto_pub(local, &topic, b"s"))
+        })
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut round_trips = Vec::new();
@@ -1924,14 +1934,24 @@ fn a_slow_rule_delays_only_its_own_client() {
     for c in slow_clients {
         c.join().unwrap();
     }
-    eventually(30, "both slow rules' outputs", || {
+    eventually(60, "both slow rules' outputs", || {
         sub.messages()
             .iter()
             .filter(|(t, _)| t.starts_with("done/"))
             .count()
             == 2
     });
-    let order: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
+    let order = sub.messages().into_iter().map(|(t, _)| t).collect();
+    (order, round_trips, g, dir)
+}
+
+#[test]
+fn a_slow_rule_delays_only_its_own_client() {
+    // Two clients whose rule sleeps 3 s each (the broker has two I/O threads), and meanwhile
+    // others publish to a topic no rule takes: theirs must not wait for the slow ones.
+    let slow = "fn translate(msg) { let n = 0; while n < 30 { time::sleep_ms(100); n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
+    let (order, round_trips, _g, _dir) =
+        two_slow_clients_and_five_others("slow", slow, "[limits.rule]\ntimeout_ms = 10000\n");
     let first_done = order.iter().position(|t| t.starts_with("done/")).unwrap();
     let last_fast = order.iter().rposition(|t| t.starts_with("fast/")).unwrap();
     assert!(
@@ -2029,38 +2049,11 @@ fn a_cpu_heavy_rule_delays_only_its_own_client() {
     // threads): a long call gives up its worker, and the rule's later calls run isolated.
     // Computes until the clock has moved on one to two seconds: long whatever the machine's load.
     let busy = "fn translate(msg) { let end = crypto::now_unix() + 2; let n = 0; while crypto::now_unix() < end { n += 1; } [#{ local: true, topic: `done/${msg.topic}`, payload: msg.payload, qos: 0, retain: false }] }";
-    let manifest = "name = \"busy\"\nversion = \"0.1.0\"\nkind = \"rule\"\napi = \"0.1\"\n";
-    let (dir, local, metrics) = plugin_gateway(
-        &[
-            ("busy.toml", manifest.as_bytes().to_vec()),
-            ("busy.rhai", busy.as_bytes().to_vec()),
-        ],
-        "[limits.plugins.busy]\ntimeout_ms = 20000\nmax_operations = 100000000\n[[rules]]\nname = \"busy\"\nrule = \"busy\"\nfrom = [\"busy/#\"]\n",
+    let (order, _, g, _dir) = two_slow_clients_and_five_others(
+        "busy",
+        busy,
+        "[limits.plugins.busy]\ntimeout_ms = 20000\nmax_operations = 100000000\n",
     );
-    let d = dir.path();
-    let g = Gatehost::start(d, metrics);
-    let sub = Sub::start(
-        d,
-        &["-p".into(), local.to_string(), "-t".into(), "#".into()],
-    );
-    let slow_clients: Vec<_> = (0..2)
-        .map(|i| std::thread::spawn(move || mosquitto_pub(local, &format!("busy/{i}"), b"s")))
-        .collect();
-    std::thread::sleep(Duration::from_millis(300));
-    for i in 0..5 {
-        mosquitto_pub(local, &format!("fast/{i}"), b"f");
-    }
-    for c in slow_clients {
-        c.join().unwrap();
-    }
-    eventually(60, "both calls' outputs", || {
-        sub.messages()
-            .iter()
-            .filter(|(t, _)| t.starts_with("done/"))
-            .count()
-            == 2
-    });
-    let order: Vec<String> = sub.messages().into_iter().map(|(t, _)| t).collect();
     let first_later = order
         .iter()
         .position(|t| t == "done/busy/0" || t == "done/busy/1")
