@@ -269,7 +269,21 @@ fn the_mqtt_broker_flow_reaches_the_brokers_an_operator_grants() {
         "{}",
         out.stderr
     );
-    // A grant that is not host:port is named by `gatehost check`.
+    // Limits for a plugin that is not there, and a grant that is not host:port: each named by
+    // `gatehost check`.
+    std::fs::write(
+        &config,
+        format!("{base}[limits.plugins.no-such-flow]\ntimeout_ms = 5000\n"),
+    )
+    .unwrap();
+    let out = run(gatehost().args(["check", "--config"]).arg(&config));
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("[limits.plugins.no-such-flow]: no plugin named 'no-such-flow'"),
+        "{}",
+        out.stderr
+    );
     std::fs::write(
         &config,
         format!("{base}[permissions.mqtt-broker]\nadd_endpoints = [\"localhost\"]\n"),
