@@ -25,8 +25,8 @@
 //! plugins built (`cargo build --release --target wasm32-wasip2 --manifest-path
 //! plugins/Cargo.toml`). Prints a table for BENCHMARKS.md.
 
-use gatehost::caps::certs::x509::{self, CertificateAuthority, Subject};
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
+use gatehost::pki::x509::{self, CertificateAuthority, Subject};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

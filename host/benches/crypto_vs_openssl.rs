@@ -9,7 +9,7 @@
 //!   the median start-up cost of `openssl version` is measured too and subtracted. Goal RSA ≤ 2×.
 
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
-use gatehost::caps::crypto;
+use gatehost::pki::crypto;
 use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -5,8 +5,8 @@
 //!
 //! Needs `mosquitto` and `mosquitto_pub` (`.ci/install-deps`). Prints a table for BENCHMARKS.md.
 
-use gatehost::caps::certs::x509::{self, CertificateAuthority, Subject};
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
+use gatehost::pki::x509::{self, CertificateAuthority, Subject};
 use gatehost::plugins::registry::{PluginEnv, PluginHandle, Registry};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;

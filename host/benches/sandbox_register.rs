@@ -4,11 +4,11 @@
 //!
 //!   cargo bench -p gatehost --bench sandbox_register [-- DEVICES]
 
-use gatehost::caps::crypto;
 use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
 use gatehost::caps::tls::TlsOptions;
 use gatehost::caps::CapContext;
 use gatehost::model::{Message, ProtocolVersion};
+use gatehost::pki::crypto;
 use gatehost::plugins::manifest::Permissions;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};

@@ -15,6 +15,7 @@ pub mod memory;
 pub mod model;
 pub mod mqtt_server;
 pub mod onboard;
+pub mod pki;
 pub mod plugins;
 pub mod private_files;
 pub mod record;

@@ -960,7 +960,7 @@ impl Connection {
             .ok()
             .and_then(|identity| identity.expires_at)
             .map(|at| {
-                let left = at.saturating_sub(crate::caps::crypto::now_unix());
+                let left = at.saturating_sub(crate::pki::crypto::now_unix());
                 tokio::time::Instant::now() + Duration::from_secs(left)
             });
         let broke = || "the connection broke".to_string();

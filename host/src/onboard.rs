@@ -106,7 +106,7 @@ pub fn onboard(
         device: device.name.clone(),
         flow: device.flow.clone(),
         params_digest: digest,
-        onboarded_at: crate::caps::crypto::now_unix(),
+        onboarded_at: crate::pki::crypto::now_unix(),
         connection: without_secrets(connection),
     };
     write_state(&path, &onboarded)?;
@@ -166,7 +166,7 @@ fn run_with_retries<T>(
 pub fn state_path(config: &Config, device: &str) -> PathBuf {
     config.state_dir().join("devices").join(format!(
         "{}.json",
-        crate::caps::crypto::percent_encode(device)
+        crate::pki::crypto::percent_encode(device)
     ))
 }
 

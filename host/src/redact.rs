@@ -59,7 +59,7 @@ pub fn is_secret_param(name: &str, value: &str) -> bool {
         return true;
     }
     (name == "key" || name.ends_with("_key"))
-        && crate::caps::crypto::base64_decode(value).is_ok_and(|k| k.len() >= 16)
+        && crate::pki::crypto::base64_decode(value).is_ok_and(|k| k.len() >= 16)
 }
 
 #[cfg(test)]

@@ -1,8 +1,8 @@
 //! A real Debian `mosquitto` broker for tests: started on an ephemeral loopback port with a config
 //! the test chooses, stopped when dropped. Also: a PKI made by gatehost's own certs capability.
 
-use gatehost::caps::certs::x509::{self, CertificateAuthority, Subject};
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
+use gatehost::pki::x509::{self, CertificateAuthority, Subject};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -2,9 +2,9 @@
 //! provider guides load and match in gatehost, and what gatehost makes passes openssl's checks.
 
 use crate::support::{gatehost, run};
-use gatehost::caps::certs::x509::{self, parse_pem_certs};
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
-use gatehost::caps::crypto::now_unix;
+use gatehost::pki::crypto::now_unix;
+use gatehost::pki::x509::{self, parse_pem_certs};
 use std::path::Path;
 use std::process::Command;
 
@@ -199,7 +199,7 @@ fn keys_in_every_openssl_format_load_and_match_their_certificates() {
     );
     assert!(der.is_empty());
     assert_eq!(
-        gatehost::caps::crypto::base64_decode(&info.der_base64).unwrap(),
+        gatehost::pki::crypto::base64_decode(&info.der_base64).unwrap(),
         std::fs::read(d.join("dev01.der")).unwrap()
     );
 

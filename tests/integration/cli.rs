@@ -218,7 +218,7 @@ fn derived_keys_match_the_openssl_pipeline_from_the_provider_docs() {
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
-    gatehost::caps::crypto::base64_decode(s).unwrap()
+    gatehost::pki::crypto::base64_decode(s).unwrap()
 }
 
 #[test]

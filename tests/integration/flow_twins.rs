@@ -101,7 +101,7 @@ fn wasm_twins_onboard_exactly_like_the_scripts() {
         pairs(&p)
     };
     let derived =
-        gatehost::caps::crypto::derive_device_key(crate::sandbox::GROUP_KEY, "twin-sym").unwrap();
+        gatehost::pki::crypto::derive_device_key(crate::sandbox::GROUP_KEY, "twin-sym").unwrap();
     let file = |name: &str| d.join(name).display().to_string();
     let cases = [
         (

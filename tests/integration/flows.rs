@@ -2,9 +2,9 @@
 //! errors, and host capabilities (here the SAS token) behave alike in Rhai and WASM.
 
 use crate::support::{flow_of, repo_root, wasm, PluginDir};
-use gatehost::caps::crypto;
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{Auth, ErrorKind, Pair};
+use gatehost::pki::crypto;
 use gatehost::plugins::registry::Registry;
 use std::sync::Arc;
 

@@ -47,7 +47,7 @@ fn rhai_and_wasm_get_the_same_certificate_results() {
     );
 
     let c = |f: &str| certs.join(f).display().to_string();
-    let now = gatehost::caps::crypto::now_unix();
+    let now = gatehost::pki::crypto::now_unix();
     let claims = format!(r#"{{"iss":"dev01","iat":{now},"exp":{}}}"#, now + 300);
     let params: Vec<Pair> = vec![
         ("key".into(), c("dev01.key")),

@@ -3,11 +3,11 @@
 //! to the assigned sandbox hub; gatehost's own MQTT capability exercises every refusal path.
 
 use crate::signatures::venv_python;
-use gatehost::caps::crypto;
 use gatehost::caps::mqtt::ConnectOptions;
 use gatehost::caps::tls::TlsOptions;
 use gatehost::caps::CapContext;
 use gatehost::model::ProtocolVersion;
+use gatehost::pki::crypto;
 use gatehost::plugins::manifest::Permissions;
 use gatehost::record::Record;
 use gatehost::sandbox::config::SandboxConfig;
@@ -754,7 +754,7 @@ fail = {{ error_code = 400209, error_message = "Custom allocation failed" }}
             .with_root_certificates({
                 let mut roots = rustls::RootCertStore::empty();
                 let pem = std::fs::read_to_string(sandbox.ca_file()).unwrap();
-                for der in gatehost::caps::certs::x509::parse_pem_certs(&pem, "ca").unwrap() {
+                for der in gatehost::pki::x509::parse_pem_certs(&pem, "ca").unwrap() {
                     roots.add(der.into()).unwrap();
                 }
                 roots

@@ -5,10 +5,10 @@
 use crate::certs_openssl::openssl;
 use crate::sandbox::{ctx, options};
 use gatehost::caps::certs;
-use gatehost::caps::crypto;
 use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
 use gatehost::caps::CapContext;
 use gatehost::model::{ErrorKind, Message};
+use gatehost::pki::crypto;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;

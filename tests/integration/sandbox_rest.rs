@@ -3,9 +3,9 @@
 //! operations with DPS over MQTT; every malformed request gets its 4xx.
 
 use crate::sandbox::{ctx, start_sandbox, DEVICE_KEY};
-use gatehost::caps::crypto;
 use gatehost::caps::http::{self, Request, Response};
 use gatehost::caps::CapContext;
+use gatehost::pki::crypto;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
 use std::process::Command;

@@ -2,9 +2,9 @@
 //! recomputes SAS tokens, PyJWT verifies RS256/ES256 JWTs with the certificate's public key.
 
 use crate::support::repo_root;
-use gatehost::caps::certs::x509::{self, CertificateAuthority, Subject};
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
-use gatehost::caps::crypto;
+use gatehost::pki::crypto;
+use gatehost::pki::x509::{self, CertificateAuthority, Subject};
 use std::path::PathBuf;
 use std::process::Command;
 

@@ -113,7 +113,7 @@ impl ExternalBroker {
 fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalError> {
     let ca_file = config.local.ca_file.as_ref().map(|f| config.resolve(f));
     let roots =
-        crate::caps::tls::roots_from_file(ca_file.as_deref()).map_err(|why| match &ca_file {
+        crate::pki::tls::roots_from_file(ca_file.as_deref()).map_err(|why| match &ca_file {
             Some(_) => ExternalError::Ca(why),
             None => ExternalError::Tls(why),
         })?;
@@ -127,20 +127,20 @@ fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalErro
         (Some(cert), Some(key)) => {
             let (cert, key) = (config.resolve(cert), config.resolve(key));
             let (chain, key_der) =
-                crate::caps::tls::chain_and_key_files(&cert, &key).map_err(ExternalError::Tls)?;
+                crate::pki::tls::chain_and_key_files(&cert, &key).map_err(ExternalError::Tls)?;
             // An expired certificate is said at start, not found as an anonymous refusal.
             if let Some(leaf) = chain.first() {
-                crate::caps::certs::x509::check_validity(
+                crate::pki::x509::check_validity(
                     leaf,
-                    crate::caps::crypto::now_unix() as i64,
+                    crate::pki::crypto::now_unix() as i64,
                     &cert.display().to_string(),
                 )
                 .map_err(|e| ExternalError::Tls(e.message))?;
             }
             let identity =
-                crate::caps::tls::certified_key(chain, key_der, &provider).map_err(|why| {
+                crate::pki::tls::certified_key(chain, key_der, &provider).map_err(|why| {
                     let why = match why {
-                        crate::caps::tls::IdentityError::KeyMismatch => {
+                        crate::pki::tls::IdentityError::KeyMismatch => {
                             "the key is not the certificate's".to_string()
                         }
                         other => other.to_string(),

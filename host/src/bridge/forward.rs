@@ -161,7 +161,7 @@ impl Forwarders {
     /// Upstream connection state and seconds to credential expiry, per device.
     pub fn gauges(&self) -> (Vec<Sample>, Vec<Sample>) {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
-        let now = crate::caps::crypto::now_unix();
+        let now = crate::pki::crypto::now_unix();
         let mut connected = Vec::new();
         let mut expiry = Vec::new();
         for (device, w) in workers.iter() {
@@ -315,7 +315,7 @@ fn session(
             break Ended::Stopping;
         }
         if let Some(left) = session.time_to_expiry() {
-            let at = crate::caps::crypto::now_unix() + left.as_secs();
+            let at = crate::pki::crypto::now_unix() + left.as_secs();
             status.expires_at.store(at, Ordering::Relaxed);
         }
         if session.renewal_due() && stream.in_flight.is_empty() {

@@ -340,7 +340,7 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         return Ok(None);
     };
     let cert = config.resolve(cert);
-    let (chain, key_der) = crate::caps::tls::chain_and_key_files(&cert, &config.resolve(key))
+    let (chain, key_der) = crate::pki::tls::chain_and_key_files(&cert, &config.resolve(key))
         .map_err(BridgeError::Tls)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
@@ -351,12 +351,12 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         Some(file) => {
             let path = config.resolve(file);
             let verifier =
-                crate::caps::tls::ClientCertificates::issued_by_file(&path, provider.clone())
+                crate::pki::tls::ClientCertificates::issued_by_file(&path, provider.clone())
                     .map_err(BridgeError::Tls)?;
             builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };
-    let identity = crate::caps::tls::certified_key(chain, key_der, &provider).map_err(|why| {
+    let identity = crate::pki::tls::certified_key(chain, key_der, &provider).map_err(|why| {
         BridgeError::Tls(format!(
             "local.tls_cert {} cannot be used with local.tls_key {}: {why}",
             cert.display(),

@@ -56,7 +56,7 @@ pub fn start(simulators: &[SimulatorConfig], target: &Arc<Target>, log: &Arc<Log
 fn payload(sim: &SimulatorConfig, n: u64) -> String {
     sim.payload
         .replace("{n}", &n.to_string())
-        .replace("{t}", &crate::caps::crypto::now_unix().to_string())
+        .replace("{t}", &crate::pki::crypto::now_unix().to_string())
 }
 
 fn ticks(sim: &SimulatorConfig) -> tokio::time::Interval {

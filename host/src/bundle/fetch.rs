@@ -88,7 +88,7 @@ fn download(url: &str, options: &FetchOptions) -> Result<Vec<u8>, String> {
         .as_ref()
         .map(|p| p.display().to_string())
         .unwrap_or_default();
-    let roots = crate::caps::tls::roots_from(ca.as_deref().map(|pem| (pem, ca_name.as_str())))
+    let roots = crate::pki::tls::roots_from(ca.as_deref().map(|pem| (pem, ca_name.as_str())))
         .map_err(|e| e.message)?;
     let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)

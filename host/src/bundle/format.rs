@@ -260,7 +260,7 @@ impl Bundle {
                 d.name
             )));
         };
-        let when = crate::caps::crypto::now_unix();
+        let when = crate::pki::crypto::now_unix();
         let comment = format!(
             "gatehost bundle {} {} publisher:{publisher} timestamp:{when}",
             d.name, d.version

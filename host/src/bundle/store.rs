@@ -293,7 +293,7 @@ impl Site {
         let record = InstallRecord {
             sha256: bundle.sha256.clone(),
             source: source.to_string(),
-            installed_at: crate::caps::crypto::now_unix(),
+            installed_at: crate::pki::crypto::now_unix(),
         };
         // A fresh directory per install, so the live one is never written to.
         let target_name = format!(

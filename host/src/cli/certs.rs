@@ -2,9 +2,9 @@
 //! Each command prints a one-line summary (or `--json`).
 
 use super::print_json;
-use crate::caps::certs::x509::{self, CertificateAuthority, Subject};
 use crate::caps::certs::{KeyAlgorithm, PrivateKey};
 use crate::model::PluginError;
+use crate::pki::x509::{self, CertificateAuthority, Subject};
 use anyhow::Context;
 use clap::{Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! `gatehost sign ...`: Azure SAS tokens and DPS derived device keys; each prints only the result.
 
-use crate::caps::crypto;
+use crate::pki::crypto;
 use anyhow::bail;
 use clap::Subcommand;
 use std::process::ExitCode;

@@ -13,10 +13,10 @@
 //! enrich = true                                  # add line, machine to a JSON payload
 //! ```
 
-use crate::caps::crypto::percent_encode;
 use crate::caps::json::{kind, JsonKind};
 use crate::engine::RulePlugin;
 use crate::model::{Destination, ErrorKind, Message, Outbound, PluginError};
+use crate::pki::crypto::percent_encode;
 use serde::de::IgnoredAny;
 use serde::Deserialize;
 use std::collections::BTreeMap;

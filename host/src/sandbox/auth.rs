@@ -1,8 +1,8 @@
 //! Credential checks shared by the emulated services: Azure SAS tokens (signature, expiry,
 //! resource, key name) and client certificate chains (to a configured CA, valid now).
 
-use crate::caps::certs::x509;
-use crate::caps::crypto;
+use crate::pki::crypto;
+use crate::pki::x509;
 
 /// The fields of `SharedAccessSignature sr=..&sig=..&se=..[&skn=..]`, in any order.
 #[derive(Debug, Default)]

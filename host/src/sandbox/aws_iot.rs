@@ -5,10 +5,10 @@
 //! closes its connection (publish, connect) or fails its SUBACK, as AWS IoT does. Accepted
 //! publishes are recorded and routed to every subscribed client.
 
-use crate::caps::crypto;
 use crate::mqtt_server::{
     filter_matches, ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
+use crate::pki::crypto;
 use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::Publish;
 use std::sync::Arc;
@@ -54,7 +54,7 @@ impl AwsIot {
         for (i, thing) in self.things.iter().enumerate() {
             match &thing.registration {
                 Registration::Thumbprint(registered) if *registered == thumbprint => {
-                    crate::caps::certs::x509::check_validity(leaf, now, "the client certificate")
+                    crate::pki::x509::check_validity(leaf, now, "the client certificate")
                         .map_err(|e| e.message)?;
                     return Ok((i, thing.name.clone().unwrap_or_default()));
                 }

@@ -347,7 +347,7 @@ impl SandboxConfig {
                 }
             }
             for key in [&e.primary_key, &e.group_key].into_iter().flatten() {
-                if crate::caps::crypto::base64_decode(key).map_or(true, |k| k.is_empty()) {
+                if crate::pki::crypto::base64_decode(key).map_or(true, |k| k.is_empty()) {
                     return Err(format!("{at}: the key is not valid base64"));
                 }
             }

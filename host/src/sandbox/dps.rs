@@ -10,10 +10,10 @@
 use super::auth;
 use super::config::{Attestation, DpsConfig, Enrollment, EnrollmentStatus};
 use super::iothub::{DeviceAuth, DeviceRegistry};
-use crate::caps::crypto;
 use crate::mqtt_server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
+use crate::pki::crypto;
 use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use serde_json::{json, Value};
@@ -186,7 +186,7 @@ impl Dps {
         if peer_chain.is_empty() {
             return Err("neither a SAS token nor a client certificate was presented".into());
         }
-        let leaf_cn = crate::caps::certs::x509::info(&peer_chain[0]).subject_cn;
+        let leaf_cn = crate::pki::x509::info(&peer_chain[0]).subject_cn;
         if leaf_cn != registration_id {
             return Err(format!(
                 "the client certificate is for '{leaf_cn}', not registration id '{registration_id}'"
@@ -205,12 +205,8 @@ impl Dps {
                     "the client certificate's thumbprint {got} is not the enrolled one"
                 ));
             }
-            crate::caps::certs::x509::check_validity(
-                &peer_chain[0],
-                now as i64,
-                "the client certificate",
-            )
-            .map_err(|e| e.message)?;
+            crate::pki::x509::check_validity(&peer_chain[0], now as i64, "the client certificate")
+                .map_err(|e| e.message)?;
             return Ok(Identity::new(label, Some(i)));
         }
         let mut last = format!("no enrollment matches registration id '{registration_id}'");

@@ -5,11 +5,11 @@
 //! publish topic closes the connection, as does a message over 256 KB.
 
 use super::auth;
-use crate::caps::crypto;
 use crate::model::Pair;
 use crate::mqtt_server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
+use crate::pki::crypto;
 use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use std::collections::HashMap;
@@ -122,12 +122,8 @@ impl IotHub {
                         "the client certificate's thumbprint {got} is not the one registered for '{device_id}'"
                     ));
                 }
-                crate::caps::certs::x509::check_validity(
-                    leaf,
-                    now as i64,
-                    "the client certificate",
-                )
-                .map_err(|e| e.message)?;
+                crate::pki::x509::check_validity(leaf, now as i64, "the client certificate")
+                    .map_err(|e| e.message)?;
                 Ok((format!("x509:{device_id}"), None))
             }
             DeviceAuth::CertificateAuthority(cas) => {

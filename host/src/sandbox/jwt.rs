@@ -2,7 +2,7 @@
 //! `x5c` header's certificates checked for shape, and the RS256 signature verified against the
 //! first (leaf) certificate's key. What the claims must say is the caller's business.
 
-use crate::caps::crypto;
+use crate::pki::crypto;
 use serde_json::{Map, Value};
 
 /// A token whose signature verified against `x5c[0]`.
@@ -45,7 +45,7 @@ pub fn verify_rs256_x5c(token: &str) -> Result<SignedByLeaf, String> {
             .as_str()
             .and_then(|b64| crypto::base64_decode(b64).ok())
             .ok_or_else(|| format!("x5c[{i}] is not a base64 string"))?;
-        crate::caps::certs::x509::check_der(&der, "the JWT's x5c", i).map_err(|e| e.message)?;
+        crate::pki::x509::check_der(&der, "the JWT's x5c", i).map_err(|e| e.message)?;
         ders.push(der);
     }
     let signature = crypto::base64url_decode(signature)
@@ -92,8 +92,8 @@ fn rsa_public_key(cert_der: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::caps::certs::keys::{KeyAlgorithm, PrivateKey};
-    use crate::caps::certs::x509::{self, Subject};
+    use crate::pki::keys::{KeyAlgorithm, PrivateKey};
+    use crate::pki::x509::{self, Subject};
 
     fn self_signed(key: &PrivateKey) -> String {
         let subject = Subject::parse("/CN=acme_agent1").unwrap();

@@ -6,10 +6,10 @@
 //! up), and serve only the agent's own `tc/<tenant>/<clientId>/...` topics.
 
 use super::jwt;
-use crate::caps::crypto;
 use crate::mqtt_server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
+use crate::pki::crypto;
 use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use serde_json::{Map, Value};

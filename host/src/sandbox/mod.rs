@@ -304,7 +304,7 @@ fn read_pem(config: &SandboxConfig, path: &Path) -> Result<String, SandboxError>
 /// The certificates (DER) of a CA file the config names, checked once at start.
 fn read_ca(config: &SandboxConfig, path: &Path) -> Result<Vec<Vec<u8>>, SandboxError> {
     let pem = read_pem(config, path)?;
-    Ok(crate::caps::certs::x509::parse_pem_certs(
+    Ok(crate::pki::x509::parse_pem_certs(
         &pem,
         &config.resolve(path).display().to_string(),
     )?)

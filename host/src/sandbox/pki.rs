@@ -4,8 +4,8 @@
 //! directory is reused, so the CA stays the same across restarts.
 
 use super::SandboxError;
-use crate::caps::certs::keys::{KeyAlgorithm, PrivateKey};
-use crate::caps::certs::x509::{self, CertificateAuthority, Subject};
+use crate::pki::keys::{KeyAlgorithm, PrivateKey};
+use crate::pki::x509::{self, CertificateAuthority, Subject};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -114,9 +114,7 @@ impl SandboxPki {
         let config = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| SandboxError::Pki(e.to_string()))?
-            .with_client_cert_verifier(Arc::new(crate::caps::tls::ClientCertificates::any(
-                provider,
-            )))
+            .with_client_cert_verifier(Arc::new(crate::pki::tls::ClientCertificates::any(provider)))
             .with_single_cert(chain, key)
             .map_err(|e| SandboxError::Pki(format!("server certificate: {e}")))?;
         Ok(Arc::new(config))

@@ -3,10 +3,10 @@
 //! handle and a non-secret reference (`state:<name>` for keys the host generated into the
 //! plugin's state, `file:<path>` for keys loaded from a declared file root).
 
-pub mod keys;
 pub mod rhai;
 pub mod wasm;
-pub mod x509;
+
+pub use crate::pki::{keys, x509};
 
 pub use keys::{KeyAlgorithm, PrivateKey};
 pub use x509::{CertificateInfo, Subject};
@@ -119,7 +119,7 @@ pub fn key_matches(
 pub fn verify_chain(ctx: &CapContext, chain_path: &str, ca_path: &str) -> Result<(), PluginError> {
     let chain = x509::parse_pem_certs(&ctx.read_text(chain_path)?, chain_path)?;
     let cas = x509::parse_pem_certs(&ctx.read_text(ca_path)?, ca_path)?;
-    let now = crate::caps::crypto::now_unix() as i64;
+    let now = crate::pki::crypto::now_unix() as i64;
     x509::verify_chain(&chain, &cas, now, chain_path, ca_path)
 }
 

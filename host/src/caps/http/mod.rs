@@ -213,10 +213,13 @@ fn failure(url: &str, timeout: Duration, e: &reqwest::Error) -> PluginError {
             format!("{url} redirected where the plugin may not go: {why}"),
         );
     }
-    if let Some(tls_error) = tls::find_rustls_error(e) {
+    if let Some(tls_error) = crate::pki::tls::find_rustls_error(e) {
         return err(
             ErrorKind::Tls,
-            format!("TLS with {url} failed: {}", tls::describe(tls_error)),
+            format!(
+                "TLS with {url} failed: {}",
+                crate::pki::tls::describe(tls_error)
+            ),
         );
     }
     // The innermost cause says what happened (refused, reset, DNS).

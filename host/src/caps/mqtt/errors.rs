@@ -3,8 +3,8 @@
 
 use super::err;
 use super::wire::reason_text;
-use crate::caps::tls;
 use crate::model::{ErrorKind, PluginError};
+use crate::pki::tls;
 use rumqttc::v5;
 
 pub fn tls_failure(endpoint: &str, why: &str) -> PluginError {

@@ -4,8 +4,8 @@
 //! providers document.
 
 use super::keys::{KeyAlgorithm, PrivateKey};
-use crate::caps::crypto::base64_encode;
 use crate::model::{ErrorKind, PluginError};
+use crate::pki::crypto::base64_encode;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyUsagePurpose,
     SerialNumber,
@@ -393,7 +393,7 @@ impl<'a> CertificateAuthority<'a> {
                 "{ca_source} is not a CA certificate (basicConstraints CA:TRUE is missing)"
             )));
         }
-        check_validity(&cert_der, crate::caps::crypto::now_unix() as i64, ca_source)?;
+        check_validity(&cert_der, crate::pki::crypto::now_unix() as i64, ca_source)?;
         Ok(CertificateAuthority { cert_der, key })
     }
 
@@ -514,7 +514,7 @@ mod tests {
         let leaf_pem = ca.issue(&csr, 5, "dev.csr").unwrap();
         let leaf = parse_pem_certs(&leaf_pem, "dev.pem").unwrap();
         let cas = parse_pem_certs(&ca_pem, "ca.pem").unwrap();
-        let now = crate::caps::crypto::now_unix() as i64;
+        let now = crate::pki::crypto::now_unix() as i64;
         verify_chain(&leaf, &cas, now, "dev.pem", "ca.pem").unwrap();
         assert!(key_matches(&leaf_key, &leaf[0]));
         assert!(!key_matches(&ca_key, &leaf[0]));

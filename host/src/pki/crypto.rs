@@ -1,0 +1,312 @@
+//! Hashing, encodings, and the provider signatures: Azure SAS tokens and DPS group-enrollment
+//! derived keys (bit-exact with `providers.md`), and JWTs signed RS256/ES256 by a host-held key
+//! (with the MindConnect private-cloud token one call away). The `crypto` capability
+//! ([`crate::caps::crypto`]) hands these to plugins.
+
+use crate::model::{ErrorKind, PluginError};
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
+use sha2::{Digest, Sha256};
+
+/// Bytes Azure leaves unencoded: `[A-Za-z0-9_.~-]`.
+const AZURE_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'-');
+
+pub fn sha256(data: &[u8]) -> Vec<u8> {
+    Sha256::digest(data).to_vec()
+}
+
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+pub fn base64_encode(data: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub fn base64_decode(text: &str) -> Result<Vec<u8>, PluginError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| invalid(format!("'{}' is not valid base64: {e}", shorten(text))))
+}
+
+pub fn base64url_encode(data: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
+}
+
+/// Accepts URL-safe base64 with or without padding.
+pub fn base64url_decode(text: &str) -> Result<Vec<u8>, PluginError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(text.trim().trim_end_matches('='))
+        .map_err(|e| invalid(format!("'{}' is not valid base64url: {e}", shorten(text))))
+}
+
+/// Percent-encode every byte outside `[A-Za-z0-9_.~-]` (`/` -> `%2F`, `+` -> `%2B`, `=` -> `%3D`).
+pub fn percent_encode(text: &str) -> String {
+    percent_encoding::utf8_percent_encode(text, AZURE_SAFE).to_string()
+}
+
+pub fn uuid_v4() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// An Azure SAS token:
+/// `SharedAccessSignature sr=<enc(resource)>&sig=<enc(base64(hmac(key, enc(resource)\n<expiry>)))>&se=<expiry>[&skn=<policy>]`.
+pub fn sas_token(
+    resource: &str,
+    key_base64: &str,
+    policy: Option<&str>,
+    expiry: u64,
+) -> Result<String, PluginError> {
+    if resource.is_empty() {
+        return Err(invalid("SAS resource is empty".to_string()));
+    }
+    let key = base64_decode(key_base64)
+        .map_err(|_| invalid("SAS key is not valid base64".to_string()))?;
+    if key.is_empty() {
+        return Err(invalid("SAS key is empty".to_string()));
+    }
+    let encoded_resource = percent_encode(resource);
+    let sig = sas_signature(&encoded_resource, &key, expiry);
+    let mut token = format!(
+        "SharedAccessSignature sr={encoded_resource}&sig={}&se={expiry}",
+        percent_encode(&sig)
+    );
+    if let Some(policy) = policy.filter(|p| !p.is_empty()) {
+        token.push_str("&skn=");
+        token.push_str(&percent_encode(policy));
+    }
+    crate::redact::remember(key_base64);
+    crate::redact::remember(&token);
+    Ok(token)
+}
+
+/// The `sig` of a SAS token before percent-encoding:
+/// `base64(HMAC-SHA256(key, <encoded resource> "\n" <expiry>))`.
+pub fn sas_signature(encoded_resource: &str, key: &[u8], expiry: u64) -> String {
+    let to_sign = format!("{encoded_resource}\n{expiry}");
+    base64_encode(&hmac_sha256(key, to_sign.as_bytes()))
+}
+
+/// DPS group enrollment: `base64(HMAC-SHA256(base64decode(group_key), registration_id))`.
+pub fn derive_device_key(
+    group_key_base64: &str,
+    registration_id: &str,
+) -> Result<String, PluginError> {
+    if registration_id.is_empty() {
+        return Err(invalid("registration id is empty".to_string()));
+    }
+    let key = base64_decode(group_key_base64)
+        .map_err(|_| invalid("group key is not valid base64".to_string()))?;
+    let derived = base64_encode(&hmac_sha256(&key, registration_id.as_bytes()));
+    crate::redact::remember(group_key_base64);
+    crate::redact::remember(&derived);
+    Ok(derived)
+}
+
+/// The longest JWT lifetime (`exp - iat`) MindConnect accepts, and the CLI's default maximum.
+pub const MAX_JWT_LIFETIME_SECS: u64 = 3600;
+
+/// A compact JWT signed by `key` (RS256 for RSA keys, ES256 for P-256). `header_json` fields are
+/// merged over `{"alg", "typ": "JWT"}`; `x5c_chain` (PEM text and its source name) adds an `x5c`
+/// header with every certificate's DER in order. With `max_lifetime`, claims whose `exp - iat`
+/// exceed it are refused.
+pub fn jwt_sign(
+    key: &crate::pki::keys::PrivateKey,
+    header_json: &str,
+    claims_json: &str,
+    x5c_chain: Option<(&str, &str)>,
+    max_lifetime: Option<u64>,
+) -> Result<String, PluginError> {
+    let object = |text: &str,
+                  what: &str|
+     -> Result<serde_json::Map<String, serde_json::Value>, PluginError> {
+        if text.trim().is_empty() {
+            return Ok(serde_json::Map::new());
+        }
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => Ok(map),
+            Ok(_) => Err(invalid(format!("JWT {what} must be a JSON object"))),
+            Err(e) => Err(invalid(format!("JWT {what} is not valid JSON: {e}"))),
+        }
+    };
+    let alg = key.algorithm().jwt_alg();
+    let mut header = serde_json::Map::new();
+    header.insert("alg".into(), alg.into());
+    header.insert("typ".into(), "JWT".into());
+    for (k, v) in object(header_json, "header")? {
+        if k == "alg" && v != alg {
+            return Err(invalid(format!(
+                "JWT header alg {v} does not match the {} key (it signs {alg})",
+                key.algorithm()
+            )));
+        }
+        header.insert(k, v);
+    }
+    if let Some((pem_text, source)) = x5c_chain {
+        let ders = crate::pki::x509::parse_pem_certs(pem_text, source)?;
+        let x5c: Vec<serde_json::Value> = ders.iter().map(|d| base64_encode(d).into()).collect();
+        header.insert("x5c".into(), x5c.into());
+    }
+    let claims = object(claims_json, "claims")?;
+    if let Some(max) = max_lifetime {
+        check_jwt_lifetime(&claims, max)?;
+    }
+    let encode = |map: &serde_json::Map<String, serde_json::Value>| {
+        base64url_encode(&serde_json::to_vec(map).expect("a JSON map serializes"))
+    };
+    let signing_input = format!("{}.{}", encode(&header), encode(&claims));
+    let signature = key.sign_jwt(signing_input.as_bytes())?;
+    let token = format!("{signing_input}.{}", base64url_encode(&signature));
+    crate::redact::remember(&token);
+    Ok(token)
+}
+
+fn check_jwt_lifetime(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    max: u64,
+) -> Result<(), PluginError> {
+    let number = |name: &str| claims.get(name).and_then(|v| v.as_i64());
+    if let (Some(iat), Some(exp)) = (number("iat"), number("exp")) {
+        if exp - iat > max as i64 {
+            return Err(invalid(format!(
+                "JWT lifetime exp - iat = {} s exceeds the provider maximum of {max} s",
+                exp - iat
+            )));
+        }
+        if exp <= iat {
+            return Err(invalid(format!("JWT exp ({exp}) is not after iat ({iat})")));
+        }
+    }
+    Ok(())
+}
+
+/// The MindConnect private-cloud broker password: an RS256 JWT with `x5c` = [agent cert, tenant
+/// CA], `iss` = `sub` = client id, `aud` = ["MQTTBroker"], a fresh `jti`, `ten` = tenant and a
+/// lifetime of at most one hour.
+pub fn mindconnect_jwt(
+    key: &crate::pki::keys::PrivateKey,
+    chain_pem: &str,
+    chain_source: &str,
+    client_id: &str,
+    tenant: &str,
+    ttl_secs: u64,
+) -> Result<String, PluginError> {
+    if client_id.is_empty() {
+        return Err(invalid("MindConnect client id is empty".into()));
+    }
+    if key.algorithm() == crate::pki::keys::KeyAlgorithm::P256 {
+        return Err(invalid(format!(
+            "MindConnect tokens are RS256: agent '{client_id}' needs an RSA key, not a P-256 one"
+        )));
+    }
+    if tenant.is_empty() || tenant.chars().count() > 36 {
+        return Err(invalid(format!(
+            "MindConnect tenant must be 1 to 36 characters, got {}",
+            tenant.chars().count()
+        )));
+    }
+    if ttl_secs == 0 || ttl_secs > MAX_JWT_LIFETIME_SECS {
+        return Err(invalid(format!(
+            "MindConnect token lifetime of {ttl_secs} s is out of range (1 to {MAX_JWT_LIFETIME_SECS})"
+        )));
+    }
+    let iat = now_unix();
+    let claims = serde_json::json!({
+        "jti": uuid_v4(),
+        "iss": client_id,
+        "sub": client_id,
+        "aud": ["MQTTBroker"],
+        "iat": iat,
+        "exp": iat + ttl_secs,
+        "schemas": ["urn:siemens:mindsphere:v1"],
+        "ten": tenant,
+    });
+    jwt_sign(
+        key,
+        "",
+        &claims.to_string(),
+        Some((chain_pem, chain_source)),
+        Some(MAX_JWT_LIFETIME_SECS),
+    )
+}
+
+fn invalid(message: String) -> PluginError {
+    PluginError::new(ErrorKind::InvalidInput, message)
+}
+
+/// Inputs echoed in errors are cut so a long (possibly secret) value is never printed whole.
+fn shorten(text: &str) -> String {
+    if text.chars().count() <= 16 {
+        text.to_string()
+    } else {
+        format!("{}...", text.chars().take(12).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_encoding_matches_azure() {
+        assert_eq!(
+            percent_encode("0ne00/registrations/dev 1+="),
+            "0ne00%2Fregistrations%2Fdev%201%2B%3D"
+        );
+        assert_eq!(percent_encode("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(percent_encode("ü"), "%C3%BC");
+    }
+
+    #[test]
+    fn sas_token_matches_an_independent_computation() {
+        // Expected value computed with Python's hmac/base64/urllib.parse.quote(safe='').
+        let token = sas_token(
+            "0ne00055505/registrations/press7",
+            "dGhpcyBpcyBhIHRlc3Qga2V5IG9mIDMyIGJ5dGVzIQ==",
+            Some("registration"),
+            1_700_000_000,
+        )
+        .unwrap();
+        assert_eq!(token, include_str!("testdata/sas_expected.txt").trim());
+    }
+
+    #[test]
+    fn derived_key_matches_an_independent_computation() {
+        let key =
+            derive_device_key("dGhpcyBpcyBhIHRlc3Qga2V5IG9mIDMyIGJ5dGVzIQ==", "press7").unwrap();
+        assert_eq!(key, include_str!("testdata/derived_expected.txt").trim());
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let e = sas_token("r", "not base64!", None, 1).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::InvalidInput);
+        assert_eq!(e.message, "SAS key is not valid base64");
+        let e = derive_device_key("a2V5", "").unwrap_err();
+        assert_eq!(e.message, "registration id is empty");
+        assert!(base64_decode("%%%").is_err());
+    }
+
+    #[test]
+    fn base64url_round_trips_without_padding() {
+        let data = [0xfb, 0xff, 0x00];
+        let text = base64url_encode(&data);
+        assert_eq!(text, "-_8A");
+        assert_eq!(base64url_decode(&text).unwrap(), data);
+        assert_eq!(base64url_decode("-_8A=").unwrap(), data);
+    }
+}
