@@ -7,9 +7,9 @@
 use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
 use gatehost::caps::tls::TlsOptions;
 use gatehost::caps::CapContext;
+use gatehost::caps::Permissions;
 use gatehost::model::{Message, ProtocolVersion};
 use gatehost::pki::crypto;
-use gatehost::plugins::manifest::Permissions;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
 use std::time::{Duration, Instant};

@@ -314,6 +314,17 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A plugin, kv namespace or key name: 1-64 characters of a-z, 0-9, `-` or `_`, starting with a
+/// letter or digit.
+pub fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -59,7 +59,8 @@ pub fn is_secret_param(name: &str, value: &str) -> bool {
         return true;
     }
     (name == "key" || name.ends_with("_key"))
-        && crate::pki::crypto::base64_decode(value).is_ok_and(|k| k.len() >= 16)
+        && base64::Engine::decode(&base64::engine::general_purpose::STANDARD, value)
+            .is_ok_and(|k| k.len() >= 16)
 }
 
 #[cfg(test)]

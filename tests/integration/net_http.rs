@@ -5,8 +5,8 @@ use crate::broker::Pki;
 use crate::support::PluginDir;
 use gatehost::caps::http::{send, Request};
 use gatehost::caps::CapContext;
+use gatehost::caps::Permissions;
 use gatehost::model::{ClientCertificate, ErrorKind, Message};
-use gatehost::plugins::manifest::Permissions;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 

@@ -236,7 +236,7 @@ pub fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, pay
         .unwrap();
     let ctx = CapContext::ephemeral(
         "provider-flows-test",
-        gatehost::plugins::manifest::Permissions {
+        gatehost::caps::Permissions {
             endpoints: vec!["localhost:*".into(), "127.0.0.1:*".into()],
             file_roots: vec![d.display().to_string()],
             kv_namespace: None,

@@ -4,8 +4,9 @@
 
 use super::archive::{self, ArchiveError, ArchiveLimits, Entry};
 use super::minisign::{SecretKey, Signature};
+use crate::caps::Permissions;
 use crate::plugins::discovery::{discover_one, EngineKind};
-use crate::plugins::manifest::{Manifest, Permissions, PluginKind};
+use crate::plugins::manifest::{Manifest, PluginKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};

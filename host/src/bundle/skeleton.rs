@@ -2,8 +2,9 @@
 //! `gatehost check`, `gatehost rule test` (rules), `gatehost onboard` (flows) and
 //! `gatehost plugin pack`.
 
+use crate::model::is_plugin_name;
 use crate::plugins::discovery::EngineKind;
-use crate::plugins::manifest::{is_plugin_name, PluginKind};
+use crate::plugins::manifest::PluginKind;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]

@@ -1,11 +1,9 @@
 //! The plugin engines: WASM components (wasmtime) and Rhai scripts, behind one pair of traits
 //! ([`RulePlugin`], [`FlowPlugin`]) so the rest of gatehost never knows which engine runs a plugin.
 
-pub mod bindings;
 pub mod limits;
 pub mod rhai;
 pub mod wasm;
-mod wit_convert;
 
 use crate::model::{Connection, Credentials, Message, Outbound, Pair, PluginError};
 use std::path::PathBuf;

@@ -4,9 +4,10 @@
 //! memory cap per instance. A call that traps poisons its instance, which is then rebuilt from the
 //! `InstancePre` on the next call, so one bad message never takes the plugin down.
 
-use super::bindings::{flow, plugin::types as wit, rule};
 use super::limits::Limits;
 use super::{FlowPlugin, LoadError, RulePlugin};
+use crate::caps::wasm::{CapsData, WasmCaps};
+use crate::caps::wit::{flow, plugin::types as wit, rule};
 use crate::caps::CapContext;
 use crate::model::{
     validate_outbound, Connection, Credentials, ErrorKind, Message, Outbound, Pair, PluginError,
@@ -18,7 +19,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -46,7 +47,13 @@ impl WasiView for HostState {
     }
 }
 
-impl wit::Host for HostState {}
+/// What the capabilities' host impls see of a store's data.
+fn caps_of(state: &mut HostState) -> WasmCaps<'_> {
+    WasmCaps {
+        caps: &mut state.caps,
+        table: &mut state.table,
+    }
+}
 
 /// Caps linear memory growth and remembers that the cap was hit, so the trap that follows (the
 /// guest's allocator aborts) can be reported as what it is.
@@ -103,12 +110,10 @@ impl WasmRuntime {
 
         let mut rule_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut rule_linker).map_err(engine_err)?;
-        rule::Rule::add_to_linker::<_, HasSelf<HostState>>(&mut rule_linker, |s| s)
-            .map_err(engine_err)?;
+        rule::Rule::add_to_linker::<_, CapsData>(&mut rule_linker, caps_of).map_err(engine_err)?;
         let mut flow_linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut flow_linker).map_err(engine_err)?;
-        flow::Flow::add_to_linker::<_, HasSelf<HostState>>(&mut flow_linker, |s| s)
-            .map_err(engine_err)?;
+        flow::Flow::add_to_linker::<_, CapsData>(&mut flow_linker, caps_of).map_err(engine_err)?;
 
         spawn_epoch_ticker(&engine);
         Ok(Arc::new(WasmRuntime {

@@ -28,8 +28,10 @@
 //! max_sessions = 8              # MQTT sessions open at once (rules 8, flows 256)
 //! ```
 
+use crate::caps::Permissions;
 use crate::engine::limits::LimitOverrides;
 use crate::engine::WORLD_VERSION;
+use crate::model::is_plugin_name;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -206,21 +208,6 @@ impl fmt::Display for PluginKind {
     }
 }
 
-/// What a plugin declares it needs. Everything else is denied.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Permissions {
-    /// Outbound endpoints as `host:port` patterns.
-    #[serde(default)]
-    pub endpoints: Vec<String>,
-    /// Directories (relative to the gateway's working directory, or absolute) the plugin may read
-    /// certificate and key files from.
-    #[serde(default)]
-    pub file_roots: Vec<String>,
-    #[serde(default)]
-    pub kv_namespace: Option<String>,
-}
-
 /// A manifest that cannot be used, with the file and the reason.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -289,15 +276,6 @@ impl Manifest {
         }
         Ok(())
     }
-}
-
-pub fn is_plugin_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && name.as_bytes()[0].is_ascii_alphanumeric()
 }
 
 fn is_version(v: &str) -> bool {

@@ -12,8 +12,8 @@ pub use keys::{KeyAlgorithm, PrivateKey};
 pub use x509::{CertificateInfo, Subject};
 
 use super::CapContext;
+use crate::model::is_plugin_name;
 use crate::model::{ErrorKind, PluginError};
-use crate::plugins::manifest::is_plugin_name;
 use std::path::PathBuf;
 use std::sync::Arc;
 

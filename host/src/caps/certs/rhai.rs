@@ -6,8 +6,8 @@
 //! `certs::verify_chain(chain_path, ca_path)`.
 
 use super::{KeyAlgorithm, KeyHandle, Subject};
+use crate::caps::rhai_glue::{plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
 use crate::model::{ErrorKind, PluginError};
 use rhai::{Array, Dynamic, Engine, Map, Module};
 

@@ -1,11 +1,11 @@
 //! WIT host impl of `gatehost:plugin/certs`.
 
 use super::{KeyAlgorithm, KeyHandle, Subject};
-use crate::engine::bindings::plugin::certs::{
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::certs::{
     CertificateInfo as WitInfo, Host, HostKeyPair, KeyAlgorithm as WitAlg, Subject as WitSubject,
 };
-use crate::engine::bindings::plugin::types::Error;
-use crate::engine::wasm::HostState;
+use crate::caps::wit::plugin::types::Error;
 use crate::model::PluginError;
 use wasmtime::component::Resource;
 
@@ -29,7 +29,7 @@ fn from_wit_alg(a: WitAlg) -> KeyAlgorithm {
     }
 }
 
-impl HostState {
+impl WasmCaps<'_> {
     /// Put a key handle in the resource table, or pass the error through.
     fn key_resource(
         &mut self,
@@ -46,7 +46,7 @@ impl HostState {
     }
 }
 
-impl HostKeyPair for HostState {
+impl HostKeyPair for WasmCaps<'_> {
     fn generate(&mut self, alg: WitAlg, name: String) -> WitResult<Resource<KeyHandle>> {
         let key = super::generate_key(&self.caps, from_wit_alg(alg), &name);
         self.key_resource(key)
@@ -80,7 +80,7 @@ impl HostKeyPair for HostState {
     }
 }
 
-impl Host for HostState {
+impl Host for WasmCaps<'_> {
     fn create_csr(
         &mut self,
         key: Resource<KeyHandle>,

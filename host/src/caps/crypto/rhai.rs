@@ -2,8 +2,8 @@
 //! `crypto::percent_encode`, ...); byte arguments accept a blob or a string (its UTF-8 bytes).
 
 use crate::caps::certs::KeyHandle;
+use crate::caps::rhai_glue::{plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
 use crate::model::{ErrorKind, PluginError};
 use rhai::{Blob, Dynamic, Engine, Module, INT};
 

@@ -1,14 +1,14 @@
 //! WIT host impl of `gatehost:plugin/crypto`.
 
 use crate::caps::certs::KeyHandle;
-use crate::engine::bindings::plugin::crypto::Host;
-use crate::engine::bindings::plugin::types::Error;
-use crate::engine::wasm::HostState;
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::crypto::Host;
+use crate::caps::wit::plugin::types::Error;
 use wasmtime::component::Resource;
 
 type WitResult<T> = wasmtime::Result<Result<T, Error>>;
 
-impl Host for HostState {
+impl Host for WasmCaps<'_> {
     fn sha256(&mut self, data: Vec<u8>) -> wasmtime::Result<Vec<u8>> {
         Ok(super::sha256(&data))
     }

@@ -3,8 +3,8 @@
 //! returns `#{status, headers: [[k, v]], body (blob)}`; 4xx/5xx answers throw typed errors
 //! unless `errors_as_responses: true`.
 
+use crate::caps::rhai_glue::{bytes_from_dynamic, plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{bytes_from_dynamic, plugin_error, RhaiResult};
 use crate::model::{ErrorKind, PluginError};
 use rhai::{Array, Dynamic, Engine, Map, Module};
 

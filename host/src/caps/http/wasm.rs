@@ -1,10 +1,10 @@
 //! WIT host impl of `gatehost:plugin/http`.
 
-use crate::engine::bindings::plugin::http::{Host, Request, Response};
-use crate::engine::bindings::plugin::types::Error;
-use crate::engine::wasm::HostState;
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::http::{Host, Request, Response};
+use crate::caps::wit::plugin::types::Error;
 
-impl Host for HostState {
+impl Host for WasmCaps<'_> {
     fn send(&mut self, r: Request) -> wasmtime::Result<Result<Response, Error>> {
         let request = super::Request {
             method: r.method,

@@ -1,10 +1,10 @@
 //! WIT host impl of `gatehost:plugin/json`.
 
 use super::JsonKind;
-use crate::engine::bindings::plugin::json::{Host, JsonKind as WitKind};
-use crate::engine::wasm::HostState;
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::json::{Host, JsonKind as WitKind};
 
-impl Host for HostState {
+impl Host for WasmCaps<'_> {
     fn kind(&mut self, document: Vec<u8>) -> wasmtime::Result<WitKind> {
         Ok(match super::kind(&document) {
             JsonKind::Invalid => WitKind::Invalid,

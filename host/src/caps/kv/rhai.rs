@@ -1,8 +1,8 @@
 //! Rhai registration of the `kv` capability: `kv::get(key)` (a blob, or `()` when absent),
 //! `kv::set(key, blob_or_string)`, `kv::delete(key)`, `kv::keys()`.
 
+use crate::caps::rhai_glue::{plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
 use rhai::{Array, Blob, Dynamic, Engine, Module};
 
 pub fn register(engine: &mut Engine, ctx: &CapContext) {

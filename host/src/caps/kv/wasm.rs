@@ -1,10 +1,10 @@
 //! WIT host impl of `gatehost:plugin/kv`.
 
-use crate::engine::bindings::plugin::kv::Host;
-use crate::engine::bindings::plugin::types::Error;
-use crate::engine::wasm::HostState;
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::kv::Host;
+use crate::caps::wit::plugin::types::Error;
 
-impl Host for HostState {
+impl Host for WasmCaps<'_> {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, Error>> {
         Ok(self.caps.kv.get(&key).map_err(Into::into))
     }

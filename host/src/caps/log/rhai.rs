@@ -2,8 +2,8 @@
 //! `log::log(level, msg)`; Rhai's own `print`/`debug` go to the same place.
 
 use super::{log, Level};
+use crate::caps::rhai_glue::{plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
 use crate::model::{ErrorKind, PluginError};
 use rhai::{Engine, Module};
 

@@ -1,9 +1,9 @@
 //! WIT host impl of `gatehost:plugin/log`.
 
-use crate::engine::bindings::plugin::log::{Host, Level as WitLevel};
-use crate::engine::wasm::HostState;
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::log::{Host, Level as WitLevel};
 
-impl Host for HostState {
+impl Host for WasmCaps<'_> {
     fn log(&mut self, level: WitLevel, message: String) -> wasmtime::Result<()> {
         let level = match level {
             WitLevel::Trace => super::Level::Trace,

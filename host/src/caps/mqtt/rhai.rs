@@ -7,8 +7,8 @@
 //! message map, or `()` on timeout) and `disconnect()`. The session closes when the script drops it.
 
 use super::{ConnectSpec, MqttSession};
+use crate::caps::rhai_glue::{message_from_map, message_to_dynamic, plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{message_from_map, message_to_dynamic, plugin_error, RhaiResult};
 use crate::model::{ErrorKind, Message, PluginError};
 use rhai::{Dynamic, Engine, Map, Module, INT};
 use std::sync::{Arc, Mutex};

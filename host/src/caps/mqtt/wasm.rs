@@ -1,9 +1,9 @@
 //! WIT host impl of `gatehost:plugin/mqtt`.
 
 use super::{ConnectSpec, MqttSession, TlsSpec};
-use crate::engine::bindings::plugin::mqtt::{ConnectOptions, Host, HostSession};
-use crate::engine::bindings::plugin::types::{Connection, Error, Message, ProtocolVersion};
-use crate::engine::wasm::HostState;
+use crate::caps::wasm::WasmCaps;
+use crate::caps::wit::plugin::mqtt::{ConnectOptions, Host, HostSession};
+use crate::caps::wit::plugin::types::{Connection, Error, Message, ProtocolVersion};
 use std::time::Duration;
 use wasmtime::component::Resource;
 
@@ -32,7 +32,7 @@ fn spec(o: ConnectOptions) -> ConnectSpec {
     }
 }
 
-impl HostSession for HostState {
+impl HostSession for WasmCaps<'_> {
     fn connect(&mut self, options: ConnectOptions) -> WitResult<Resource<MqttSession>> {
         let session = spec(options)
             .resolve(&self.caps)
@@ -96,4 +96,4 @@ impl HostSession for HostState {
     }
 }
 
-impl Host for HostState {}
+impl Host for WasmCaps<'_> {}

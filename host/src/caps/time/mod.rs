@@ -35,7 +35,7 @@ pub fn sleep_ms(ctx: &CapContext, ms: u64) -> Result<(), PluginError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plugins::manifest::Permissions;
+    use crate::caps::Permissions;
 
     #[test]
     fn long_waits_are_refused_short_ones_wait() {

@@ -1,7 +1,7 @@
 //! Rhai registration of the `time` capability: `time::sleep_ms(ms)`.
 
+use crate::caps::rhai_glue::{plugin_error, RhaiResult};
 use crate::caps::CapContext;
-use crate::engine::rhai::{plugin_error, RhaiResult};
 use rhai::{Engine, Module, INT};
 
 pub fn register(engine: &mut Engine, ctx: &CapContext) {

@@ -1,6 +1,6 @@
-//! Conversions between the WIT-generated types (`bindings::plugin::types`) and the host model.
+//! Conversions between the WIT-generated types (`caps::wit::plugin::types`) and the host model.
 
-use super::bindings::plugin::types as wit;
+use super::wit::plugin::types as wit;
 use crate::model::{self, ErrorKind, PluginError};
 
 impl From<PluginError> for wit::Error {
