@@ -90,14 +90,15 @@
 //! enrich = true
 //! ```
 
-use crate::bundle::archive::ArchiveLimits;
-use crate::bundle::lock::LOCK_FILE;
-use crate::bundle::store::Site;
-use crate::bundle::trust::{TrustError, TrustStore};
 use crate::caps::GatewayPermissions;
 use crate::engine::limits::LimitOverrides;
+use crate::model::one_line;
 use crate::model::Pair;
-use crate::plugins::manifest::{one_line, PluginKind};
+use crate::plugins::bundle::archive::ArchiveLimits;
+use crate::plugins::bundle::lock::LOCK_FILE;
+use crate::plugins::bundle::store::Site;
+use crate::plugins::bundle::trust::{TrustError, TrustStore};
+use crate::plugins::manifest::PluginKind;
 use crate::plugins::registry::{PluginEnv, Registry};
 use crate::rules::template::{TemplateConfig, TemplateRule};
 use serde::Deserialize;

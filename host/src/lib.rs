@@ -6,7 +6,6 @@
 //! engines), [`plugins`] (manifests, discovery, registry), [`bundle`] (signed bundles, trust, install), [`cli`] (the `gatehost` commands).
 
 pub mod bridge;
-pub mod bundle;
 pub mod caps;
 pub mod cli;
 pub mod config;

@@ -5,10 +5,10 @@
 
 use crate::sandbox_brokers::{openssl_ca, openssl_leaf_with};
 use crate::support::{gatehost, repo_root, run, wasm_dir, Killed, Output};
-use gatehost::bundle::archive::ArchiveLimits;
-use gatehost::bundle::format::{pack, sha256_hex, Bundle, FileHash};
-use gatehost::bundle::minisign::{PublicKey, SecretKey, Signature};
-use gatehost::bundle::trust::TrustStore;
+use gatehost::plugins::bundle::archive::ArchiveLimits;
+use gatehost::plugins::bundle::format::{pack, sha256_hex, Bundle, FileHash};
+use gatehost::plugins::bundle::minisign::{PublicKey, SecretKey, Signature};
+use gatehost::plugins::bundle::trust::TrustStore;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -605,7 +605,8 @@ fn bad_bundles_are_refused_and_leave_nothing_behind() {
         p.display().to_string()
     };
     // The signed description and payload of the good bundle, to craft variants from.
-    let entries = gatehost::bundle::archive::read(&good, &ArchiveLimits::default()).unwrap();
+    let entries =
+        gatehost::plugins::bundle::archive::read(&good, &ArchiveLimits::default()).unwrap();
     let desc = &entries[0].data;
     let sig = &entries[1].data;
     let script = &entries[2].data;

@@ -2,14 +2,14 @@
 //! remove and sync them with the trust store and `gatehost.lock`.
 
 use super::{print_json, ConfigArg};
-use crate::bundle::archive::ArchiveLimits;
-use crate::bundle::fetch::{fetch, FetchOptions};
-use crate::bundle::format::{pack, sha256_hex, Bundle};
-use crate::bundle::lock::Lock;
-use crate::bundle::minisign::SecretKey;
-use crate::bundle::skeleton;
-use crate::bundle::store::write_atomic;
-use crate::bundle::trust::TrustStore;
+use crate::plugins::bundle::archive::ArchiveLimits;
+use crate::plugins::bundle::fetch::{fetch, FetchOptions};
+use crate::plugins::bundle::format::{pack, sha256_hex, Bundle};
+use crate::plugins::bundle::lock::Lock;
+use crate::plugins::bundle::minisign::SecretKey;
+use crate::plugins::bundle::skeleton;
+use crate::plugins::bundle::store::write_atomic;
+use crate::plugins::bundle::trust::TrustStore;
 use crate::plugins::discovery::EngineKind;
 use crate::plugins::manifest::PluginKind;
 use crate::plugins::registry::Registry;
@@ -426,7 +426,7 @@ fn sign(args: SignArgs) -> anyhow::Result<ExitCode> {
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let signature = crate::bundle::minisign::Signature::parse(&text)
+            let signature = crate::plugins::bundle::minisign::Signature::parse(&text)
                 .with_context(|| format!("{} is not a minisign signature", file.display()))?;
             let by = format!("with the signature of key {}", signature.key_id);
             bundle.attach(signature);

@@ -31,7 +31,7 @@
 use crate::caps::Permissions;
 use crate::engine::limits::LimitOverrides;
 use crate::engine::WORLD_VERSION;
-use crate::model::is_plugin_name;
+use crate::model::{is_plugin_name, one_line};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -336,17 +336,6 @@ pub fn check_endpoint_pattern(pattern: &str) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// TOML errors span several lines (a source excerpt); keep the first sentence and the location.
-pub fn one_line(message: &str) -> String {
-    message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'))
-        .filter(|l| !l.chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .collect::<Vec<_>>()
-        .join(": ")
 }
 
 #[cfg(test)]

@@ -3,12 +3,12 @@
 
 use super::discovery::{discover, discover_one, Discovered, DiscoveryError, EngineKind};
 use super::manifest::PluginKind;
-use crate::bundle::store::Site;
 use crate::caps::{kv::KvRegistry, CapContext, GatewayPermissions};
 use crate::engine::limits::{LimitOverrides, Limits};
 use crate::engine::rhai::{RhaiFlow, RhaiRule};
 use crate::engine::wasm::WasmRuntime;
 use crate::engine::{FlowPlugin, LoadError, RulePlugin};
+use crate::plugins::bundle::store::Site;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};

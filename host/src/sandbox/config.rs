@@ -263,7 +263,7 @@ impl SandboxConfig {
     ) -> Result<SandboxConfig, SandboxError> {
         let mut config: SandboxConfig = toml::from_str(text).map_err(|e| SandboxError::Config {
             path: source.to_path_buf(),
-            message: crate::plugins::manifest::one_line(&e.to_string()),
+            message: crate::model::one_line(&e.to_string()),
         })?;
         config.base_dir = if base_dir.as_os_str().is_empty() {
             PathBuf::from(".")

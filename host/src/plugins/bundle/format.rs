@@ -160,9 +160,8 @@ impl Bundle {
         }
         let text = std::str::from_utf8(&description_entry.data)
             .map_err(|_| BundleError::Description("it is not UTF-8 text".into()))?;
-        let description: BundleManifest = toml::from_str(text).map_err(|e| {
-            BundleError::Description(crate::plugins::manifest::one_line(&e.to_string()))
-        })?;
+        let description: BundleManifest = toml::from_str(text)
+            .map_err(|e| BundleError::Description(crate::model::one_line(&e.to_string())))?;
         if description.format != FORMAT {
             return Err(BundleError::Description(format!(
                 "format {} is not supported (this gatehost reads format {FORMAT})",

@@ -56,7 +56,7 @@ impl Lock {
         };
         let lock: Lock = toml::from_str(&text).map_err(|e| LockError::Parse {
             path: path.display().to_string(),
-            message: crate::plugins::manifest::one_line(&e.to_string()),
+            message: crate::model::one_line(&e.to_string()),
         })?;
         Ok(lock)
     }
