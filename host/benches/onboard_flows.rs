@@ -7,6 +7,7 @@
 
 use gatehost::config::Config;
 use gatehost::onboard;
+use gatehost::plugins::registry::PluginEnv;
 use gatehost::plugins::registry::Registry;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::pki::SandboxPki;
@@ -200,7 +201,7 @@ fn main() {
     ));
     std::fs::write(d.join("gatehost.toml"), text).unwrap();
     let config = Config::load(&d.join("gatehost.toml"), true).unwrap();
-    let registry = Registry::load(config.plugin_env(true));
+    let registry = Registry::load(PluginEnv::of(&config, true));
     for e in registry.errors() {
         eprintln!("warning: {e}");
     }

@@ -94,17 +94,15 @@ use crate::caps::GatewayPermissions;
 use crate::engine::limits::LimitOverrides;
 use crate::model::one_line;
 use crate::model::Pair;
-use crate::plugins::bundle::archive::ArchiveLimits;
-use crate::plugins::bundle::lock::LOCK_FILE;
-use crate::plugins::bundle::store::Site;
-use crate::plugins::bundle::trust::{TrustError, TrustStore};
-use crate::plugins::manifest::PluginKind;
-use crate::plugins::registry::{PluginEnv, Registry};
 use crate::rules::template::{TemplateConfig, TemplateRule};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_CONFIG: &str = "gatehost.toml";
+
+/// The largest packet a local client may send by default: larger than any cloud accepts, so
+/// an oversized message is dead-lettered with its size named rather than cut off.
+pub const DEFAULT_MAX_PACKET: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -306,7 +304,7 @@ pub struct StoreConfig {
     #[serde(default)]
     pub max_age_hours: Option<u64>,
     #[serde(default)]
-    pub when_full: crate::bridge::queue::WhenFull,
+    pub when_full: WhenFull,
     #[serde(default)]
     pub max_dead_letters: Option<u64>,
     /// MiB the dead-letter file may hold.
@@ -320,35 +318,15 @@ pub struct StoreConfig {
     pub sync_batch: Option<usize>,
 }
 
-impl StoreConfig {
-    pub fn limits(&self) -> crate::bridge::queue::QueueLimits {
-        let default = crate::bridge::queue::QueueLimits::default();
-        crate::bridge::queue::QueueLimits {
-            max_bytes: self
-                .max_mib
-                .map_or(default.max_bytes, |m| m.saturating_mul(1024 * 1024)),
-            max_age: self.max_age_hours.map_or(default.max_age, |h| {
-                std::time::Duration::from_secs(h.saturating_mul(3600))
-            }),
-            when_full: self.when_full,
-            max_dead_letters: self.max_dead_letters.unwrap_or(default.max_dead_letters),
-            max_dead_letter_bytes: self
-                .max_dead_letters_mib
-                .map_or(default.max_dead_letter_bytes, |m| {
-                    m.saturating_mul(1024 * 1024)
-                }),
-        }
-    }
-
-    pub fn sync_pacing(&self) -> crate::bridge::commit::SyncPacing {
-        let default = crate::bridge::commit::SyncPacing::default();
-        crate::bridge::commit::SyncPacing {
-            interval: self
-                .sync_interval_ms
-                .map_or(default.interval, std::time::Duration::from_millis),
-            enough: self.sync_batch.unwrap_or(default.enough),
-        }
-    }
+/// What to do with a new message when the queue is at its byte limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WhenFull {
+    /// Make room by dropping the oldest queued messages (of any device).
+    #[default]
+    DropOldest,
+    /// Keep what is queued and drop the new message.
+    DropNewest,
 }
 
 /// `[[simulators]]`: a local MQTT client publishing `payload` to `topic` every `every_ms`.
@@ -580,9 +558,7 @@ impl LocalConfig {
     /// The largest packet the local broker takes (`max_packet_kib`, default 1 MiB).
     pub fn max_packet_bytes(&self) -> usize {
         self.max_packet_kib
-            .map_or(crate::bridge::local::DEFAULT_MAX_PACKET, |k| {
-                (k as usize).saturating_mul(1024)
-            })
+            .map_or(DEFAULT_MAX_PACKET, |k| (k as usize).saturating_mul(1024))
     }
 
     /// The external broker `broker` names; `Ok(None)` for the embedded one.
@@ -726,328 +702,10 @@ impl Config {
         self.resolve(&self.state_dir)
     }
 
-    /// Where installed bundles live (`<state>/plugins`), the lock file and the trust store.
-    pub fn site(&self) -> Result<Site, TrustError> {
-        let b = &self.bundles;
-        let trust_dir = b
-            .trust_dir
-            .as_ref()
-            .map(|d| self.resolve(d))
-            .unwrap_or_else(|| self.state_dir().join("trust"));
-        let inline: Vec<(String, String)> = b
-            .publishers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let trust = TrustStore::load(&trust_dir, &inline, &b.revoked_keys, b.allow_unsigned)?;
-        let mut limits = ArchiveLimits::default();
-        if let Some(mib) = b.max_entry_mib {
-            limits.max_entry_bytes = mib << 20;
-        }
-        Ok(Site {
-            root: self.state_dir().join("plugins"),
-            lock_path: self.resolve(b.lock_file.as_deref().unwrap_or(Path::new(LOCK_FILE))),
-            trust,
-            limits,
-        })
-    }
-
     /// The store-and-forward queue's folder.
     pub fn queue_path(&self) -> PathBuf {
         let dir = self.store.dir.clone().unwrap_or_else(|| "queue".into());
         self.state_dir().join(dir)
-    }
-
-    /// The plugin directories (resolved) and the installed bundles (`<state>/plugins`).
-    pub fn plugin_env(&self, persistent: bool) -> PluginEnv {
-        let dirs: Vec<PathBuf> = self.plugin_dirs.iter().map(|d| self.resolve(d)).collect();
-        let permissions = self
-            .permissions
-            .iter()
-            .map(|(name, p)| {
-                let roots = p.file_roots.as_ref().map(|roots| {
-                    roots
-                        .iter()
-                        .map(|r| self.resolve(Path::new(r)).display().to_string())
-                        .collect()
-                });
-                let narrowed = GatewayPermissions {
-                    endpoints: p.endpoints.clone(),
-                    file_roots: roots,
-                    add_endpoints: p.add_endpoints.clone(),
-                };
-                (name.clone(), narrowed)
-            })
-            .collect();
-        PluginEnv {
-            dirs,
-            state_dir: self.state_dir(),
-            persistent,
-            rule_limits: self.limits.rule.clone(),
-            flow_limits: self.limits.flow.clone(),
-            plugin_limits: self.limits.plugins.clone(),
-            kv_limits: self.limits.kv.limits(),
-            base_dir: self.base_dir.clone(),
-            max_payload_bytes: self.local.max_packet_bytes(),
-            permissions,
-            insecure_skip_verify: false,
-            installed: Some(self.site().map_err(|e| e.to_string())),
-        }
-    }
-
-    /// The environment a device's flow runs in: the plugin environment plus the device's own
-    /// TLS setting.
-    pub fn device_env(&self, device: &DeviceConfig, persistent: bool) -> PluginEnv {
-        PluginEnv {
-            insecure_skip_verify: device.insecure_skip_verify,
-            ..self.plugin_env(persistent)
-        }
-    }
-
-    /// What is wrong with the bridge's own settings (`[local]`, `[store]`, `[metrics]`): the
-    /// problems `gatehost run` refuses to start with.
-    pub fn bridge_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
-        let local = &self.local;
-        match local.external_broker() {
-            Err(why) => problems.push(why),
-            Ok(None) => {
-                let external_only = [
-                    ("client_id", local.client_id.is_some()),
-                    ("username", local.username.is_some()),
-                    ("password", local.password.is_some()),
-                    ("ca_file", local.ca_file.is_some()),
-                    ("client_cert", local.client_cert.is_some()),
-                    ("client_key", local.client_key.is_some()),
-                    ("share_group", local.share_group.is_some()),
-                ];
-                for (key, set) in external_only {
-                    if set {
-                        problems.push(format!(
-                            "local.{key} is for an external broker; local.broker is \"embedded\""
-                        ));
-                    }
-                }
-            }
-            Ok(Some(url)) => {
-                if local.tls_cert.is_some() || local.tls_key.is_some() || local.client_ca.is_some()
-                {
-                    problems.push(
-                        "local.tls_cert, local.tls_key and local.client_ca are for the embedded \
-                         broker; with an external one, its own listener does TLS"
-                            .to_string(),
-                    );
-                }
-                let tls_only = [
-                    ("ca_file", local.ca_file.is_some()),
-                    ("client_cert", local.client_cert.is_some()),
-                    ("client_key", local.client_key.is_some()),
-                ];
-                for (key, set) in tls_only {
-                    if set && !url.tls {
-                        problems.push(format!(
-                            "local.{key} is set but {url} is not TLS (use mqtts://)"
-                        ));
-                    }
-                }
-                if local.client_cert.is_some() != local.client_key.is_some() {
-                    problems.push(
-                        "local.client_cert and local.client_key must be given together".to_string(),
-                    );
-                }
-                if local.password.is_some() && local.username.is_none() {
-                    problems.push("local.password needs a local.username".to_string());
-                }
-                if let Some(group) = &local.share_group {
-                    if group.is_empty() || group.contains(['/', '+', '#']) {
-                        problems.push(format!(
-                            "local.share_group '{group}' must be a non-empty name without '/', '+' or '#'"
-                        ));
-                    }
-                }
-                if local.client_id.as_deref() == Some("") {
-                    problems.push("local.client_id must not be empty".to_string());
-                }
-            }
-        }
-        if self.local.listen.parse::<std::net::SocketAddr>().is_err() {
-            problems.push(format!(
-                "local.listen '{}' must be an address like 127.0.0.1:1883",
-                self.local.listen
-            ));
-        }
-        match (&self.local.tls_cert, &self.local.tls_key) {
-            (Some(_), None) | (None, Some(_)) => {
-                problems.push("local.tls_cert and local.tls_key must be given together".to_string())
-            }
-            _ => {}
-        }
-        if self.local.client_ca.is_some() && self.local.tls_cert.is_none() {
-            problems.push(
-                "local.client_ca needs local.tls_cert and local.tls_key (client certificates \
-                 come with TLS)"
-                    .to_string(),
-            );
-        }
-        if self.local.max_packet_kib == Some(0) {
-            problems.push("local.max_packet_kib must be at least 1".to_string());
-        }
-        if self.store.max_mib == Some(0) {
-            problems.push("store.max_mib must be at least 1".to_string());
-        }
-        if let Some(ms) = self.store.sync_interval_ms.filter(|&ms| ms > 1000) {
-            problems.push(format!(
-                "store.sync_interval_ms is {ms}: at most 1000 (local publishers wait that long for their PUBACK)"
-            ));
-        }
-        if self.metrics.listen != "off"
-            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            problems.push(format!(
-                "metrics.listen '{}' must be an address like 127.0.0.1:9464, or \"off\"",
-                self.metrics.listen
-            ));
-        }
-        for sim in &self.simulators {
-            if let Err(why) = crate::model::validate_topic_name(&sim.topic) {
-                problems.push(format!(
-                    "simulator '{}': topic '{}' {why}",
-                    sim.name, sim.topic
-                ));
-            }
-            if sim.qos > 1 {
-                problems.push(format!("simulator '{}': qos must be 0 or 1", sim.name));
-            }
-        }
-        problems
-    }
-
-    /// Check what the config refers to against the loaded plugins. Returns every problem found.
-    pub fn validate(&self, registry: &Registry) -> Vec<String> {
-        let mut problems = Vec::new();
-        problems.extend(self.bridge_problems());
-        if let Some(sandbox) = &self.sandbox {
-            if let Err(e) = crate::sandbox::config::SandboxConfig::load(&self.resolve(sandbox)) {
-                problems.push(format!("sandbox: {e}"));
-            }
-        }
-        let mut names = std::collections::BTreeSet::new();
-        for device in &self.devices {
-            if !names.insert(("device", device.name.as_str())) {
-                problems.push(format!("device '{}' is defined twice", device.name));
-            }
-            let params = device.param_pairs();
-            if let Err(e) = &params {
-                problems.push(e.clone());
-            }
-            for filter in &device.from_cloud {
-                if let Err(e) = crate::model::validate_topic_filter(filter) {
-                    problems.push(format!(
-                        "device '{}': from_cloud filter '{filter}' {e}",
-                        device.name
-                    ));
-                }
-            }
-            match registry.get(&device.flow) {
-                Ok(p) if p.info.manifest.kind != PluginKind::Flow => problems.push(format!(
-                    "device '{}': plugin '{}' is a {}, not a flow",
-                    device.name, device.flow, p.info.manifest.kind
-                )),
-                Ok(p) => {
-                    if let (Some(declared), Ok(params)) = (&p.info.manifest.params, &params) {
-                        if let Err(why) = declared.apply(params) {
-                            problems.push(format!("device '{}': {why}", device.name));
-                        }
-                    }
-                }
-                Err(e) => problems.push(format!("device '{}': {e}", device.name)),
-            }
-        }
-        for template in &self.device_templates {
-            let name = format!("device template '{}'", template.pattern);
-            match registry.get(&template.flow) {
-                Ok(p) if p.info.manifest.kind != PluginKind::Flow => problems.push(format!(
-                    "{name}: plugin '{}' is a {}, not a flow",
-                    template.flow, p.info.manifest.kind
-                )),
-                Ok(_) => {}
-                Err(e) => problems.push(format!("{name}: {e}")),
-            }
-            if let Err(e) = template.instantiate("x").and_then(|d| d.param_pairs()) {
-                problems.push(format!("{name}: {e}"));
-            }
-        }
-        for rule in &self.rules {
-            if !names.insert(("rule", rule.name.as_str())) {
-                problems.push(format!("rule '{}' is defined twice", rule.name));
-            }
-            if rule.filters().is_empty()
-                && rule.from_cloud.is_empty()
-                && !matches!(rule.template_rule(), Some(Err(_)))
-            {
-                problems.push(format!(
-                    "rule '{}': `from` lists no topic filter",
-                    rule.name
-                ));
-            }
-            for filter in &rule.from {
-                if let Err(e) = crate::model::validate_topic_filter(filter) {
-                    problems.push(format!("rule '{}': from filter '{filter}' {e}", rule.name));
-                }
-            }
-            for filter in &rule.from_cloud {
-                if let Err(e) = crate::model::validate_topic_filter(filter) {
-                    problems.push(format!(
-                        "rule '{}': from_cloud filter '{filter}' {e}",
-                        rule.name
-                    ));
-                }
-            }
-            match (&rule.rule, rule.template_rule()) {
-                (Some(_), Some(_)) => problems.push(format!(
-                    "rule '{}' has both `rule` and [rules.template]; keep one",
-                    rule.name
-                )),
-                (None, None) => problems.push(format!(
-                    "rule '{}' needs `rule = \"<plugin>\"` or a [rules.template]",
-                    rule.name
-                )),
-                (None, Some(Err(e))) => problems.push(e),
-                (None, Some(Ok(_))) => {}
-                (Some(plugin), None) => match registry.get(plugin) {
-                    Ok(p) if p.info.manifest.kind != PluginKind::Rule => problems.push(format!(
-                        "rule '{}': plugin '{}' is a {}, not a rule",
-                        rule.name, plugin, p.info.manifest.kind
-                    )),
-                    Ok(_) => {}
-                    Err(e) => problems.push(format!("rule '{}': {e}", rule.name)),
-                },
-            }
-        }
-        for name in self.limits.plugins.keys() {
-            if let Err(e) = registry.get(name) {
-                problems.push(format!("[limits.plugins.{name}]: {e}"));
-            }
-        }
-        for (name, narrowing) in &self.permissions {
-            if let Err(e) = registry.get(name) {
-                problems.push(format!("[permissions.{name}]: {e}"));
-            }
-            for pattern in narrowing.endpoints.iter().flatten() {
-                if !pattern.contains(':') {
-                    problems.push(format!(
-                        "[permissions.{name}]: endpoint '{pattern}' must be host:port (port may be *)"
-                    ));
-                }
-            }
-            for pattern in narrowing.add_endpoints.iter().flatten() {
-                if let Err(e) = crate::plugins::manifest::check_endpoint_pattern(pattern) {
-                    let why = e.trim_start_matches("permissions.endpoints: ");
-                    problems.push(format!("[permissions.{name}] add_endpoints: {why}"));
-                }
-            }
-        }
-        problems
     }
 }
 

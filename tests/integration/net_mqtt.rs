@@ -10,6 +10,7 @@ use gatehost::caps::CapContext;
 use gatehost::caps::Permissions;
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{ErrorKind, Message, Pair, PluginError, ProtocolVersion};
+use gatehost::plugins::registry::PluginEnv;
 use gatehost::plugins::registry::Registry;
 use std::io::Read;
 use std::net::TcpListener;
@@ -601,7 +602,9 @@ fn the_gateway_config_narrows_what_a_manifest_declares() {
 
     // Without narrowing the manifest's permissions suffice.
     let config = gateway_with_mqtt_flow(&pki, &dir, "");
-    flow_in(config.plugin_env(false)).onboard(&params).unwrap();
+    flow_in(PluginEnv::of(&config, false))
+        .onboard(&params)
+        .unwrap();
 
     // Endpoints narrowed to another port.
     let config = gateway_with_mqtt_flow(
@@ -609,7 +612,7 @@ fn the_gateway_config_narrows_what_a_manifest_declares() {
         &dir,
         "[permissions.mqtt-flow]\nendpoints = [\"127.0.0.1:8883\"]\n",
     );
-    let e = flow_in(config.plugin_env(false))
+    let e = flow_in(PluginEnv::of(&config, false))
         .onboard(&params)
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
@@ -625,7 +628,7 @@ fn the_gateway_config_narrows_what_a_manifest_declares() {
         &dir,
         "[permissions.mqtt-flow]\nfile_roots = [\"site-certs\"]\n",
     );
-    let e = flow_in(config.plugin_env(false))
+    let e = flow_in(PluginEnv::of(&config, false))
         .onboard(&params)
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::PermissionDenied);
@@ -640,8 +643,8 @@ fn the_gateway_config_narrows_what_a_manifest_declares() {
 
     // Narrowing a plugin that does not exist is a config problem.
     let config = gateway_with_mqtt_flow(&pki, &dir, "[permissions.no-such]\nendpoints = [\"x\"]\n");
-    let registry = Registry::load(config.plugin_env(false));
-    let problems = config.validate(&registry);
+    let registry = Registry::load(PluginEnv::of(&config, false));
+    let problems = gatehost::bridge::problems::config_problems(&config, &registry);
     assert!(
         problems
             .iter()
@@ -671,11 +674,11 @@ fn insecure_skip_verify_comes_only_from_the_device_config() {
     );
     let strict = &config.devices[0];
     let lab = &config.devices[1];
-    let e = flow_in(config.device_env(strict, false))
+    let e = flow_in(PluginEnv::for_device(&config, strict, false))
         .onboard(&params)
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Tls, "{e}");
-    let conn = flow_in(config.device_env(lab, false))
+    let conn = flow_in(PluginEnv::for_device(&config, lab, false))
         .onboard(&params)
         .unwrap();
     let attrs: std::collections::BTreeMap<_, _> = conn.attributes.into_iter().collect();
@@ -684,7 +687,7 @@ fn insecure_skip_verify_comes_only_from_the_device_config() {
     let mut rogue = params.clone();
     rogue[3].1 = pki.path("rogue.key");
     rogue[4].1 = pki.path("rogue_chain.pem");
-    let e = flow_in(config.device_env(lab, false))
+    let e = flow_in(PluginEnv::for_device(&config, lab, false))
         .onboard(&rogue)
         .unwrap_err();
     assert!(matches!(e.kind, ErrorKind::Tls | ErrorKind::Closed), "{e}");

@@ -9,6 +9,7 @@ use gatehost::caps::mqtt::{connection_options, MqttSession};
 use gatehost::config::Config;
 use gatehost::model::Message;
 use gatehost::onboard::{self, Onboarded};
+use gatehost::plugins::registry::PluginEnv;
 use gatehost::plugins::registry::Registry;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
@@ -101,7 +102,7 @@ fn send_telemetry(dir: &Path, config_path: &Path, device: &str) -> String {
     );
     let kept: Onboarded = serde_json::from_str(&text).unwrap();
     let device_config = onboard::device(&config, device).unwrap();
-    let registry = Registry::load(config.device_env(&device_config, true));
+    let registry = Registry::load(PluginEnv::for_device(&config, &device_config, true));
     let credentials = registry
         .flow("azure-dps")
         .unwrap()

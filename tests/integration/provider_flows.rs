@@ -13,6 +13,7 @@ use gatehost::caps::CapContext;
 use gatehost::config::Config;
 use gatehost::model::Message;
 use gatehost::onboard::{self, Onboarded};
+use gatehost::plugins::registry::PluginEnv;
 use gatehost::plugins::registry::Registry;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
@@ -228,7 +229,7 @@ pub fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, pay
     )
     .unwrap();
     let device_config = onboard::device(&config, device).unwrap();
-    let registry = Registry::load(config.device_env(&device_config, true));
+    let registry = Registry::load(PluginEnv::for_device(&config, &device_config, true));
     let credentials = registry
         .flow(&device_config.flow)
         .unwrap()

@@ -7,6 +7,7 @@ use crate::support::install_shipped_flows;
 use gatehost::config::Config;
 use gatehost::model::Message;
 use gatehost::onboard;
+use gatehost::plugins::registry::PluginEnv;
 use gatehost::plugins::registry::Registry;
 use gatehost::sandbox::{Sandbox, Service};
 use gatehost::upstream::DeviceSession;
@@ -42,7 +43,7 @@ fn short_lived_tokens_are_renewed_before_expiry_without_losing_a_message() {
     install_shipped_flows(d);
     let config = Config::load(&write_config(d, &sandbox, 3), true).unwrap();
     let device = onboard::device(&config, "sym").unwrap();
-    let registry = Registry::load(config.device_env(&device, true));
+    let registry = Registry::load(PluginEnv::for_device(&config, &device, true));
     let mut session = DeviceSession::open(&config, &registry, &device).unwrap();
     assert!(session.time_to_expiry().unwrap() <= Duration::from_secs(3));
 
@@ -101,7 +102,7 @@ fn a_hub_that_forgot_the_device_makes_the_flow_register_it_again_once() {
     install_shipped_flows(d);
     let config = Config::load(&write_config(d, &sandbox, 3600), true).unwrap();
     let device = onboard::device(&config, "sym").unwrap();
-    let registry = Registry::load(config.device_env(&device, true));
+    let registry = Registry::load(PluginEnv::for_device(&config, &device, true));
     let registrations = || sandbox.recorder.of("dps", "register").len();
 
     let session = DeviceSession::open(&config, &registry, &device).unwrap();

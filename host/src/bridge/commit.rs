@@ -44,6 +44,19 @@ pub struct SyncPacing {
     pub enough: usize,
 }
 
+impl SyncPacing {
+    /// The pacing `[store]` sets (`sync_interval_ms`, `sync_batch`), the defaults for the rest.
+    pub fn from_config(store: &crate::config::StoreConfig) -> SyncPacing {
+        let default = SyncPacing::default();
+        SyncPacing {
+            interval: store
+                .sync_interval_ms
+                .map_or(default.interval, std::time::Duration::from_millis),
+            enough: store.sync_batch.unwrap_or(default.enough),
+        }
+    }
+}
+
 impl Default for SyncPacing {
     /// 2 ms and 32 publishes: at 5 000 msg/s a sync covers ~10 messages instead of 1-2 (the
     /// tail latency of the whole machine falls with the disk writes); under full load the

@@ -64,7 +64,10 @@ impl ExternalBroker {
         options.set_clean_start(false);
         // The broker keeps the session (and the messages for it) as long as the queue keeps
         // messages: what gatehost would not forward any more need not wait for it.
-        let keep = config.store.limits().max_age.as_secs().min(u32::MAX as u64) as u32;
+        let keep = crate::bridge::queue::QueueLimits::from_config(&config.store)
+            .max_age
+            .as_secs()
+            .min(u32::MAX as u64) as u32;
         options.set_session_expiry_interval(Some(keep));
         options.set_manual_acks(true);
         if let Some(user) = &local.username {

@@ -14,6 +14,7 @@ use super::queue::{now_ms, DeadLetter, Queue};
 use crate::caps::mqtt::Waker;
 use crate::model::Message;
 use crate::onboard;
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use crate::retry::Backoff;
 use crate::upstream::{DeviceSession, Offered, UpstreamError};
@@ -288,7 +289,7 @@ fn session(
     // A device that skips TLS verification gets plugins loaded with that setting.
     let own_registry;
     let registry: &Registry = if device_config.insecure_skip_verify {
-        own_registry = Registry::load(config.device_env(&device_config, true));
+        own_registry = Registry::load(PluginEnv::for_device(&config, &device_config, true));
         &own_registry
     } else {
         &running.registry

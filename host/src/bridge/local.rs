@@ -21,10 +21,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-/// The largest packet a local client may send by default: larger than any cloud accepts, so
-/// an oversized message is dead-lettered with its size named rather than cut off.
-pub const DEFAULT_MAX_PACKET: usize = 1024 * 1024;
-
 pub struct LocalService {
     pub current: Current,
     pub committer: Committer,

@@ -12,6 +12,7 @@ pub mod isolation;
 pub mod local;
 pub mod log_once;
 pub mod metrics;
+pub mod problems;
 pub mod queue;
 pub mod reload;
 pub mod replay;
@@ -19,6 +20,7 @@ pub mod simulate;
 
 use crate::config::Config;
 use crate::mqtt_server::MqttServer;
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use crate::record::Recorder;
 use chain::{Current, RuleChain, Running};
@@ -89,11 +91,11 @@ impl Bridge {
     /// Load the plugins, open the queue, start the local broker, the device workers, the
     /// metrics endpoint and (with `config_path`) the reload watcher.
     pub fn start(config: Config, config_path: Option<&Path>) -> Result<Bridge, BridgeError> {
-        let problems = config.bridge_problems();
+        let problems = problems::bridge_problems(&config);
         if !problems.is_empty() {
             return Err(BridgeError::Config(problems));
         }
-        let registry = Registry::load(config.plugin_env(true));
+        let registry = Registry::load(PluginEnv::of(&config, true));
         let (chain, problems) = RuleChain::build(&config, &registry, None);
         for p in &problems {
             tracing::error!("{p}");
@@ -101,7 +103,10 @@ impl Bridge {
         for rule in &chain.rules {
             tracing::info!(rule = %rule.name, source = %rule.source, filters = ?rule.filters, "rule running");
         }
-        let queue = Arc::new(Queue::open(&config.queue_path(), config.store.limits())?);
+        let queue = Arc::new(Queue::open(
+            &config.queue_path(),
+            crate::bridge::queue::QueueLimits::from_config(&config.store),
+        )?);
         warn_of_a_legacy_queue(&config.state_dir());
         let metrics = Arc::new(Metrics::default());
         let log = Arc::new(LogOnce::default());
@@ -121,7 +126,7 @@ impl Bridge {
         let wake = forwarders.clone();
         let (committer, _commit_thread) = Committer::start(
             queue.clone(),
-            config.store.sync_pacing(),
+            crate::bridge::commit::SyncPacing::from_config(&config.store),
             metrics.clone(),
             log.clone(),
             Box::new(move |device| wake.wake(device)),

@@ -8,6 +8,7 @@
 use super::chain::{Current, RuleChain, Running};
 use super::metrics::Metrics;
 use crate::config::Config;
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use notify::{RecursiveMode, Watcher};
 use std::path::{Path, PathBuf};
@@ -163,7 +164,7 @@ pub fn reload(config_path: Option<&Path>, current: &Current, metrics: &Metrics) 
         }
         None => old.config.clone(),
     };
-    let registry = Registry::load(config.plugin_env(true));
+    let registry = Registry::load(PluginEnv::of(&config, true));
     problems.extend(registry.errors().iter().map(|e| e.to_string()));
     let (chain, chain_problems) = RuleChain::build(&config, &registry, Some(&old.chain));
     problems.extend(chain_problems);

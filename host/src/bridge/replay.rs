@@ -11,6 +11,7 @@ use super::local::{as_queued, upstream_refusal};
 use super::queue::{DeadLetter, Dropped, Queue, QueueError};
 use crate::config::Config;
 use crate::model::{Destination, Message};
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 
 /// Which dead letters to replay: those matching every filter given.
@@ -138,8 +139,11 @@ pub fn replay(
     selection: &Selection,
     dry_run: bool,
 ) -> Result<Report, ReplayError> {
-    let queue = Queue::open(&config.queue_path(), config.store.limits())?;
-    let registry = Registry::load(config.plugin_env(true));
+    let queue = Queue::open(
+        &config.queue_path(),
+        crate::bridge::queue::QueueLimits::from_config(&config.store),
+    )?;
+    let registry = Registry::load(PluginEnv::of(&config, true));
     let (chain, mut problems) = RuleChain::build(config, &registry, None);
     problems.extend(queue.unreadable_dead_letters());
     let mut report = Report {
@@ -175,7 +179,10 @@ pub fn replay(
 /// Drop the dead letters `selection` picks from the queue of `config` for good (those that
 /// cannot be replayed and are not wanted): how many were dropped and how many are kept.
 pub fn drop_letters(config: &Config, selection: &Selection) -> Result<(usize, usize), ReplayError> {
-    let queue = Queue::open(&config.queue_path(), config.store.limits())?;
+    let queue = Queue::open(
+        &config.queue_path(),
+        crate::bridge::queue::QueueLimits::from_config(&config.store),
+    )?;
     let (dropped, kept): (Vec<_>, Vec<_>) = queue
         .dead_letters()?
         .into_iter()
@@ -218,7 +225,7 @@ mod tests {
     fn letters_are_judged_by_the_current_config_and_rules() {
         let dir = tempfile::tempdir().unwrap();
         let config = config(dir.path());
-        let registry = Registry::load(config.plugin_env(false));
+        let registry = Registry::load(PluginEnv::of(&config, false));
         let (chain, problems) = RuleChain::build(&config, &registry, None);
         assert!(problems.is_empty(), "{problems:?}");
 

@@ -2,6 +2,7 @@
 //! `gatehost.lock`; exit 1 when anything is wrong.
 
 use super::{print_json, ConfigArg};
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use std::process::ExitCode;
 
@@ -27,12 +28,12 @@ struct Report {
 
 pub fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let registry = Registry::load(config.plugin_env(true));
+    let registry = Registry::load(PluginEnv::of(&config, true));
     let mut problems: Vec<String> = registry.errors().iter().map(|e| e.to_string()).collect();
-    problems.extend(config.validate(&registry));
+    problems.extend(crate::bridge::problems::config_problems(&config, &registry));
     // Installed plugins that fail their checks, and a trust store that cannot be read, are
     // among the registry's errors already; what is left is the lock file.
-    if let Ok(site) = config.site() {
+    if let Ok(site) = crate::plugins::bundle::store::Site::for_config(&config) {
         match site.lock_differences() {
             Ok(differences) => problems.extend(differences),
             Err(e) => problems.push(e.to_string()),

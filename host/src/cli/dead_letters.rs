@@ -109,7 +109,7 @@ fn drop_letters(args: DropArgs) -> anyhow::Result<ExitCode> {
 fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let dir = config.queue_path();
-    let limits = config.store.limits();
+    let limits = crate::bridge::queue::QueueLimits::from_config(&config.store);
     let selection = args.filter.selection();
     for line in crate::bridge::queue::unreadable_dead_letters_in(&dir) {
         eprintln!("warning: {line}");

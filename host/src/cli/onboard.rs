@@ -3,6 +3,7 @@
 
 use super::{print_json, ConfigArg};
 use crate::onboard;
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use std::process::ExitCode;
 
@@ -23,7 +24,7 @@ pub struct OnboardArgs {
 pub fn run(args: OnboardArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
     let device = onboard::device(&config, &args.device)?;
-    let registry = Registry::load(config.device_env(&device, true));
+    let registry = Registry::load(PluginEnv::for_device(&config, &device, true));
     let outcome = onboard::onboard(&config, &registry, &device, args.force)?;
     let kept = &outcome.onboarded;
     let c = &kept.connection;

@@ -12,6 +12,7 @@ use crate::plugins::bundle::store::write_atomic;
 use crate::plugins::bundle::trust::TrustStore;
 use crate::plugins::discovery::EngineKind;
 use crate::plugins::manifest::PluginKind;
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
@@ -226,8 +227,8 @@ struct Row<'a> {
 
 fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let site = config.site().ok();
-    let registry = Registry::load(config.plugin_env(true));
+    let site = crate::plugins::bundle::store::Site::for_config(&config).ok();
+    let registry = Registry::load(PluginEnv::of(&config, true));
     let rows: Vec<Row> = registry
         .plugins()
         .map(|p| {
@@ -451,7 +452,7 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let (_, bundle) = open_bundle(&args.bundle)?;
     let trust = match &args.trust {
         Some(path) => TrustStore::from_path(path)?,
-        None => args.config.load()?.site()?.trust,
+        None => crate::plugins::bundle::store::Site::for_config(&args.config.load()?)?.trust,
     };
     let verdict = trust
         .verify(&bundle)
@@ -484,7 +485,7 @@ fn fetch_options(args: &FetchArgs, config: &crate::config::Config) -> FetchOptio
 
 fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let site = config.site()?;
+    let site = crate::plugins::bundle::store::Site::for_config(&config)?;
     let bytes = fetch(&args.source, &fetch_options(&args.fetch, &config))?;
     if let Some(want) = &args.sha256 {
         let have = sha256_hex(&bytes);
@@ -543,9 +544,9 @@ fn install(args: InstallArgs) -> anyhow::Result<ExitCode> {
 
 fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let site = config.site()?;
+    let site = crate::plugins::bundle::store::Site::for_config(&config)?;
     if !site.names()?.contains(&args.name) {
-        let registry = Registry::load(config.plugin_env(false));
+        let registry = Registry::load(PluginEnv::of(&config, false));
         if let Ok(p) = registry.get(&args.name) {
             bail!(
                 "plugin '{}' is not installed from a bundle (it lives in {}); delete its files instead",
@@ -566,7 +567,7 @@ fn remove(args: RemoveArgs) -> anyhow::Result<ExitCode> {
 
 fn sync(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let config = args.config.load()?;
-    let site = config.site()?;
+    let site = crate::plugins::bundle::store::Site::for_config(&config)?;
     let lock = Lock::read(&site.lock_path)?;
     let options = fetch_options(&args.fetch, &config);
     let installed = site.installed_entries()?;

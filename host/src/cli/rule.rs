@@ -3,6 +3,7 @@
 use super::{print_json, ConfigArg};
 use crate::engine::RulePlugin;
 use crate::model::{Message, Pair};
+use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::{PluginHandle, Registry};
 use anyhow::{bail, Context};
 use clap::Subcommand;
@@ -97,7 +98,7 @@ fn resolve(
     config: &crate::config::Config,
     rule: &str,
 ) -> anyhow::Result<(String, Arc<dyn RulePlugin>)> {
-    let env = config.plugin_env(false);
+    let env = PluginEnv::of(&config, false);
     if let Some(configured) = config.rules.iter().find(|r| r.name == rule) {
         if let Some(template) = configured.template_rule() {
             let template = template.map_err(|e| anyhow::anyhow!(e))?;

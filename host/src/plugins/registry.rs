@@ -4,6 +4,7 @@
 use super::discovery::{discover, discover_one, Discovered, DiscoveryError, EngineKind};
 use super::manifest::PluginKind;
 use crate::caps::{kv::KvRegistry, CapContext, GatewayPermissions};
+use crate::config::{Config, DeviceConfig};
 use crate::engine::limits::{LimitOverrides, Limits};
 use crate::engine::rhai::{RhaiFlow, RhaiRule};
 use crate::engine::wasm::WasmRuntime;
@@ -43,6 +44,56 @@ pub struct PluginEnv {
 }
 
 impl PluginEnv {
+    /// The plugin directories (resolved) and the installed bundles (`<state>/plugins`).
+    pub fn of(config: &Config, persistent: bool) -> PluginEnv {
+        let dirs: Vec<PathBuf> = config
+            .plugin_dirs
+            .iter()
+            .map(|d| config.resolve(d))
+            .collect();
+        let permissions = config
+            .permissions
+            .iter()
+            .map(|(name, p)| {
+                let roots = p.file_roots.as_ref().map(|roots| {
+                    roots
+                        .iter()
+                        .map(|r| config.resolve(Path::new(r)).display().to_string())
+                        .collect()
+                });
+                let narrowed = GatewayPermissions {
+                    endpoints: p.endpoints.clone(),
+                    file_roots: roots,
+                    add_endpoints: p.add_endpoints.clone(),
+                };
+                (name.clone(), narrowed)
+            })
+            .collect();
+        PluginEnv {
+            dirs,
+            state_dir: config.state_dir(),
+            persistent,
+            rule_limits: config.limits.rule.clone(),
+            flow_limits: config.limits.flow.clone(),
+            plugin_limits: config.limits.plugins.clone(),
+            kv_limits: config.limits.kv.limits(),
+            base_dir: config.base_dir.clone(),
+            max_payload_bytes: config.local.max_packet_bytes(),
+            permissions,
+            insecure_skip_verify: false,
+            installed: Some(Site::for_config(config).map_err(|e| e.to_string())),
+        }
+    }
+
+    /// The environment a device's flow runs in: the plugin environment plus the device's own
+    /// TLS setting.
+    pub fn for_device(config: &Config, device: &DeviceConfig, persistent: bool) -> PluginEnv {
+        PluginEnv {
+            insecure_skip_verify: device.insecure_skip_verify,
+            ..PluginEnv::of(config, persistent)
+        }
+    }
+
     /// Plugins in `dirs`, nothing persisted, no gateway narrowing.
     pub fn ephemeral(dirs: Vec<PathBuf>) -> PluginEnv {
         PluginEnv {
@@ -53,7 +104,7 @@ impl PluginEnv {
             flow_limits: LimitOverrides::default(),
             plugin_limits: BTreeMap::new(),
             kv_limits: crate::caps::kv::KvLimits::default(),
-            max_payload_bytes: crate::bridge::local::DEFAULT_MAX_PACKET,
+            max_payload_bytes: crate::config::DEFAULT_MAX_PACKET,
             base_dir: PathBuf::new(),
             permissions: BTreeMap::new(),
             insecure_skip_verify: false,

@@ -48,16 +48,8 @@ pub enum QueueError {
     },
 }
 
-/// What to do with a new message when the queue is at its byte limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum WhenFull {
-    /// Make room by dropping the oldest queued messages (of any device).
-    #[default]
-    DropOldest,
-    /// Keep what is queued and drop the new message.
-    DropNewest,
-}
+use crate::config::StoreConfig;
+pub use crate::config::WhenFull;
 
 #[derive(Debug, Clone)]
 pub struct QueueLimits {
@@ -67,6 +59,28 @@ pub struct QueueLimits {
     pub max_dead_letters: u64,
     /// Bytes the dead-letter file may hold (its lines as JSON).
     pub max_dead_letter_bytes: u64,
+}
+
+impl QueueLimits {
+    /// The limits `[store]` sets, the defaults for the rest.
+    pub fn from_config(store: &StoreConfig) -> QueueLimits {
+        let default = QueueLimits::default();
+        QueueLimits {
+            max_bytes: store
+                .max_mib
+                .map_or(default.max_bytes, |m| m.saturating_mul(1024 * 1024)),
+            max_age: store.max_age_hours.map_or(default.max_age, |h| {
+                std::time::Duration::from_secs(h.saturating_mul(3600))
+            }),
+            when_full: store.when_full,
+            max_dead_letters: store.max_dead_letters.unwrap_or(default.max_dead_letters),
+            max_dead_letter_bytes: store
+                .max_dead_letters_mib
+                .map_or(default.max_dead_letter_bytes, |m| {
+                    m.saturating_mul(1024 * 1024)
+                }),
+        }
+    }
 }
 
 impl Default for QueueLimits {

@@ -10,9 +10,11 @@
 
 use super::archive::{ArchiveLimits, Entry};
 use super::format::{Bundle, BundleError, BundleManifest, BUNDLE_TOML, SIGNATURE};
+use super::lock::LOCK_FILE;
 use super::lock::{Lock, LockEntry, LockError};
 use super::minisign::Signature;
 use super::trust::{Trust, TrustError, TrustStore};
+use crate::config::Config;
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -28,6 +30,34 @@ pub struct Site {
     pub lock_path: PathBuf,
     pub trust: TrustStore,
     pub limits: ArchiveLimits,
+}
+
+impl Site {
+    /// Where installed bundles live (`<state>/plugins`), the lock file and the trust store.
+    pub fn for_config(config: &Config) -> Result<Site, TrustError> {
+        let b = &config.bundles;
+        let trust_dir = b
+            .trust_dir
+            .as_ref()
+            .map(|d| config.resolve(d))
+            .unwrap_or_else(|| config.state_dir().join("trust"));
+        let inline: Vec<(String, String)> = b
+            .publishers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let trust = TrustStore::load(&trust_dir, &inline, &b.revoked_keys, b.allow_unsigned)?;
+        let mut limits = ArchiveLimits::default();
+        if let Some(mib) = b.max_entry_mib {
+            limits.max_entry_bytes = mib << 20;
+        }
+        Ok(Site {
+            root: config.state_dir().join("plugins"),
+            lock_path: config.resolve(b.lock_file.as_deref().unwrap_or(Path::new(LOCK_FILE))),
+            trust,
+            limits,
+        })
+    }
 }
 
 /// `installed.toml`: where an installed bundle came from.
