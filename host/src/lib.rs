@@ -12,7 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod memory;
 pub mod model;
-pub mod mqtt_server;
+pub mod mqtt;
 pub mod onboard;
 pub mod pki;
 pub mod plugins;

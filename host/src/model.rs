@@ -240,9 +240,6 @@ impl PluginError {
     }
 }
 
-/// Longest MQTT topic name (the length prefix is 16 bits).
-pub const MAX_TOPIC_BYTES: usize = 65_535;
-
 /// Check what a rule returned, identically for both engines: a concrete topic (no wildcards, no
 /// NUL, at most 65 535 bytes), QoS 0-2, a named upstream device.
 pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
@@ -258,10 +255,11 @@ pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
         if topic.is_empty() {
             return bad("has an empty topic".into());
         }
-        if topic.len() > MAX_TOPIC_BYTES {
+        if topic.len() > crate::mqtt::topic::MAX_TOPIC_BYTES {
             return bad(format!(
-                "has a topic of {} bytes (at most {MAX_TOPIC_BYTES})",
-                topic.len()
+                "has a topic of {} bytes (at most {})",
+                topic.len(),
+                crate::mqtt::topic::MAX_TOPIC_BYTES
             ));
         }
         if topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0)) {
@@ -276,39 +274,6 @@ pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
             if device.is_empty() {
                 return bad("is for an upstream device with an empty name".into());
             }
-        }
-    }
-    Ok(())
-}
-
-/// Check an MQTT topic name one publishes to: a valid filter without wildcards. The error
-/// completes the sentence "topic 'x' ...".
-pub fn validate_topic_name(topic: &str) -> Result<(), String> {
-    if topic.contains(['+', '#']) {
-        return Err("contains a wildcard (+ or #)".into());
-    }
-    validate_topic_filter(topic)
-}
-
-/// Check an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole
-/// level, no NUL, at most 65 535 bytes. The error completes the sentence "filter 'x' ...".
-pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("is empty".into());
-    }
-    if filter.len() > MAX_TOPIC_BYTES {
-        return Err(format!("is longer than {MAX_TOPIC_BYTES} bytes"));
-    }
-    if filter.contains('\0') {
-        return Err("contains a NUL character".into());
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
-            return Err("uses '#' other than as the whole last level".into());
-        }
-        if level.contains('+') && *level != "+" {
-            return Err("uses '+' other than as a whole level".into());
         }
     }
     Ok(())
@@ -339,22 +304,6 @@ pub fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn topic_filters() {
-        assert!(validate_topic_filter("plant1/#").is_ok());
-        assert!(validate_topic_filter("+/press7/+").is_ok());
-        assert!(validate_topic_filter("#").is_ok());
-        assert_eq!(
-            validate_topic_filter("a/#/b").unwrap_err(),
-            "uses '#' other than as the whole last level"
-        );
-        assert_eq!(
-            validate_topic_filter("a/b+").unwrap_err(),
-            "uses '+' other than as a whole level"
-        );
-        assert_eq!(validate_topic_filter("").unwrap_err(), "is empty");
-    }
 
     #[test]
     fn outbound_checks_name_the_message() {

@@ -5,7 +5,7 @@
 //! the connected clients were closed, so theirs are among them) and loaded at start.
 
 use super::log_once::LogOnce;
-use crate::mqtt_server::MqttServer;
+use crate::mqtt::server::MqttServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

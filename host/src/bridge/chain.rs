@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::engine::RulePlugin;
-use crate::mqtt_server::filter_matches;
+use crate::mqtt::topic::filter_matches;
 use crate::plugins::registry::{Registry, RegistryError};
 use std::sync::{Arc, RwLock};
 

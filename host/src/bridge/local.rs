@@ -12,10 +12,11 @@ use super::metrics::Metrics;
 use super::queue::{now_ms, DeadLetter};
 use crate::caps::mqtt::MAX_PAYLOAD_BYTES;
 use crate::config::Config;
-use crate::model::{validate_topic_filter, Destination, Message};
-use crate::mqtt_server::{
+use crate::model::{Destination, Message};
+use crate::mqtt::server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
+use crate::mqtt::topic::validate_topic_filter;
 use rumqttc::mqttbytes::v4::Publish;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -117,9 +118,9 @@ pub trait LocalOut: Send + Sync {
     fn publish(&self, message: &Message) -> Result<(), String>;
 }
 
-impl LocalOut for crate::mqtt_server::MqttServer {
+impl LocalOut for crate::mqtt::server::MqttServer {
     fn publish(&self, m: &Message) -> Result<(), String> {
-        crate::mqtt_server::MqttServer::publish(self, &m.topic, &m.payload, m.qos.min(1));
+        crate::mqtt::server::MqttServer::publish(self, &m.topic, &m.payload, m.qos.min(1));
         if m.retain {
             self.retain(&m.topic, &m.payload, m.qos)?;
         }

@@ -19,7 +19,7 @@ pub mod replay;
 pub mod simulate;
 
 use crate::config::Config;
-use crate::mqtt_server::MqttServer;
+use crate::mqtt::server::MqttServer;
 use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
 use crate::record::Recorder;

@@ -115,7 +115,7 @@ pub fn bridge_problems(config: &Config) -> Vec<String> {
         ));
     }
     for sim in &config.simulators {
-        if let Err(why) = crate::model::validate_topic_name(&sim.topic) {
+        if let Err(why) = crate::mqtt::topic::validate_topic_name(&sim.topic) {
             problems.push(format!(
                 "simulator '{}': topic '{}' {why}",
                 sim.name, sim.topic
@@ -147,7 +147,7 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
             problems.push(e.clone());
         }
         for filter in &device.from_cloud {
-            if let Err(e) = crate::model::validate_topic_filter(filter) {
+            if let Err(e) = crate::mqtt::topic::validate_topic_filter(filter) {
                 problems.push(format!(
                     "device '{}': from_cloud filter '{filter}' {e}",
                     device.name
@@ -197,12 +197,12 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
             ));
         }
         for filter in &rule.from {
-            if let Err(e) = crate::model::validate_topic_filter(filter) {
+            if let Err(e) = crate::mqtt::topic::validate_topic_filter(filter) {
                 problems.push(format!("rule '{}': from filter '{filter}' {e}", rule.name));
             }
         }
         for filter in &rule.from_cloud {
-            if let Err(e) = crate::model::validate_topic_filter(filter) {
+            if let Err(e) = crate::mqtt::topic::validate_topic_filter(filter) {
                 problems.push(format!(
                     "rule '{}': from_cloud filter '{filter}' {e}",
                     rule.name

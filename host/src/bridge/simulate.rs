@@ -12,7 +12,7 @@ use super::local::{LocalService, Origin};
 use super::log_once::LogOnce;
 use crate::config::{BrokerUrl, SimulatorConfig};
 use crate::model::Message;
-use crate::mqtt_server::MqttServer;
+use crate::mqtt::server::MqttServer;
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,9 +5,10 @@
 //! closes its connection (publish, connect) or fails its SUBACK, as AWS IoT does. Accepted
 //! publishes are recorded and routed to every subscribed client.
 
-use crate::mqtt_server::{
-    filter_matches, ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+use crate::mqtt::server::{
+    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
+use crate::mqtt::topic::filter_matches;
 use crate::pki::crypto;
 use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::Publish;

@@ -401,7 +401,7 @@ impl SandboxConfig {
                 _ => return Err(format!("{at}: give exactly one of certificate or ca")),
             }
             for filter in &t.allow {
-                crate::model::validate_topic_filter(filter).map_err(|why| {
+                crate::mqtt::topic::validate_topic_filter(filter).map_err(|why| {
                     format!("{at}: '{filter}' is not a valid MQTT topic filter: it {why}")
                 })?;
             }

@@ -10,7 +10,7 @@
 use super::auth;
 use super::config::{Attestation, DpsConfig, Enrollment, EnrollmentStatus};
 use super::iothub::{DeviceAuth, DeviceRegistry};
-use crate::mqtt_server::{
+use crate::mqtt::server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
 use crate::pki::crypto;

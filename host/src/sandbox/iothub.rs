@@ -6,7 +6,7 @@
 
 use super::auth;
 use crate::model::Pair;
-use crate::mqtt_server::{
+use crate::mqtt::server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
 use crate::pki::crypto;

@@ -6,7 +6,7 @@
 //! up), and serve only the agent's own `tc/<tenant>/<clientId>/...` topics.
 
 use super::jwt;
-use crate::mqtt_server::{
+use crate::mqtt::server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
 };
 use crate::pki::crypto;

@@ -15,7 +15,7 @@ pub mod mindconnect;
 pub mod pki;
 
 use crate::model::{Pair, PluginError};
-use crate::mqtt_server::{MqttServer, MqttService};
+use crate::mqtt::server::{MqttServer, MqttService};
 use crate::record::{self, Recorder};
 use config::{Attestation, SandboxConfig};
 use dps::{Dps, LoadedEnrollment};

@@ -7,28 +7,22 @@
 //! `refused` (CONNACK refusal, SUBACK failure), `closed` (the broker hung up), `tls`, `timeout`,
 //! `io` (unreachable, DNS), `invalid-input`, `permission-denied`, `limit-exceeded`.
 
-mod errors;
-mod inflight;
-mod link;
 pub mod rhai;
 pub mod wasm;
-mod wire;
 
 use super::tls::{self, TlsOptions};
 use super::CapContext;
-use crate::model::{validate_topic_filter, ErrorKind, Message, PluginError, ProtocolVersion};
-pub use errors::v5_error;
-use inflight::InFlight;
-pub use link::Waker;
-use link::{Link, LinkEvent, LinkOptions};
+use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
+use crate::mqtt::client::inflight::InFlight;
+pub use crate::mqtt::client::v5_message;
+use crate::mqtt::client::{err, Link, LinkEvent, LinkOptions};
+pub use crate::mqtt::client::{v5_error, Waker, MAX_PAYLOAD_BYTES};
+use crate::mqtt::topic::validate_topic_filter;
 use rumqttc::mqttbytes::QoS;
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-pub use wire::v5_message;
 
-/// Largest payload a plugin may publish: IoT Hub's 256 KB (the largest provider limit).
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for a SUBACK, or for the broker to acknowledge the oldest publish in flight.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -208,10 +202,6 @@ impl std::fmt::Debug for MqttSession {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "MqttSession({})", self.endpoint)
     }
-}
-
-fn err(kind: ErrorKind, message: String) -> PluginError {
-    PluginError::new(kind, message)
 }
 
 fn qos(level: u8) -> Result<QoS, PluginError> {

@@ -5,8 +5,8 @@
 //! may [`Retained::save`] them to a file (one JSON message per line) and [`Retained::load`] them
 //! at the next start.
 
-use super::filter_matches;
 use crate::model::Message;
+use crate::mqtt::topic::filter_matches;
 use rumqttc::mqttbytes::QoS;
 use std::collections::HashMap;
 use std::path::Path;

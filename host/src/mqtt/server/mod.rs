@@ -11,6 +11,7 @@ mod jsonl;
 mod retained;
 mod sessions;
 
+use crate::mqtt::topic::{filter_matches, valid_topic_name};
 use crate::record::{Record, Recorder};
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::{
@@ -620,10 +621,6 @@ fn queue_packet(out: &mut BytesMut, packet: Packet) {
 }
 
 /// A topic name a client may publish to: not empty, no wildcards, no NUL.
-fn valid_topic_name(topic: &str) -> bool {
-    !topic.is_empty() && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
-}
-
 /// The counting cause of a codec error.
 fn malformed_cause(e: &CodecError) -> &'static str {
     match e {
@@ -638,24 +635,6 @@ async fn write_packet<W: AsyncWriteExt + Unpin>(writer: &mut W, packet: Packet) 
         return false;
     }
     writer.write_all(&out).await.is_ok() && writer.flush().await.is_ok()
-}
-
-/// Does `topic` match the subscription `filter` (`+` one level, `#` the rest)? Given a filter
-/// as `topic`, whether `filter` covers every topic that filter can match (how a policy's allowed
-/// filter judges a requested subscription).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some(_), Some("#")) => return false,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 impl Connection {
@@ -1848,31 +1827,5 @@ mod tests {
         assert_eq!(at("a/b", QoS::AtMostOnce), Some(QoS::AtMostOnce));
         assert_eq!(at("a/c", QoS::AtLeastOnce), Some(QoS::AtMostOnce));
         assert_eq!(at("b", QoS::AtLeastOnce), None);
-    }
-
-    #[test]
-    fn filters_match_like_mqtt() {
-        assert!(filter_matches(
-            "$dps/registrations/res/#",
-            "$dps/registrations/res/202/?$rid=1"
-        ));
-        assert!(filter_matches(
-            "devices/d1/messages/devicebound/#",
-            "devices/d1/messages/devicebound/%24.to=x"
-        ));
-        assert!(filter_matches("a/+/c", "a/b/c"));
-        assert!(!filter_matches("a/+/c", "a/b/d"));
-        assert!(!filter_matches("a/b", "a/b/c"));
-        assert!(filter_matches("a/#", "a"));
-        assert!(filter_matches("dt/press7/#", "dt/press7/temp"));
-        // Filters against filters: does the first cover the second?
-        assert!(filter_matches("dt/press7/#", "dt/press7/+"));
-        assert!(filter_matches("dt/press7/#", "dt/press7/#"));
-        assert!(filter_matches("dt/+/temp", "dt/press7/temp"));
-        assert!(filter_matches("dt/+/temp", "dt/+/temp"));
-        assert!(!filter_matches("dt/+/temp", "dt/#"));
-        assert!(!filter_matches("dt/press7/temp", "dt/press7/+"));
-        assert!(!filter_matches("dt/press7/#", "dt/press8/temp"));
-        assert!(!filter_matches("dt/press7", "dt/press7/temp"));
     }
 }

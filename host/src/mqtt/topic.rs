@@ -1,0 +1,108 @@
+//! MQTT topic names and filters: what is valid, and what a filter matches. The one place the
+//! host decides either, for the local broker, the emulators, rules and the config checks.
+
+/// Longest MQTT topic name (the length prefix is 16 bits).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
+/// Check an MQTT topic name one publishes to: a valid filter without wildcards. The error
+/// completes the sentence "topic 'x' ...".
+pub fn validate_topic_name(topic: &str) -> Result<(), String> {
+    if topic.contains(['+', '#']) {
+        return Err("contains a wildcard (+ or #)".into());
+    }
+    validate_topic_filter(topic)
+}
+
+/// Check an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole
+/// level, no NUL, at most 65 535 bytes. The error completes the sentence "filter 'x' ...".
+pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("is empty".into());
+    }
+    if filter.len() > MAX_TOPIC_BYTES {
+        return Err(format!("is longer than {MAX_TOPIC_BYTES} bytes"));
+    }
+    if filter.contains('\0') {
+        return Err("contains a NUL character".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
+            return Err("uses '#' other than as the whole last level".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("uses '+' other than as a whole level".into());
+        }
+    }
+    Ok(())
+}
+
+/// Does `topic` match the subscription `filter` (`+` one level, `#` the rest)? Given a filter
+/// as `topic`, whether `filter` covers every topic that filter can match (how a policy's allowed
+/// filter judges a requested subscription).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some(_), Some("#")) => return false,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether a PUBLISH or will may name `topic` (no wildcards, no NUL, not empty).
+pub(crate) fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_filters() {
+        assert!(validate_topic_filter("plant1/#").is_ok());
+        assert!(validate_topic_filter("+/press7/+").is_ok());
+        assert!(validate_topic_filter("#").is_ok());
+        assert_eq!(
+            validate_topic_filter("a/#/b").unwrap_err(),
+            "uses '#' other than as the whole last level"
+        );
+        assert_eq!(
+            validate_topic_filter("a/b+").unwrap_err(),
+            "uses '+' other than as a whole level"
+        );
+        assert_eq!(validate_topic_filter("").unwrap_err(), "is empty");
+    }
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(filter_matches(
+            "$dps/registrations/res/#",
+            "$dps/registrations/res/202/?$rid=1"
+        ));
+        assert!(filter_matches(
+            "devices/d1/messages/devicebound/#",
+            "devices/d1/messages/devicebound/%24.to=x"
+        ));
+        assert!(filter_matches("a/+/c", "a/b/c"));
+        assert!(!filter_matches("a/+/c", "a/b/d"));
+        assert!(!filter_matches("a/b", "a/b/c"));
+        assert!(filter_matches("a/#", "a"));
+        assert!(filter_matches("dt/press7/#", "dt/press7/temp"));
+        // Filters against filters: does the first cover the second?
+        assert!(filter_matches("dt/press7/#", "dt/press7/+"));
+        assert!(filter_matches("dt/press7/#", "dt/press7/#"));
+        assert!(filter_matches("dt/+/temp", "dt/press7/temp"));
+        assert!(filter_matches("dt/+/temp", "dt/+/temp"));
+        assert!(!filter_matches("dt/+/temp", "dt/#"));
+        assert!(!filter_matches("dt/press7/temp", "dt/press7/+"));
+        assert!(!filter_matches("dt/press7/#", "dt/press8/temp"));
+        assert!(!filter_matches("dt/press7", "dt/press7/temp"));
+    }
+}
