@@ -240,6 +240,9 @@ impl PluginError {
     }
 }
 
+/// Longest MQTT topic name (the length prefix is 16 bits).
+pub const MAX_TOPIC_BYTES: usize = 65_535;
+
 /// Check what a rule returned, identically for both engines: a concrete topic (no wildcards, no
 /// NUL, at most 65 535 bytes), QoS 0-2, a named upstream device.
 pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
@@ -255,11 +258,11 @@ pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
         if topic.is_empty() {
             return bad("has an empty topic".into());
         }
-        if topic.len() > crate::mqtt::topic::MAX_TOPIC_BYTES {
+        if topic.len() > MAX_TOPIC_BYTES {
             return bad(format!(
                 "has a topic of {} bytes (at most {})",
                 topic.len(),
-                crate::mqtt::topic::MAX_TOPIC_BYTES
+                MAX_TOPIC_BYTES
             ));
         }
         if topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0)) {

@@ -1,8 +1,7 @@
 //! MQTT topic names and filters: what is valid, and what a filter matches. The one place the
 //! host decides either, for the local broker, the emulators, rules and the config checks.
 
-/// Longest MQTT topic name (the length prefix is 16 bits).
-pub const MAX_TOPIC_BYTES: usize = 65_535;
+pub use crate::model::MAX_TOPIC_BYTES;
 
 /// Check an MQTT topic name one publishes to: a valid filter without wildcards. The error
 /// completes the sentence "topic 'x' ...".
