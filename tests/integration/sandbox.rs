@@ -7,9 +7,9 @@ use gatehost::caps::mqtt::ConnectOptions;
 use gatehost::caps::tls::TlsOptions;
 use gatehost::caps::CapContext;
 use gatehost::caps::Permissions;
+use gatehost::events::Event;
 use gatehost::model::ProtocolVersion;
 use gatehost::pki::crypto;
-use gatehost::record::Record;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
@@ -162,7 +162,7 @@ fn sdk_register(sandbox: &Sandbox, args: serde_json::Value) -> serde_json::Value
         .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
-fn telemetry_of(sandbox: &Sandbox, device: &str) -> Record {
+fn telemetry_of(sandbox: &Sandbox, device: &str) -> Event {
     sandbox
         .recorder
         .wait_for(Duration::from_secs(10), |r| {
@@ -171,7 +171,7 @@ fn telemetry_of(sandbox: &Sandbox, device: &str) -> Record {
         .unwrap_or_else(|| panic!("no telemetry from {device}: {:#?}", sandbox.recorder.all()))
 }
 
-fn check_telemetry(t: &Record, identity: &str) {
+fn check_telemetry(t: &Event, identity: &str) {
     assert_eq!(t.identity.as_deref(), Some(identity));
     assert_eq!(t.body, br#"{"temperature": 21.5}"#);
     let props: std::collections::BTreeMap<_, _> = t.properties.iter().cloned().collect();

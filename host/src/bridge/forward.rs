@@ -289,7 +289,7 @@ fn session(
     // A device that skips TLS verification gets plugins loaded with that setting.
     let own_registry;
     let registry: &Registry = if device_config.insecure_skip_verify {
-        own_registry = Registry::load(PluginEnv::for_device(&config, &device_config, true));
+        own_registry = Registry::load(PluginEnv::for_device(config, &device_config, true));
         &own_registry
     } else {
         &running.registry

@@ -14,7 +14,7 @@ use crate::caps::mqtt::MAX_PAYLOAD_BYTES;
 use crate::config::Config;
 use crate::model::{Destination, Message};
 use crate::mqtt::server::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+    ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict,
 };
 use crate::mqtt::topic::validate_topic_filter;
 use rumqttc::mqttbytes::v4::Publish;
@@ -283,12 +283,12 @@ impl MqttService for LocalService {
         )))
     }
 
-    fn subscribe(&self, _session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+    fn subscribe(&self, _session: &Peer, filter: &str, qos: u8) -> Result<u8, String> {
         validate_topic_filter(filter).map_err(|why| format!("topic filter '{filter}' {why}"))?;
         Ok(qos.min(1))
     }
 
-    fn publish(&self, session: &Session, p: &Publish) -> PublishVerdict {
+    fn publish(&self, session: &Peer, p: &Publish) -> PublishVerdict {
         let routed = self.route(
             Message {
                 topic: p.topic.clone(),

@@ -19,10 +19,10 @@ pub mod replay;
 pub mod simulate;
 
 use crate::config::Config;
+use crate::events::Recorder;
 use crate::mqtt::server::MqttServer;
 use crate::plugins::registry::PluginEnv;
 use crate::plugins::registry::Registry;
-use crate::record::Recorder;
 use chain::{Current, RuleChain, Running};
 use commit::Committer;
 use forward::Forwarders;

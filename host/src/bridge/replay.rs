@@ -143,7 +143,7 @@ pub fn replay(
         &config.queue_path(),
         crate::bridge::queue::QueueLimits::from_config(&config.store),
     )?;
-    let registry = Registry::load(PluginEnv::of(&config, true));
+    let registry = Registry::load(PluginEnv::of(config, true));
     let (chain, mut problems) = RuleChain::build(config, &registry, None);
     problems.extend(queue.unreadable_dead_letters());
     let mut report = Report {

@@ -98,7 +98,7 @@ fn resolve(
     config: &crate::config::Config,
     rule: &str,
 ) -> anyhow::Result<(String, Arc<dyn RulePlugin>)> {
-    let env = PluginEnv::of(&config, false);
+    let env = PluginEnv::of(config, false);
     if let Some(configured) = config.rules.iter().find(|r| r.name == rule) {
         if let Some(template) = configured.template_rule() {
             let template = template.map_err(|e| anyhow::anyhow!(e))?;

@@ -5,12 +5,12 @@
 //! closes its connection (publish, connect) or fails its SUBACK, as AWS IoT does. Accepted
 //! publishes are recorded and routed to every subscribed client.
 
+use crate::events::{Event, Recorder};
 use crate::mqtt::server::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+    ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict,
 };
 use crate::mqtt::topic::filter_matches;
 use crate::pki::crypto;
-use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::Publish;
 use std::sync::Arc;
 
@@ -72,7 +72,7 @@ impl AwsIot {
     }
 
     /// The thing's allowed filters with the policy variables filled in.
-    fn policy(&self, session: &Session) -> Vec<String> {
+    fn policy(&self, session: &Peer) -> Vec<String> {
         let Some(thing) = session
             .auth
             .as_ref()
@@ -114,7 +114,7 @@ impl MqttService for AwsIot {
         ConnectVerdict::Accept(Ok(Identity::new(format!("x509:{thing}"), Some(index))))
     }
 
-    fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+    fn subscribe(&self, session: &Peer, filter: &str, qos: u8) -> Result<u8, String> {
         if self
             .policy(session)
             .iter()
@@ -129,7 +129,7 @@ impl MqttService for AwsIot {
         }
     }
 
-    fn publish(&self, session: &Session, publish: &Publish) -> PublishVerdict {
+    fn publish(&self, session: &Peer, publish: &Publish) -> PublishVerdict {
         if publish.payload.len() > MAX_PAYLOAD {
             return PublishVerdict::Disconnect(format!(
                 "published {} bytes to '{}'; AWS IoT takes at most {MAX_PAYLOAD}; closed",
@@ -148,7 +148,7 @@ impl MqttService for AwsIot {
             ));
         }
         self.recorder.push(
-            Record::new("aws-iot", "telemetry", &session.client_id)
+            Event::new("aws-iot", "telemetry", &session.client_id)
                 .identity(session.label())
                 .topic(&publish.topic)
                 .body(&publish.payload),

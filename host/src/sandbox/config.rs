@@ -228,7 +228,7 @@ fn default_provision_delay() -> u64 {
     3000
 }
 fn default_record_limit() -> usize {
-    crate::record::DEFAULT_LIMIT
+    crate::events::DEFAULT_LIMIT
 }
 fn default_pki_dir() -> PathBuf {
     "state/sandbox-pki".into()

@@ -10,11 +10,11 @@
 use super::auth;
 use super::config::{Attestation, DpsConfig, Enrollment, EnrollmentStatus};
 use super::iothub::{DeviceAuth, DeviceRegistry};
+use crate::events::{Event, Recorder};
 use crate::mqtt::server::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+    ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict,
 };
 use crate::pki::crypto;
-use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
@@ -232,9 +232,8 @@ impl Dps {
     /// 401 to a caller that did not authenticate; the reason goes to the records.
     fn unauthorized(&self, caller: &Caller<'_>) -> Reply {
         let why = caller.auth.as_ref().err().cloned().unwrap_or_default();
-        self.recorder.push(
-            Record::new(caller.transport, "unauthorized", caller.registration_id).detail(why),
-        );
+        self.recorder
+            .push(Event::new(caller.transport, "unauthorized", caller.registration_id).detail(why));
         Reply::new(
             401,
             None,
@@ -258,7 +257,7 @@ impl Dps {
         let id = caller.registration_id;
         let record = |event, detail: String| {
             self.recorder.push(
-                Record::new(caller.transport, event, id)
+                Event::new(caller.transport, event, id)
                     .identity(caller.label())
                     .body(payload)
                     .detail(detail),
@@ -366,7 +365,7 @@ impl Dps {
                 + 1;
             drop(state);
             self.recorder.push(
-                Record::new(caller.transport, "throttled", id)
+                Event::new(caller.transport, "throttled", id)
                     .identity(caller.label())
                     .detail(format!(
                         "more than {MAX_POLLS} status polls in {} s",
@@ -387,7 +386,7 @@ impl Dps {
         else {
             drop(state);
             self.recorder.push(
-                Record::new(caller.transport, "not-found", id)
+                Event::new(caller.transport, "not-found", id)
                     .detail(format!("unknown operation {operation_id}")),
             );
             return Reply::new(404, None, Self::error_body(404201, "Operation not found."));
@@ -462,7 +461,7 @@ impl Dps {
             ("assigned", state)
         };
         self.recorder.push(
-            Record::new(
+            Event::new(
                 caller.transport,
                 if status == "assigned" {
                     "assigned"
@@ -516,7 +515,7 @@ impl MqttService for Dps {
         ))
     }
 
-    fn subscribe(&self, _session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+    fn subscribe(&self, _session: &Peer, filter: &str, qos: u8) -> Result<u8, String> {
         if filter == "$dps/registrations/res/#" {
             Ok(qos.min(1))
         } else {
@@ -524,7 +523,7 @@ impl MqttService for Dps {
         }
     }
 
-    fn publish(&self, session: &Session, publish: &Publish) -> PublishVerdict {
+    fn publish(&self, session: &Peer, publish: &Publish) -> PublishVerdict {
         let topic = publish.topic.as_str();
         let (request, query) = topic.split_once("/?").unwrap_or((topic, ""));
         let Some(rid) = query_value(query, "$rid") else {

@@ -5,7 +5,7 @@
 //! served by hyper over tokio-rustls.
 
 use super::dps::{Caller, Dps, Reply};
-use crate::record::{Record, Recorder};
+use crate::events::{Event, Recorder};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, Response, StatusCode};
@@ -44,13 +44,13 @@ pub async fn serve(
                         Ok(Ok(stream)) => stream,
                         Ok(Err(e)) => {
                             recorder.push(
-                                Record::new(SERVICE, "tls-failed", "")
+                                Event::new(SERVICE, "tls-failed", "")
                                     .detail(format!("TLS handshake with {peer} failed: {e}")),
                             );
                             return;
                         }
                         Err(_) => {
-                            recorder.push(Record::new(SERVICE, "tls-failed", "").detail(format!(
+                            recorder.push(Event::new(SERVICE, "tls-failed", "").detail(format!(
                                 "{peer} did not complete the TLS handshake in time"
                             )));
                             return;
@@ -138,7 +138,7 @@ async fn handle(
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
     let refuse = |status: StatusCode, id: &str, why: String| {
-        recorder.push(Record::new(SERVICE, "bad-request", id).detail(why.clone()));
+        recorder.push(Event::new(SERVICE, "bad-request", id).detail(why.clone()));
         error_response(status, &why)
     };
     let route = match route(request.method(), &path) {

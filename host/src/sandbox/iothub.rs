@@ -5,12 +5,12 @@
 //! publish topic closes the connection, as does a message over 256 KB.
 
 use super::auth;
+use crate::events::{Event, Recorder};
 use crate::model::Pair;
 use crate::mqtt::server::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+    ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict,
 };
 use crate::pki::crypto;
-use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -208,7 +208,7 @@ impl MqttService for IotHub {
         }
     }
 
-    fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+    fn subscribe(&self, session: &Peer, filter: &str, qos: u8) -> Result<u8, String> {
         let id = &session.client_id;
         let served = [
             format!("devices/{id}/messages/devicebound/#"),
@@ -225,7 +225,7 @@ impl MqttService for IotHub {
         }
     }
 
-    fn publish(&self, session: &Session, publish: &Publish) -> PublishVerdict {
+    fn publish(&self, session: &Peer, publish: &Publish) -> PublishVerdict {
         let id = &session.client_id;
         let prefix = format!("devices/{id}/messages/events/");
         let Some(bag) = publish.topic.strip_prefix(&prefix) else {
@@ -245,7 +245,7 @@ impl MqttService for IotHub {
             Err(why) => return PublishVerdict::Disconnect(format!("{why}; closed")),
         };
         self.recorder.push(
-            Record::new("iothub", "telemetry", id)
+            Event::new("iothub", "telemetry", id)
                 .identity(session.label())
                 .topic(&publish.topic)
                 .body(&publish.payload)

@@ -6,11 +6,11 @@
 //! up), and serve only the agent's own `tc/<tenant>/<clientId>/...` topics.
 
 use super::jwt;
+use crate::events::{Event, Recorder};
 use crate::mqtt::server::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, PublishVerdict, Session,
+    ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict,
 };
 use crate::pki::crypto;
-use crate::record::{Record, Recorder};
 use rumqttc::mqttbytes::v4::{ConnectReturnCode, Publish};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
@@ -130,7 +130,7 @@ impl MindConnect {
         }
     }
 
-    fn own_prefix(session: &Session) -> String {
+    fn own_prefix(session: &Peer) -> String {
         let tenant = session.client_id.split('_').next().unwrap_or_default();
         format!("tc/{tenant}/{}/", session.client_id)
     }
@@ -261,7 +261,7 @@ impl MqttService for MindConnect {
         ConnectVerdict::Accept(Ok(Identity::new(format!("x509:{expected}"), None)))
     }
 
-    fn subscribe(&self, session: &Session, filter: &str, qos: u8) -> Result<u8, String> {
+    fn subscribe(&self, session: &Peer, filter: &str, qos: u8) -> Result<u8, String> {
         let own = Self::own_prefix(session);
         if filter.starts_with(&own) {
             Ok(qos.min(1))
@@ -270,7 +270,7 @@ impl MqttService for MindConnect {
         }
     }
 
-    fn publish(&self, session: &Session, publish: &Publish) -> PublishVerdict {
+    fn publish(&self, session: &Peer, publish: &Publish) -> PublishVerdict {
         let inbound = format!("{}i/", Self::own_prefix(session));
         if !publish.topic.starts_with(&inbound) {
             return PublishVerdict::Disconnect(format!(
@@ -279,7 +279,7 @@ impl MqttService for MindConnect {
             ));
         }
         self.recorder.push(
-            Record::new(self.name(), "telemetry", &session.client_id)
+            Event::new(self.name(), "telemetry", &session.client_id)
                 .identity(session.label())
                 .topic(&publish.topic)
                 .body(&publish.payload),

@@ -14,9 +14,9 @@ pub mod mindconnect;
 
 pub mod pki;
 
+use crate::events::{self, Recorder};
 use crate::model::{Pair, PluginError};
 use crate::mqtt::server::{MqttServer, MqttService};
-use crate::record::{self, Recorder};
 use config::{Attestation, SandboxConfig};
 use dps::{Dps, LoadedEnrollment};
 use iothub::{DeviceAuth, DeviceRegistry, IotHub};
@@ -237,7 +237,7 @@ impl Sandbox {
         };
         broker.publish(topic, payload, 1);
         self.recorder.push(
-            record::Record::new(service.name(), "cloud-publish", "")
+            events::Event::new(service.name(), "cloud-publish", "")
                 .topic(topic)
                 .body(payload),
         );
@@ -254,7 +254,7 @@ impl Sandbox {
         let sent = hub.send_to(device_id, &topic, payload, 1);
         if sent {
             self.recorder.push(
-                record::Record::new("iothub", "c2d", device_id)
+                events::Event::new("iothub", "c2d", device_id)
                     .topic(&topic)
                     .body(payload)
                     .properties(properties.to_vec()),

@@ -48,17 +48,17 @@ impl WasmCaps<'_> {
 
 impl HostKeyPair for WasmCaps<'_> {
     fn generate(&mut self, alg: WitAlg, name: String) -> WitResult<Resource<KeyHandle>> {
-        let key = super::generate_key(&self.caps, from_wit_alg(alg), &name);
+        let key = super::generate_key(self.caps, from_wit_alg(alg), &name);
         self.key_resource(key)
     }
 
     fn load(&mut self, path: String, passphrase: Option<String>) -> WitResult<Resource<KeyHandle>> {
-        let key = super::load_key(&self.caps, &path, passphrase.as_deref());
+        let key = super::load_key(self.caps, &path, passphrase.as_deref());
         self.key_resource(key)
     }
 
     fn open(&mut self, reference: String) -> WitResult<Resource<KeyHandle>> {
-        let key = super::open_key(&self.caps, &reference);
+        let key = super::open_key(self.caps, &reference);
         self.key_resource(key)
     }
 
@@ -100,7 +100,7 @@ impl Host for WasmCaps<'_> {
     }
 
     fn read_chain(&mut self, path: String) -> WitResult<Vec<WitInfo>> {
-        Ok(super::read_chain(&self.caps, &path)
+        Ok(super::read_chain(self.caps, &path)
             .map(|infos| {
                 infos
                     .into_iter()
@@ -124,10 +124,10 @@ impl Host for WasmCaps<'_> {
 
     fn key_matches(&mut self, key: Resource<KeyHandle>, cert_path: String) -> WitResult<bool> {
         let key = self.key(&key)?.key.clone();
-        Ok(super::key_matches(&self.caps, &key, &cert_path).map_err(Into::into))
+        Ok(super::key_matches(self.caps, &key, &cert_path).map_err(Into::into))
     }
 
     fn verify_chain(&mut self, chain_path: String, ca_path: String) -> WitResult<()> {
-        Ok(super::verify_chain(&self.caps, &chain_path, &ca_path).map_err(Into::into))
+        Ok(super::verify_chain(self.caps, &chain_path, &ca_path).map_err(Into::into))
     }
 }

@@ -72,7 +72,7 @@ impl Host for WasmCaps<'_> {
     ) -> WitResult<String> {
         let key = self.key(&key)?.key.clone();
         Ok(super::plugin_jwt(
-            &self.caps,
+            self.caps,
             &key,
             &header_json,
             &claims_json,
@@ -91,7 +91,7 @@ impl Host for WasmCaps<'_> {
     ) -> WitResult<String> {
         let key = self.key(&key)?.key.clone();
         Ok(super::plugin_mindconnect_jwt(
-            &self.caps,
+            self.caps,
             &key,
             &chain_file,
             &client_id,

@@ -16,7 +16,7 @@ impl Host for WasmCaps<'_> {
             client_certificate: r.client_certificate.map(Into::into),
             errors_as_responses: r.errors_as_responses,
         };
-        Ok(super::send(&self.caps, &request)
+        Ok(super::send(self.caps, &request)
             .map(|a| Response {
                 status: a.status,
                 headers: a.headers,

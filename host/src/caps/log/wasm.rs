@@ -12,7 +12,7 @@ impl Host for WasmCaps<'_> {
             WitLevel::Warn => super::Level::Warn,
             WitLevel::Error => super::Level::Error,
         };
-        super::log(&self.caps, level, &message);
+        super::log(self.caps, level, &message);
         Ok(())
     }
 }

@@ -35,8 +35,8 @@ fn spec(o: ConnectOptions) -> ConnectSpec {
 impl HostSession for WasmCaps<'_> {
     fn connect(&mut self, options: ConnectOptions) -> WitResult<Resource<MqttSession>> {
         let session = spec(options)
-            .resolve(&self.caps)
-            .and_then(|o| MqttSession::connect(&self.caps, &o));
+            .resolve(self.caps)
+            .and_then(|o| MqttSession::connect(self.caps, &o));
         match session {
             Ok(s) => Ok(Ok(self.table.push(s)?)),
             Err(e) => Ok(Err(e.into())),
@@ -44,7 +44,7 @@ impl HostSession for WasmCaps<'_> {
     }
 
     fn open(&mut self, conn: Connection) -> WitResult<Resource<MqttSession>> {
-        match MqttSession::open(&self.caps, &conn.into()) {
+        match MqttSession::open(self.caps, &conn.into()) {
             Ok(s) => Ok(Ok(self.table.push(s)?)),
             Err(e) => Ok(Err(e.into())),
         }

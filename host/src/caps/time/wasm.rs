@@ -6,6 +6,6 @@ use crate::caps::wit::plugin::types::Error;
 
 impl Host for WasmCaps<'_> {
     fn sleep_ms(&mut self, ms: u32) -> wasmtime::Result<Result<(), Error>> {
-        Ok(super::sleep_ms(&self.caps, ms as u64).map_err(Into::into))
+        Ok(super::sleep_ms(self.caps, ms as u64).map_err(Into::into))
     }
 }

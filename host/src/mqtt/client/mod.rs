@@ -7,10 +7,10 @@
 //! - [`inflight`]: the publishes handed to a connection and not yet acknowledged.
 //! - [`errors`]: connection failures in one sentence naming the endpoint.
 
-pub mod errors;
-pub mod inflight;
-pub mod link;
-pub mod wire;
+pub(crate) mod errors;
+pub(crate) mod inflight;
+pub(crate) mod link;
+pub(crate) mod wire;
 
 use crate::model::{ErrorKind, PluginError};
 

@@ -11,7 +11,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Record {
+pub struct Event {
     /// `dps`, `dps-rest`, `iothub`, ...
     pub service: &'static str,
     /// `connect`, `refused`, `register`, `assigned`, `telemetry`, `c2d`, `disconnect`, ...
@@ -31,7 +31,7 @@ pub struct Record {
     pub at_ms: u64,
 }
 
-impl Record {
+impl Event {
     /// The bytes this record holds beyond its fixed size.
     fn size(&self) -> usize {
         self.body.len()
@@ -46,8 +46,8 @@ impl Record {
                 .sum::<usize>()
     }
 
-    pub fn new(service: &'static str, event: &'static str, client_id: &str) -> Record {
-        Record {
+    pub fn new(service: &'static str, event: &'static str, client_id: &str) -> Event {
+        Event {
             service,
             event,
             client_id: client_id.to_string(),
@@ -62,27 +62,27 @@ impl Record {
         }
     }
 
-    pub fn detail(mut self, detail: impl Into<String>) -> Record {
+    pub fn detail(mut self, detail: impl Into<String>) -> Event {
         self.detail = detail.into();
         self
     }
 
-    pub fn identity(mut self, identity: Option<&str>) -> Record {
+    pub fn identity(mut self, identity: Option<&str>) -> Event {
         self.identity = identity.map(str::to_string);
         self
     }
 
-    pub fn topic(mut self, topic: &str) -> Record {
+    pub fn topic(mut self, topic: &str) -> Event {
         self.topic = Some(topic.to_string());
         self
     }
 
-    pub fn body(mut self, body: &[u8]) -> Record {
+    pub fn body(mut self, body: &[u8]) -> Event {
         self.body = body.to_vec();
         self
     }
 
-    pub fn properties(mut self, properties: Vec<Pair>) -> Record {
+    pub fn properties(mut self, properties: Vec<Pair>) -> Event {
         self.properties = properties;
         self
     }
@@ -104,7 +104,7 @@ pub struct Recorder {
 
 #[derive(Debug, Default)]
 struct Kept {
-    records: VecDeque<Record>,
+    records: VecDeque<Event>,
     bytes: usize,
     dropped: u64,
 }
@@ -138,7 +138,7 @@ impl Recorder {
         self.kept.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn push(&self, record: Record) {
+    pub fn push(&self, record: Event) {
         let body = String::from_utf8_lossy(&record.body);
         if record.service == "local" {
             // The bridge's local clients: who connected and why they left.
@@ -177,12 +177,12 @@ impl Recorder {
         self.arrived.notify_all();
     }
 
-    pub fn all(&self) -> Vec<Record> {
+    pub fn all(&self) -> Vec<Event> {
         self.lock().records.iter().cloned().collect()
     }
 
     /// Records of one service and event.
-    pub fn of(&self, service: &str, event: &str) -> Vec<Record> {
+    pub fn of(&self, service: &str, event: &str) -> Vec<Event> {
         self.all()
             .into_iter()
             .filter(|r| r.service == service && r.event == event)
@@ -190,7 +190,7 @@ impl Recorder {
     }
 
     /// The first record (old or new) that `matches`, waiting up to `timeout` for it.
-    pub fn wait_for(&self, timeout: Duration, matches: impl Fn(&Record) -> bool) -> Option<Record> {
+    pub fn wait_for(&self, timeout: Duration, matches: impl Fn(&Event) -> bool) -> Option<Event> {
         let deadline = Instant::now() + timeout;
         let mut kept = self.lock();
         loop {
@@ -218,7 +218,7 @@ mod tests {
     fn the_oldest_records_go_first_and_are_counted() {
         let recorder = Recorder::with_limit(3);
         for i in 0..5 {
-            recorder.push(Record::new("dps", "connect", &format!("d{i}")));
+            recorder.push(Event::new("dps", "connect", &format!("d{i}")));
         }
         let ids: Vec<String> = recorder.all().into_iter().map(|r| r.client_id).collect();
         assert_eq!(ids, ["d2", "d3", "d4"]);
@@ -231,7 +231,7 @@ mod tests {
         let recorder = Recorder::default();
         let body = vec![b'x'; 256 * 1024];
         for i in 0..100 {
-            recorder.push(Record::new("iothub", "telemetry", &format!("d{i}")).body(&body));
+            recorder.push(Event::new("iothub", "telemetry", &format!("d{i}")).body(&body));
         }
         let kept = recorder.all();
         let bytes: usize = kept.iter().map(|r| r.body.len()).sum();
