@@ -4,10 +4,57 @@
 //! written by a future version) is named wherever the letters are read and kept as it is by
 //! every rewrite: nothing there is dropped without a word.
 
-use super::DeadLetter;
+use super::{io_error, QueueError};
+use crate::model::Message;
+use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+
+/// Every dead-letter cause (`DeadLetter::cause`).
+pub const DEAD_LETTER_CAUSES: [&str; 6] = [
+    "rule error",
+    "unknown device",
+    "too large",
+    "not publishable",
+    "upstream refused",
+    "no rule",
+];
+
+/// A message set aside: it matched a rule that failed on it, or named no usable device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub at_ms: u64,
+    /// The rule that handled it (empty when none did).
+    pub rule: String,
+    /// A constant phrase for counting (`rule error`, `unknown device`, `too large`, ...).
+    pub cause: String,
+    /// One sentence: what went wrong.
+    pub reason: String,
+    pub message: Message,
+    /// The device the message was translated for, when it was set aside after translation
+    /// (`unknown device`, `too large`, `not publishable`, `upstream refused`): `message` is then
+    /// the translated message. `None` when no rule translated it (`rule error`, `no rule`):
+    /// `message` is then the message as it arrived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+    /// A cloud-to-device message: the device whose cloud session received it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_cloud: Option<String>,
+}
+
+/// One sentence for each line of the dead-letter file in the queue folder `dir` that cannot be
+/// read (such lines are kept).
+pub fn unreadable_dead_letters_in(dir: &Path) -> Vec<String> {
+    unreadable(&dir.join(FILE))
+}
+
+/// The kept dead letters of the queue in `dir`, oldest first, read without opening the queue
+/// (so also while gatehost runs on it); none when it has none.
+pub fn dead_letters_in(dir: &Path, max_dead_letters: u64) -> Result<Vec<DeadLetter>, QueueError> {
+    let path = dir.join(FILE);
+    read_kept(&path, max_dead_letters).map_err(io_error(&path))
+}
 
 pub const FILE: &str = "dead-letters.jsonl";
 
