@@ -98,11 +98,11 @@ use crate::rules::template::{TemplateConfig, TemplateRule};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_CONFIG: &str = "gatehost.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "gatehost.toml";
 
 /// The largest packet a local client may send by default: larger than any cloud accepts, so
 /// an oversized message is dead-lettered with its size named rather than cut off.
-pub const DEFAULT_MAX_PACKET: usize = 1024 * 1024;
+pub(crate) const DEFAULT_MAX_PACKET: usize = 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -418,7 +418,7 @@ fn any_name() -> String {
 }
 
 /// The default onboarding deadline of a device.
-pub const DEFAULT_DEADLINE_SECS: u64 = 300;
+pub(crate) const DEFAULT_DEADLINE_SECS: u64 = 300;
 
 impl DeviceTemplate {
     /// Whether `name` matches the pattern (`*` = any run of characters, the rest literal).
@@ -504,14 +504,14 @@ pub struct RuleConfig {
 
 impl RuleConfig {
     /// The compiled template rule, when this is one.
-    pub fn template_rule(&self) -> Option<Result<TemplateRule, String>> {
+    pub(crate) fn template_rule(&self) -> Option<Result<TemplateRule, String>> {
         self.template
             .as_ref()
             .map(|t| TemplateRule::new(&self.name, t))
     }
 
     /// The topic filters this rule receives.
-    pub fn filters(&self) -> Vec<String> {
+    pub(crate) fn filters(&self) -> Vec<String> {
         match (&self.from[..], self.template_rule()) {
             ([], Some(Ok(t))) => vec![t.filter()],
             _ => self.from.clone(),
@@ -537,7 +537,7 @@ fn default_broker() -> String {
 
 /// An external local broker's address (`local.broker`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
+pub(crate) struct BrokerUrl {
     pub tls: bool,
     pub host: String,
     pub port: u16,
@@ -556,13 +556,13 @@ impl std::fmt::Display for BrokerUrl {
 
 impl LocalConfig {
     /// The largest packet the local broker takes (`max_packet_kib`, default 1 MiB).
-    pub fn max_packet_bytes(&self) -> usize {
+    pub(crate) fn max_packet_bytes(&self) -> usize {
         self.max_packet_kib
             .map_or(DEFAULT_MAX_PACKET, |k| (k as usize).saturating_mul(1024))
     }
 
     /// The external broker `broker` names; `Ok(None)` for the embedded one.
-    pub fn external_broker(&self) -> Result<Option<BrokerUrl>, String> {
+    pub(crate) fn external_broker(&self) -> Result<Option<BrokerUrl>, String> {
         if self.broker == "embedded" {
             return Ok(None);
         }
@@ -684,13 +684,13 @@ impl Config {
         }
     }
 
-    pub fn defaults_in(base: &Path) -> Config {
+    pub(crate) fn defaults_in(base: &Path) -> Config {
         let mut config: Config = toml::from_str("").expect("the empty config is valid");
         config.base_dir = base.to_path_buf();
         config
     }
 
-    pub fn resolve(&self, path: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -703,7 +703,7 @@ impl Config {
     }
 
     /// The store-and-forward queue's folder.
-    pub fn queue_path(&self) -> PathBuf {
+    pub(crate) fn queue_path(&self) -> PathBuf {
         let dir = self.store.dir.clone().unwrap_or_else(|| "queue".into());
         self.state_dir().join(dir)
     }
@@ -716,7 +716,7 @@ impl DeviceConfig {
     }
 
     /// Flow parameters as strings: strings as written, numbers and booleans in their TOML form.
-    pub fn param_pairs(&self) -> Result<Vec<Pair>, String> {
+    pub(crate) fn param_pairs(&self) -> Result<Vec<Pair>, String> {
         self.params
             .iter()
             .map(|(k, v)| {

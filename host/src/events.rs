@@ -89,10 +89,10 @@ impl Event {
 }
 
 /// How many records a recorder keeps unless told otherwise.
-pub const DEFAULT_LIMIT: usize = 10_000;
+pub(crate) const DEFAULT_LIMIT: usize = 10_000;
 /// The most bytes of record contents (bodies, details, topics, properties) a recorder keeps:
 /// 10 000 records of IoT Hub's largest message would otherwise be 2.5 GiB.
-pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// The newest records, in arrival order.
 #[derive(Debug)]

@@ -8,7 +8,7 @@
 
 /// Return the allocator's free memory to the operating system (glibc on Linux; elsewhere
 /// nothing to do). Takes a few milliseconds: call it after rare events, not per message.
-pub fn release_freed() {
+pub(crate) fn release_freed() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: `malloc_trim` only releases free memory of the allocator's own arenas; it takes
     // their locks and is safe to call from any thread at any time.

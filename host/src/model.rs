@@ -79,7 +79,7 @@ pub enum Auth {
 
 impl Auth {
     /// A short name for logs and CLI output ("password", "client-certificate", ...).
-    pub fn kind_name(&self) -> &'static str {
+    pub(crate) fn kind_name(&self) -> &'static str {
         match self {
             Auth::None => "none",
             Auth::Password { .. } => "password",
@@ -171,7 +171,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 12] = [
+    pub(crate) const ALL: [ErrorKind; 12] = [
         ErrorKind::Unsupported,
         ErrorKind::PermissionDenied,
         ErrorKind::InvalidInput,
@@ -230,22 +230,14 @@ impl PluginError {
             message: message.into(),
         }
     }
-
-    /// The error every not-yet-implemented host function returns.
-    pub fn unsupported(function: &str) -> Self {
-        PluginError::new(
-            ErrorKind::Unsupported,
-            format!("host function '{function}' is not implemented in this gatehost build"),
-        )
-    }
 }
 
 /// Longest MQTT topic name (the length prefix is 16 bits).
-pub const MAX_TOPIC_BYTES: usize = 65_535;
+pub(crate) const MAX_TOPIC_BYTES: usize = 65_535;
 
 /// Check what a rule returned, identically for both engines: a concrete topic (no wildcards, no
 /// NUL, at most 65 535 bytes), QoS 0-2, a named upstream device.
-pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
+pub(crate) fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
     for (i, o) in out.iter().enumerate() {
         let n = i + 1;
         let bad = |what: String| {
@@ -284,7 +276,7 @@ pub fn validate_outbound(out: &[Outbound]) -> Result<(), PluginError> {
 
 /// A plugin, kv namespace or key name: 1-64 characters of a-z, 0-9, `-` or `_`, starting with a
 /// letter or digit.
-pub fn is_plugin_name(name: &str) -> bool {
+pub(crate) fn is_plugin_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -294,7 +286,7 @@ pub fn is_plugin_name(name: &str) -> bool {
 }
 
 /// TOML errors span several lines (a source excerpt); keep the first sentence and the location.
-pub fn one_line(message: &str) -> String {
+pub(crate) fn one_line(message: &str) -> String {
     message
         .lines()
         .map(str::trim)
@@ -382,7 +374,7 @@ mod payload_serde {
         Binary { base64: String },
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         match Repr::deserialize(d)? {
             Repr::Text(t) => Ok(t.into_bytes()),
             Repr::Binary { base64 } => base64::engine::general_purpose::STANDARD

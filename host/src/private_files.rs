@@ -50,11 +50,11 @@ pub fn write(path: &Path, data: &[u8]) -> std::io::Result<()> {
 }
 
 /// The folders under the state dir that hold credentials.
-pub const PRIVATE_DIRS: [&str; 3] = ["kv", "keys", "devices"];
+pub(crate) const PRIVATE_DIRS: [&str; 3] = ["kv", "keys", "devices"];
 
 /// Everything in the state dir that others than its owner can read or enter: the state dir
 /// itself, the credential folders and what is in them. One sentence each.
-pub fn loose_modes(state_dir: &Path) -> Vec<String> {
+pub(crate) fn loose_modes(state_dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut look = |path: &Path, what: &str| {
         if let Ok(meta) = std::fs::symlink_metadata(path) {

@@ -10,15 +10,15 @@ use std::borrow::Cow;
 use std::sync::RwLock;
 
 /// Shorter strings are not treated as secrets.
-pub const MIN_LEN: usize = 8;
+pub(crate) const MIN_LEN: usize = 8;
 /// The most secrets kept; the oldest go first (a gateway mints a token per connection).
-pub const MAX_KNOWN: usize = 4096;
+pub(crate) const MAX_KNOWN: usize = 4096;
 const MARK: &str = "<redacted>";
 
 static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
 
 /// Remember `secret` so that log lines of plugins never show it.
-pub fn remember(secret: &str) {
+pub(crate) fn remember(secret: &str) {
     if secret.len() < MIN_LEN {
         return;
     }
@@ -33,7 +33,7 @@ pub fn remember(secret: &str) {
 }
 
 /// `text` with every known secret replaced by `<redacted>`.
-pub fn redact(text: &str) -> Cow<'_, str> {
+pub(crate) fn redact(text: &str) -> Cow<'_, str> {
     let known = KNOWN.read().unwrap_or_else(|e| e.into_inner());
     let mut out = Cow::Borrowed(text);
     // Longest first, so a token that contains a key is blanked whole.
@@ -50,7 +50,7 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 /// Whether a flow parameter named `name` with `value` is a secret: a key given as base64
 /// (`symmetric_key`, `group_key`, `key`, ... — not a key *file*), or a password, secret, token
 /// or passphrase.
-pub fn is_secret_param(name: &str, value: &str) -> bool {
+pub(crate) fn is_secret_param(name: &str, value: &str) -> bool {
     let name = name.to_ascii_lowercase();
     if ["password", "secret", "token", "passphrase"]
         .iter()

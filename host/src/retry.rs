@@ -7,15 +7,15 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-pub const FIRST_DELAY: Duration = Duration::from_millis(100);
-pub const MAX_DELAY: Duration = Duration::from_secs(10);
+pub(crate) const FIRST_DELAY: Duration = Duration::from_millis(100);
+pub(crate) const MAX_DELAY: Duration = Duration::from_secs(10);
 /// The least time between two CONNECTs with the same client id to the same endpoint.
-pub const CONNECT_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const CONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Successive waits: 100 ms, 200 ms, 400 ms ... capped at 10 s, each plus up to 25 % jitter
 /// (still capped), so gateways restarted together do not retry in lockstep.
 #[derive(Debug, Clone)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     next: Duration,
     cap: Duration,
 }
@@ -32,7 +32,7 @@ impl Backoff {
     }
 
     /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
+    pub(crate) fn next_delay(&mut self) -> Duration {
         let base = self.next.min(self.cap);
         self.next = (base * 2).min(self.cap);
         let jitter = base.mul_f64(random_fraction() * 0.25);
@@ -47,7 +47,7 @@ fn random_fraction() -> f64 {
 
 /// Whether a failure of this kind may go away by itself (a closed or reset connection, a
 /// timeout, a throttled or failing service). Refusals, bad input and TLS failures do not.
-pub fn is_transient(kind: ErrorKind) -> bool {
+pub(crate) fn is_transient(kind: ErrorKind) -> bool {
     matches!(
         kind,
         ErrorKind::Closed
@@ -60,7 +60,7 @@ pub fn is_transient(kind: ErrorKind) -> bool {
 
 /// Wait until a CONNECT with `client_id` to `endpoint` keeps the one-per-second rule, and claim
 /// that slot. Providers (AWS IoT explicitly) throttle or drop faster reconnects.
-pub fn connect_gate(endpoint: &str, client_id: &str) {
+pub(crate) fn connect_gate(endpoint: &str, client_id: &str) {
     static LAST: OnceLock<Mutex<HashMap<(String, String), Instant>>> = OnceLock::new();
     let last = LAST.get_or_init(Default::default);
     let key = (endpoint.to_string(), client_id.to_string());

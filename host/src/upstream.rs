@@ -6,7 +6,7 @@
 //! The bridge streams instead ([`DeviceSession::offer`], [`DeviceSession::poll_completed`]) and
 //! sends again what a broken session left unacknowledged itself.
 
-pub use crate::caps::mqtt::Offered;
+pub(crate) use crate::caps::mqtt::Offered;
 use crate::caps::mqtt::{connection_options, MqttSession};
 use crate::caps::CapContext;
 use crate::config::{Config, DeviceConfig};
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Credentials are renewed once this share of their lifetime has passed.
-pub const RENEW_AT: f64 = 0.85;
+pub(crate) const RENEW_AT: f64 = 0.85;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -111,39 +111,34 @@ impl<'a> DeviceSession<'a> {
     /// Messages complete in the order they were offered ([`DeviceSession::poll_completed`]).
     /// A failed session is not replaced here: the caller knows what was in flight and offers
     /// it again on a new one.
-    pub fn offer(&mut self, msg: Message) -> Result<Offered, UpstreamError> {
+    pub(crate) fn offer(&mut self, msg: Message) -> Result<Offered, UpstreamError> {
         Ok(self.session()?.offer(msg))
     }
 
     /// Drive the session for at most `timeout`: how many of the oldest offered messages the
     /// upstream has now acknowledged.
-    pub fn poll_completed(&mut self, timeout: Duration) -> Result<usize, UpstreamError> {
+    pub(crate) fn poll_completed(&mut self, timeout: Duration) -> Result<usize, UpstreamError> {
         let polled = self.session()?.poll_completed(timeout);
         polled.map_err(|source| self.error(source))
     }
 
     /// Interrupts a [`DeviceSession::poll_completed`] of the current connection (a new one
     /// after [`DeviceSession::renew`] has a new waker).
-    pub fn waker(&self) -> Option<crate::caps::mqtt::Waker> {
+    pub(crate) fn waker(&self) -> Option<crate::caps::mqtt::Waker> {
         self.session.as_ref().map(MqttSession::waker)
     }
 
     /// Cloud-to-device messages received so far, taken.
-    pub fn take_received(&mut self) -> Vec<Message> {
+    pub(crate) fn take_received(&mut self) -> Vec<Message> {
         self.session
             .as_mut()
             .map(MqttSession::take_received)
             .unwrap_or_default()
     }
 
-    /// Offered messages not acknowledged yet.
-    pub fn in_flight(&self) -> usize {
-        self.session.as_ref().map_or(0, MqttSession::in_flight)
-    }
-
     /// Whether the credentials are due for renewal: stop offering, let what is in flight
     /// complete, then [`DeviceSession::renew`].
-    pub fn renewal_due(&self) -> bool {
+    pub(crate) fn renewal_due(&self) -> bool {
         self.renew_at.is_some_and(|at| now_secs() >= at)
     }
 
@@ -161,7 +156,7 @@ impl<'a> DeviceSession<'a> {
 
     /// Replace the session by one with fresh credentials. Publishes are synchronous, so
     /// nothing is in flight on the old session when it is closed.
-    pub fn renew(&mut self) -> Result<(), UpstreamError> {
+    pub(crate) fn renew(&mut self) -> Result<(), UpstreamError> {
         if let Some(mut old) = self.session.take() {
             let _ = old.disconnect();
         }

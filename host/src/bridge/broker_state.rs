@@ -10,14 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-pub const RETAINED_FILE: &str = "retained.jsonl";
-pub const SESSIONS_FILE: &str = "sessions.jsonl";
+pub(crate) const RETAINED_FILE: &str = "retained.jsonl";
+pub(crate) const SESSIONS_FILE: &str = "sessions.jsonl";
 /// How often changed retained messages are written.
 const SAVE_EVERY: Duration = Duration::from_secs(60);
 /// How long stopping waits for the connected clients' connections to end.
 const CLOSE_WAIT: Duration = Duration::from_millis(500);
 
-pub struct BrokerState {
+pub(crate) struct BrokerState {
     server: Arc<MqttServer>,
     retained: PathBuf,
     sessions: PathBuf,
@@ -67,12 +67,12 @@ impl BrokerState {
 
     /// Stopping, on the broker's runtime: close the connected clients' connections so their
     /// persistent sessions are kept.
-    pub async fn close_clients(&self) {
+    pub(crate) async fn close_clients(&self) {
         self.server.close_all(CLOSE_WAIT).await;
     }
 
     /// Save the retained messages that changed and the sessions kept (at stop).
-    pub fn save(&self) {
+    pub(crate) fn save(&self) {
         if let Err(e) = self.server.save_retained(&self.retained) {
             tracing::warn!(
                 "cannot save the retained messages to {}: {e}; changes since the last save are lost",

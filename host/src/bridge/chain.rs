@@ -25,11 +25,11 @@ pub struct ChainRule {
 }
 
 impl ChainRule {
-    pub fn receives(&self, topic: &str) -> bool {
+    pub(crate) fn receives(&self, topic: &str) -> bool {
         self.filters.iter().any(|f| filter_matches(f, topic))
     }
 
-    pub fn receives_from_cloud(&self, topic: &str) -> bool {
+    pub(crate) fn receives_from_cloud(&self, topic: &str) -> bool {
         self.cloud_filters.iter().any(|f| filter_matches(f, topic))
     }
 }
@@ -106,7 +106,7 @@ impl RuleChain {
 
     /// The rules that receive a message on `topic`, in config order: their `from` filters for
     /// a local message, their `from_cloud` filters for a cloud-to-device one.
-    pub fn matching<'a>(
+    pub(crate) fn matching<'a>(
         &'a self,
         topic: &'a str,
         from_cloud: bool,
@@ -121,7 +121,7 @@ impl RuleChain {
     }
 
     /// Every filter of every rule (what an external broker is subscribed to).
-    pub fn filters(&self) -> Vec<String> {
+    pub(crate) fn filters(&self) -> Vec<String> {
         let mut all: Vec<String> = self.rules.iter().flat_map(|r| r.filters.clone()).collect();
         all.sort();
         all.dedup();

@@ -26,7 +26,7 @@ const MAX_GROUP: usize = 4096;
 const EXPIRE_EVERY: Duration = Duration::from_secs(10);
 
 /// What one local publish leaves to be stored.
-pub struct Batch {
+pub(crate) struct Batch {
     /// Messages for devices' upstream sessions.
     pub messages: Vec<(String, Message)>,
     pub dead_letters: Vec<DeadLetter>,
@@ -36,7 +36,7 @@ pub struct Batch {
 
 /// When the sync thread makes written messages durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SyncPacing {
+pub(crate) struct SyncPacing {
     /// Least time from the start of one sync to the start of the next (zero: sync as soon as
     /// anything is written).
     pub interval: Duration,
@@ -46,7 +46,7 @@ pub struct SyncPacing {
 
 impl SyncPacing {
     /// The pacing `[store]` sets (`sync_interval_ms`, `sync_batch`), the defaults for the rest.
-    pub fn from_config(store: &crate::config::StoreConfig) -> SyncPacing {
+    pub(crate) fn from_config(store: &crate::config::StoreConfig) -> SyncPacing {
         let default = SyncPacing::default();
         SyncPacing {
             interval: store
@@ -71,13 +71,13 @@ impl Default for SyncPacing {
 
 /// The handle connections submit batches through.
 #[derive(Clone)]
-pub struct Committer {
+pub(crate) struct Committer {
     tx: Sender<Batch>,
 }
 
 /// Called with every device that got messages in a commit, as soon as they can be read
 /// (before they are synced).
-pub type OnWritten = Box<dyn Fn(&str) + Send>;
+pub(crate) type OnWritten = Box<dyn Fn(&str) + Send>;
 
 impl Committer {
     /// Start the commit thread. It stops when every [`Committer`] is dropped.
@@ -109,7 +109,7 @@ impl Committer {
     }
 
     /// Queue `batch` for the next commit; `Err` when the commit thread has stopped.
-    pub fn submit(&self, batch: Batch) -> Result<(), String> {
+    pub(crate) fn submit(&self, batch: Batch) -> Result<(), String> {
         self.tx
             .send(batch)
             .map_err(|_| "the queue is closed (gatehost is stopping)".to_string())

@@ -34,7 +34,7 @@ const REQUESTS: usize = 1024;
 type Pending = (Option<oneshot::Receiver<Result<(), String>>>, Publish);
 
 /// Everything the external session needs, checked before the bridge starts.
-pub struct ExternalBroker {
+pub(crate) struct ExternalBroker {
     url: BrokerUrl,
     options: MqttOptions,
     share_group: Option<String>,
@@ -43,7 +43,7 @@ pub struct ExternalBroker {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ExternalError {
+pub(crate) enum ExternalError {
     /// The CA file cannot be read or holds no usable CA (the sentence names the file).
     #[error("local.ca_file: {0}")]
     Ca(String),
@@ -53,7 +53,7 @@ pub enum ExternalError {
 
 impl ExternalBroker {
     /// The session `config` asks for, when its local broker is an external one.
-    pub fn from_config(config: &Config) -> Result<Option<ExternalBroker>, ExternalError> {
+    pub(crate) fn from_config(config: &Config) -> Result<Option<ExternalBroker>, ExternalError> {
         let local = &config.local;
         let Ok(Some(url)) = local.external_broker() else {
             return Ok(None);

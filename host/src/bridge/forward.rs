@@ -26,7 +26,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The most messages a device has in flight upstream.
-pub const WINDOW: usize = 500;
+pub(crate) const WINDOW: usize = 500;
 /// Acknowledged messages leave the queue in batches of at most this many ...
 const BATCH: usize = 500;
 /// ... or at least this often.
@@ -39,7 +39,7 @@ const DRAIN: Duration = Duration::from_secs(1);
 /// How often an idle worker looks at its queue anyway.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long stopping waits for the workers.
-pub const STOP_GRACE: Duration = Duration::from_secs(3);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(3);
 /// A message that failed alone this many times (on sessions that connected) is dead-lettered.
 const MAX_ATTEMPTS: u32 = 3;
 
@@ -81,10 +81,10 @@ struct Shared {
 }
 
 /// What takes the cloud-to-device messages a device's session receives.
-pub type FromCloud = Box<dyn Fn(&str, Message) + Send + Sync>;
+pub(crate) type FromCloud = Box<dyn Fn(&str, Message) + Send + Sync>;
 
 /// The device workers.
-pub struct Forwarders {
+pub(crate) struct Forwarders {
     shared: Arc<Shared>,
     workers: Mutex<HashMap<String, Worker>>,
 }
@@ -110,12 +110,12 @@ impl Forwarders {
     }
 
     /// Where the sessions' cloud-to-device messages go (set once, before they arrive).
-    pub fn set_from_cloud(&self, handler: FromCloud) {
+    pub(crate) fn set_from_cloud(&self, handler: FromCloud) {
         let _ = self.shared.from_cloud.set(handler);
     }
 
     /// Tell `device`'s worker that messages are waiting; start it if it is not running.
-    pub fn wake(&self, device: &str) {
+    pub(crate) fn wake(&self, device: &str) {
         if self.shared.stopping.load(Ordering::SeqCst) {
             return;
         }
@@ -149,7 +149,7 @@ impl Forwarders {
     }
 
     /// The devices listed in the running config.
-    pub fn listed_devices(&self) -> Vec<String> {
+    pub(crate) fn listed_devices(&self) -> Vec<String> {
         let running = self.shared.current.get();
         running
             .config
@@ -160,7 +160,7 @@ impl Forwarders {
     }
 
     /// Upstream connection state and seconds to credential expiry, per device.
-    pub fn gauges(&self) -> (Vec<Sample>, Vec<Sample>) {
+    pub(crate) fn gauges(&self) -> (Vec<Sample>, Vec<Sample>) {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         let now = crate::pki::crypto::now_unix();
         let mut connected = Vec::new();
@@ -180,7 +180,7 @@ impl Forwarders {
     }
 
     /// Whether every worker's session is connected (and there is at least one).
-    pub fn all_connected(&self) -> bool {
+    pub(crate) fn all_connected(&self) -> bool {
         let workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         workers
             .values()
@@ -441,7 +441,7 @@ impl Stream {
                     self.in_flight.push_back(seq);
                     self.offered = seq;
                 }
-                Offered::Full(_) => {
+                Offered::Full => {
                     // Read from the queue again at the next offer.
                     self.more = true;
                     self.full = true;

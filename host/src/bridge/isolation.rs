@@ -29,9 +29,9 @@ use std::sync::Once;
 use std::time::{Duration, Instant};
 
 /// A call slower than this isolates its rule.
-pub const SLOW: Duration = Duration::from_millis(20);
+pub(crate) const SLOW: Duration = Duration::from_millis(20);
 /// For this long.
-pub const ISOLATED_FOR: Duration = Duration::from_secs(60);
+pub(crate) const ISOLATED_FOR: Duration = Duration::from_secs(60);
 
 /// One rule's isolation: until when (ms since the Unix epoch; `u64::MAX`: for good).
 #[derive(Debug, Default)]

@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
-pub struct LocalService {
+pub(crate) struct LocalService {
     pub current: Current,
     pub committer: Committer,
     pub metrics: Arc<Metrics>,
@@ -32,7 +32,7 @@ pub struct LocalService {
 
 /// Why `m`, translated for `device`, cannot go upstream (the dead-letter cause and one
 /// sentence), if it cannot.
-pub fn upstream_refusal(
+pub(crate) fn upstream_refusal(
     config: &Config,
     device: &str,
     m: &Message,
@@ -52,7 +52,7 @@ pub fn upstream_refusal(
 
 /// `m` as it is queued for a device: IoT Hub and most clouds take QoS 0 and 1 only; retain is
 /// a local-broker notion.
-pub fn as_queued(mut m: Message) -> Message {
+pub(crate) fn as_queued(mut m: Message) -> Message {
     m.qos = m.qos.min(1);
     m.retain = false;
     m
@@ -114,7 +114,7 @@ impl LocalService {
 
 /// Publishes to the local broker from outside a local connection (cloud-to-device messages):
 /// the embedded server, or the session on an external broker.
-pub trait LocalOut: Send + Sync {
+pub(crate) trait LocalOut: Send + Sync {
     fn publish(&self, message: &Message) -> Result<(), String>;
 }
 
@@ -130,7 +130,7 @@ impl LocalOut for crate::mqtt::server::MqttServer {
 
 /// Where a message came from.
 #[derive(Clone, Copy)]
-pub enum Origin<'a> {
+pub(crate) enum Origin<'a> {
     /// A local client (the rules' `from` filters apply).
     Local,
     /// A device's cloud session (the rules' `from_cloud` filters apply).
@@ -138,7 +138,7 @@ pub enum Origin<'a> {
 }
 
 /// What the rules made of one message.
-pub struct Routed {
+pub(crate) struct Routed {
     /// Messages for devices and dead letters, to be stored before the acknowledgement.
     pub batch: Batch,
     /// Messages for the local broker.
@@ -147,7 +147,7 @@ pub struct Routed {
 
 impl LocalService {
     /// Run `message` through every rule that receives it from `origin`.
-    pub fn route(&self, message: Message, origin: Origin<'_>) -> Routed {
+    pub(crate) fn route(&self, message: Message, origin: Origin<'_>) -> Routed {
         let running = self.current.get();
         match origin {
             Origin::Local => {
@@ -232,7 +232,7 @@ impl LocalService {
     /// Route a cloud-to-device message from `device`'s session: what rules send `local` is
     /// published through `out`, what they send upstream is queued, one that no rule takes is
     /// dead-lettered.
-    pub fn from_cloud(&self, device: &str, message: Message, out: &dyn LocalOut) {
+    pub fn cloud_message(&self, device: &str, message: Message, out: &dyn LocalOut) {
         let routed = self.route(message, Origin::Cloud { device });
         self.publish_local(&routed.to_local, out, &format!("the cloud of '{device}'"));
         if let Err(why) = self.store(routed.batch) {
@@ -242,7 +242,7 @@ impl LocalService {
 
     /// Publish what rules sent `local` through `out`; what it does not take is logged (`from`
     /// names where the messages came from).
-    pub fn publish_local(&self, messages: &[Message], out: &dyn LocalOut, from: &str) {
+    pub(crate) fn publish_local(&self, messages: &[Message], out: &dyn LocalOut, from: &str) {
         for m in messages {
             if let Err(why) = out.publish(m) {
                 self.log.warn(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 const SUMMARY_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
-pub struct LogOnce {
+pub(crate) struct LogOnce {
     seen: Mutex<HashMap<String, Seen>>,
 }
 

@@ -27,7 +27,7 @@ impl CounterVec {
         values.insert(labels.iter().map(|s| s.to_string()).collect(), n);
     }
 
-    pub fn inc(&self, labels: &[&str]) {
+    pub(crate) fn inc(&self, labels: &[&str]) {
         self.add(labels, 1);
     }
 
@@ -91,7 +91,7 @@ pub struct Metrics {
 }
 
 /// One gauge sample: labels and value.
-pub type Sample = (Vec<(&'static str, String)>, f64);
+pub(crate) type Sample = (Vec<(&'static str, String)>, f64);
 
 /// Gauges read at scrape time.
 #[derive(Default)]

@@ -3,20 +3,20 @@
 //! the publisher's acknowledgement and forwarded per device ([`forward`]); [`reload`] swaps in
 //! changed plugins and config while messages flow; [`metrics`] is served on `/metrics`.
 
-pub mod broker_state;
+pub(crate) mod broker_state;
 pub mod chain;
-pub mod commit;
+pub(crate) mod commit;
 pub mod external;
 pub mod forward;
-pub mod isolation;
+pub(crate) mod isolation;
 pub mod local;
-pub mod log_once;
+pub(crate) mod log_once;
 pub mod metrics;
 pub mod problems;
 pub mod queue;
 pub mod reload;
 pub mod replay;
-pub mod simulate;
+pub(crate) mod simulate;
 
 use crate::config::Config;
 use crate::events::Recorder;
@@ -35,7 +35,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BridgeError {
+pub(crate) enum BridgeError {
     #[error("{}", .0.join("; "))]
     Config(Vec<String>),
     #[error(transparent)]
@@ -57,11 +57,8 @@ pub enum BridgeError {
 }
 
 /// A running bridge. Dropping it (or [`Bridge::stop`]) stops it.
-pub struct Bridge {
+pub(crate) struct Bridge {
     runtime: Option<tokio::runtime::Runtime>,
-    /// Where local clients connect: the embedded broker's address (`None` on an external
-    /// broker).
-    pub local_addr: Option<SocketAddr>,
     /// The local broker as a URL (`mqtt://127.0.0.1:1883`, or the external broker).
     pub local_url: String,
     /// Where `/metrics` is served, if it is.
@@ -147,7 +144,7 @@ impl Bridge {
             max_packet: config.local.max_packet_bytes(),
         });
         let mut broker_state = None;
-        let (local_addr, local_url) = match external::ExternalBroker::from_config(&config)? {
+        let local_url = match external::ExternalBroker::from_config(&config)? {
             Some(broker) => {
                 let url = broker.url().clone();
                 let tls = broker.tls();
@@ -155,7 +152,7 @@ impl Bridge {
                 let client = broker.start(service.clone(), current.clone(), log.clone());
                 let cloud = service.clone();
                 forwarders.set_from_cloud(Box::new(move |device, message| {
-                    cloud.from_cloud(device, message, &client)
+                    cloud.cloud_message(device, message, &client)
                 }));
                 let credentials = config
                     .local
@@ -168,7 +165,7 @@ impl Bridge {
                     credentials,
                 };
                 simulate::start(&config.simulators, &Arc::new(target), &log);
-                (None, url.to_string())
+                url.to_string()
             }
             None => {
                 let recorder = Arc::new(Recorder::with_limit(100));
@@ -202,10 +199,10 @@ impl Bridge {
                     log.clone(),
                 ));
                 forwarders.set_from_cloud(Box::new(move |device, message| {
-                    service.from_cloud(device, message, server.as_ref())
+                    service.cloud_message(device, message, server.as_ref())
                 }));
                 simulate::start(&config.simulators, &Arc::new(target), &log);
-                (Some(addr), format!("mqtt://{addr}"))
+                format!("mqtt://{addr}")
             }
         };
 
@@ -220,7 +217,6 @@ impl Bridge {
 
         let mut bridge = Bridge {
             runtime: None,
-            local_addr,
             local_url,
             metrics_addr: None,
             current: current.clone(),
@@ -287,24 +283,6 @@ impl Bridge {
             queue: self.queue.clone(),
             forwarders: self.forwarders.clone(),
         }
-    }
-
-    /// The Prometheus text of the current counters and gauges.
-    pub fn metrics_text(&self) -> String {
-        self.view().render()
-    }
-
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    pub fn queue(&self) -> &Queue {
-        &self.queue
-    }
-
-    /// The running snapshot (config, plugins, chain).
-    pub fn running(&self) -> Arc<Running> {
-        self.current.get()
     }
 
     /// Stop serving local clients and the device workers (each finishes its batch in flight).

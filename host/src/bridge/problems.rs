@@ -9,7 +9,7 @@ use crate::plugins::registry::Registry;
 
 /// What is wrong with the bridge's own settings (`[local]`, `[store]`, `[metrics]`): the
 /// problems `gatehost run` refuses to start with.
-pub fn bridge_problems(config: &Config) -> Vec<String> {
+pub(crate) fn bridge_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     let local = &config.local;
     match local.external_broker() {

@@ -22,7 +22,7 @@ const SETTLE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot watch {path} for changes: {source}")]
-pub struct WatchError {
+pub(crate) struct WatchError {
     path: PathBuf,
     source: notify::Error,
 }
@@ -37,7 +37,7 @@ pub struct Reloaded {
 }
 
 /// Keeps the watcher alive; dropping it stops watching.
-pub struct Reloader {
+pub(crate) struct Reloader {
     _watcher: notify::RecommendedWatcher,
 }
 

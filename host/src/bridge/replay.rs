@@ -37,7 +37,7 @@ impl Selection {
 
 /// What becomes of one dead letter.
 #[derive(Debug, PartialEq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Queued again: its messages for devices (none when its rule now drops it).
     Replay(Vec<(String, Message)>),
     /// Stays a dead letter, for this reason.
@@ -45,7 +45,7 @@ pub enum Verdict {
 }
 
 /// Judge `letter` by the current `config` and `chain`.
-pub fn judge(config: &Config, chain: &RuleChain, letter: &DeadLetter) -> Verdict {
+pub(crate) fn judge(config: &Config, chain: &RuleChain, letter: &DeadLetter) -> Verdict {
     if let Some(device) = &letter.from_cloud {
         return Verdict::Keep(format!(
             "a cloud-to-device message of '{device}': replay queues messages for the cloud only"
@@ -178,7 +178,10 @@ pub fn replay(
 
 /// Drop the dead letters `selection` picks from the queue of `config` for good (those that
 /// cannot be replayed and are not wanted): how many were dropped and how many are kept.
-pub fn drop_letters(config: &Config, selection: &Selection) -> Result<(usize, usize), ReplayError> {
+pub(crate) fn drop_letters(
+    config: &Config,
+    selection: &Selection,
+) -> Result<(usize, usize), ReplayError> {
     let queue = Queue::open(
         &config.queue_path(),
         crate::bridge::queue::QueueLimits::from_config(&config.store),

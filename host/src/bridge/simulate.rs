@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Where simulators publish.
-pub enum Target {
+pub(crate) enum Target {
     /// In-process, into the embedded broker.
     Embedded {
         service: Arc<LocalService>,

@@ -18,7 +18,7 @@ thread_local! {
 
 /// The deadline of one plugin call on this thread, from now to `limit`; the previous one (a
 /// nested call) comes back when it is dropped.
-pub struct CallDeadline {
+pub(crate) struct CallDeadline {
     previous: Option<(Instant, Duration)>,
     started: Option<Instant>,
 }
@@ -40,7 +40,7 @@ impl Drop for CallDeadline {
 }
 
 /// A call that computes this long on a runtime worker gives the worker up.
-pub const HAND_OFF_AFTER: Duration = Duration::from_millis(20);
+pub(crate) const HAND_OFF_AFTER: Duration = Duration::from_millis(20);
 
 /// Called by the engines while a plugin's own code runs (Rhai's progress callback, WASM's epoch
 /// callback): once the call has run [`HAND_OFF_AFTER`], and every [`HAND_OFF_AFTER`] after, it
@@ -49,7 +49,7 @@ pub const HAND_OFF_AFTER: Duration = Duration::from_millis(20);
 /// it while this one pauses (1 ms), and the call goes on without it. When that thread was too
 /// slow to start (the first time, on a loaded machine), the core comes back and the next try
 /// follows. On a thread without a core a try is just the pause: 5 % of a long call.
-pub fn long_call() {
+pub(crate) fn long_call() {
     let Some(next) = STARTED.get() else {
         return;
     };

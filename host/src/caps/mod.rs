@@ -11,14 +11,15 @@ pub mod kv;
 pub mod log;
 pub mod mqtt;
 pub mod permissions;
-pub mod rhai_glue;
+pub(crate) mod rhai_glue;
 pub mod time;
 pub mod tls;
 pub mod wasm;
 pub mod wit;
 mod wit_convert;
 
-pub use permissions::{GatewayPermissions, Permissions};
+pub use permissions::GatewayPermissions;
+pub use permissions::Permissions;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,7 +49,7 @@ pub struct CapContext {
 }
 
 /// Open network sessions one plugin may hold at a time, unless its limits say otherwise.
-pub const MAX_SESSIONS: usize = 8;
+pub(crate) const MAX_SESSIONS: usize = 8;
 
 impl CapContext {
     pub fn new(
@@ -88,7 +89,7 @@ impl CapContext {
 
 /// Register every capability with a Rhai engine, bound to `ctx`. Adding a capability adds one
 /// line here (and one in `caps::wit` for WASM, which `bindgen!` links as a whole).
-pub fn register_rhai(engine: &mut rhai::Engine, ctx: &CapContext) {
+pub(crate) fn register_rhai(engine: &mut rhai::Engine, ctx: &CapContext) {
     log::rhai::register(engine, ctx);
     kv::rhai::register(engine, ctx);
     json::rhai::register(engine, ctx);

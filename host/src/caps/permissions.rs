@@ -41,7 +41,7 @@ impl CapContext {
     /// The path is judged as written first, before the file system is asked anything, so a
     /// refusal says nothing about whether the file exists; then again with links resolved, so
     /// a link inside a root cannot lead out of it. Returns the canonical path.
-    pub fn readable_file(&self, path: &str) -> Result<PathBuf, PluginError> {
+    pub(crate) fn readable_file(&self, path: &str) -> Result<PathBuf, PluginError> {
         let wanted = lexical(&self.absolute(std::path::Path::new(path)));
         let roots: Vec<PathBuf> = self
             .permissions
@@ -111,7 +111,7 @@ impl CapContext {
     /// Check that the plugin may connect to `host:port`: a `permissions.endpoints` pattern must
     /// match (`*` stands for one whole host label, or any port), and so must one of the gateway
     /// config's patterns for this plugin when it lists any.
-    pub fn check_endpoint(&self, host: &str, port: u16) -> Result<(), PluginError> {
+    pub(crate) fn check_endpoint(&self, host: &str, port: u16) -> Result<(), PluginError> {
         let host = host.to_ascii_lowercase();
         if self
             .gateway
@@ -156,7 +156,7 @@ impl CapContext {
     }
 
     /// Read a text file the plugin may read.
-    pub fn read_text(&self, path: &str) -> Result<String, PluginError> {
+    pub(crate) fn read_text(&self, path: &str) -> Result<String, PluginError> {
         let canonical = self.readable_file(path)?;
         std::fs::read_to_string(&canonical)
             .map_err(|e| PluginError::new(ErrorKind::Io, format!("cannot read {path}: {e}")))

@@ -5,11 +5,11 @@
 use crate::model::{Message, Pair, PluginError};
 use rhai::{Array, Dynamic, EvalAltResult, Map, Position, INT};
 
-pub type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+pub(crate) type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
 /// A host error as a Rhai exception: the thrown value is `#{kind: "...", message: "..."}`, which
 /// a script can `catch` and match on, exactly as a WASM plugin matches on `error.kind`.
-pub fn plugin_error(e: PluginError) -> Box<EvalAltResult> {
+pub(crate) fn plugin_error(e: PluginError) -> Box<EvalAltResult> {
     let mut map = Map::new();
     map.insert("kind".into(), e.kind.as_str().into());
     map.insert("message".into(), e.message.into());
@@ -17,7 +17,7 @@ pub fn plugin_error(e: PluginError) -> Box<EvalAltResult> {
 }
 
 /// `#{topic, payload (blob), qos, retain, properties: [[key, value], ...]}`.
-pub fn message_to_dynamic(m: &Message) -> Dynamic {
+pub(crate) fn message_to_dynamic(m: &Message) -> Dynamic {
     let mut map = Map::new();
     map.insert("topic".into(), m.topic.as_str().into());
     map.insert("payload".into(), Dynamic::from_blob(m.payload.clone()));
@@ -36,7 +36,7 @@ pub fn message_to_dynamic(m: &Message) -> Dynamic {
 }
 
 /// Bytes from a script value: a blob as it is, a string as its UTF-8. `what` names the field.
-pub fn bytes_from_dynamic(value: Dynamic, what: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn bytes_from_dynamic(value: Dynamic, what: &str) -> Result<Vec<u8>, String> {
     if value.is_blob() {
         return Ok(value.into_blob().expect("checked is_blob"));
     }
@@ -49,7 +49,7 @@ pub fn bytes_from_dynamic(value: Dynamic, what: &str) -> Result<Vec<u8>, String>
 /// A message from a script map `#{topic, payload, qos, retain, properties}`: what rules return and
 /// what `mqtt` sessions publish. The fields are moved out, not copied. The error completes
 /// "message ...: <error>".
-pub fn message_from_map(mut map: Map) -> Result<Message, String> {
+pub(crate) fn message_from_map(mut map: Map) -> Result<Message, String> {
     let mut field = |name: &str| map.remove(name);
     let topic = field("topic")
         .ok_or_else(|| "'topic' is missing".to_string())?

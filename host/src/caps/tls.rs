@@ -27,7 +27,7 @@ pub struct TlsOptions {
 }
 
 /// Build the rustls client configuration for a connection to `host`.
-pub fn client_config(
+pub(crate) fn client_config(
     ctx: &CapContext,
     host: &str,
     options: &TlsOptions,

@@ -7,13 +7,13 @@ use super::CapContext;
 use wasmtime::component::{HasData, ResourceTable};
 
 /// One plugin instance's capabilities and resources, as the host impls (`caps/*/wasm.rs`) take them.
-pub struct WasmCaps<'a> {
+pub(crate) struct WasmCaps<'a> {
     pub caps: &'a mut CapContext,
     pub table: &'a mut ResourceTable,
 }
 
 /// The [`HasData`] marker that links the `gatehost:plugin` interfaces to [`WasmCaps`].
-pub struct CapsData;
+pub(crate) struct CapsData;
 
 impl HasData for CapsData {
     type Data<'a> = WasmCaps<'a>;

@@ -171,7 +171,7 @@ pub(crate) fn write_stdout(line: std::fmt::Arguments<'_>) {
 }
 
 /// Print one value as JSON on stdout.
-pub fn print_json(value: &impl serde::Serialize) {
+pub(crate) fn print_json(value: &impl serde::Serialize) {
     outln!(
         "{}",
         serde_json::to_string(value).expect("CLI output serializes")

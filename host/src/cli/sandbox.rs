@@ -43,7 +43,7 @@ pub fn run(args: SandboxArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Where each running service listens, and the CA that verifies them, as one JSON object.
-pub fn endpoints_json(sandbox: &Sandbox) -> serde_json::Value {
+pub(crate) fn endpoints_json(sandbox: &Sandbox) -> serde_json::Value {
     let mut endpoints = serde_json::Map::new();
     endpoints.insert(
         "ca_file".into(),
@@ -56,7 +56,7 @@ pub fn endpoints_json(sandbox: &Sandbox) -> serde_json::Value {
 }
 
 /// The same for people: one line per service.
-pub fn endpoint_lines(sandbox: &Sandbox, config: &SandboxConfig) -> Vec<String> {
+pub(crate) fn endpoint_lines(sandbox: &Sandbox, config: &SandboxConfig) -> Vec<String> {
     let mut lines = vec![format!(
         "sandbox CA:           {}",
         sandbox.ca_file().display()

@@ -26,12 +26,12 @@ pub struct Limits {
     pub max_sessions: usize,
 }
 
-pub const RULE_TIMEOUT: Duration = Duration::from_secs(1);
-pub const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
-pub const MEMORY_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const RULE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const FLOW_TIMEOUT: Duration = Duration::from_secs(120);
+pub(crate) const MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// Rhai's default string and blob limits: twice the local broker's default packet limit
 /// (1 MiB), so a payload of the largest size and a re-encoding of it both fit.
-pub const DATA_BYTES: usize = 2 * 1024 * 1024;
+pub(crate) const DATA_BYTES: usize = 2 * 1024 * 1024;
 
 impl Limits {
     pub fn rule() -> Self {
@@ -59,7 +59,7 @@ impl Limits {
 
     /// Strings and blobs of twice `max_payload_bytes` at least: whatever payload the local broker
     /// takes passes through a Rhai rule.
-    pub fn for_payloads(mut self, max_payload_bytes: usize) -> Self {
+    pub(crate) fn for_payloads(mut self, max_payload_bytes: usize) -> Self {
         let data = max_payload_bytes.saturating_mul(2);
         self.max_string_bytes = self.max_string_bytes.max(data);
         self.max_blob_bytes = self.max_blob_bytes.max(data);
@@ -97,7 +97,7 @@ impl Limits {
     }
 
     /// Apply the overrides of the config's `[limits]` tables (the operator's word).
-    pub fn with_overrides(mut self, o: &LimitOverrides) -> Self {
+    pub(crate) fn with_overrides(mut self, o: &LimitOverrides) -> Self {
         if let Some(ms) = o.timeout_ms {
             self.timeout = Duration::from_millis(ms);
         }

@@ -58,4 +58,4 @@ pub enum LoadError {
 }
 
 /// The WIT package version this host implements (`wit/worlds.wit`).
-pub const WORLD_VERSION: &str = "0.1.0";
+pub(crate) const WORLD_VERSION: &str = "0.1.0";

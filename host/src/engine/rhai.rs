@@ -223,7 +223,7 @@ fn thrown(value: Dynamic, pos: Position) -> PluginError {
 }
 
 /// A loaded Rhai rule.
-pub struct RhaiRule {
+pub(crate) struct RhaiRule {
     script: Script,
 }
 
@@ -244,7 +244,7 @@ impl RulePlugin for RhaiRule {
 }
 
 /// A loaded Rhai flow.
-pub struct RhaiFlow {
+pub(crate) struct RhaiFlow {
     script: Script,
 }
 
@@ -290,7 +290,7 @@ fn from_script<T: serde::de::DeserializeOwned>(
 /// What `translate` returned: an array of outbound maps, one map, or `()` for none. Each map is
 /// `#{upstream: "<device>"` or `local: true`, `topic`, `payload` (blob or string), `qos`,
 /// `retain`, `properties}`.
-pub fn outbounds_from_dynamic(value: Dynamic) -> Result<Vec<Outbound>, PluginError> {
+pub(crate) fn outbounds_from_dynamic(value: Dynamic) -> Result<Vec<Outbound>, PluginError> {
     if value.is_unit() {
         return Ok(Vec::new());
     }

@@ -25,13 +25,13 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 /// `GATEHOST_WASM_PERFMAP=1` makes guest functions visible to `perf` by name.
-pub const PERFMAP_ENV: &str = "GATEHOST_WASM_PERFMAP";
+pub(crate) const PERFMAP_ENV: &str = "GATEHOST_WASM_PERFMAP";
 
 /// How often the epoch advances; deadlines are measured in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 /// The data of one plugin instance's `Store`: its capabilities and its resources.
-pub struct HostState {
+pub(crate) struct HostState {
     pub caps: CapContext,
     pub table: ResourceTable,
     wasi: WasiCtx,
@@ -87,7 +87,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
 }
 
 /// The process-wide WASM runtime: engine, linkers for both worlds, compiled-component cache.
-pub struct WasmRuntime {
+pub(crate) struct WasmRuntime {
     engine: Engine,
     rule_linker: Linker<HostState>,
     flow_linker: Linker<HostState>,
@@ -419,7 +419,7 @@ impl<B> InstanceSlot<B> {
 }
 
 /// A loaded WASM rule.
-pub struct WasmRule {
+pub(crate) struct WasmRule {
     slot: InstanceSlot<rule::Rule>,
 }
 
@@ -436,7 +436,7 @@ impl RulePlugin for WasmRule {
 }
 
 /// A loaded WASM flow.
-pub struct WasmFlow {
+pub(crate) struct WasmFlow {
     slot: InstanceSlot<flow::Flow>,
 }
 

@@ -1,11 +1,11 @@
 //! MQTT topic names and filters: what is valid, and what a filter matches. The one place the
 //! host decides either, for the local broker, the emulators, rules and the config checks.
 
-pub use crate::model::MAX_TOPIC_BYTES;
+pub(crate) use crate::model::MAX_TOPIC_BYTES;
 
 /// Check an MQTT topic name one publishes to: a valid filter without wildcards. The error
 /// completes the sentence "topic 'x' ...".
-pub fn validate_topic_name(topic: &str) -> Result<(), String> {
+pub(crate) fn validate_topic_name(topic: &str) -> Result<(), String> {
     if topic.contains(['+', '#']) {
         return Err("contains a wildcard (+ or #)".into());
     }
@@ -14,7 +14,7 @@ pub fn validate_topic_name(topic: &str) -> Result<(), String> {
 
 /// Check an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole
 /// level, no NUL, at most 65 535 bytes. The error completes the sentence "filter 'x' ...".
-pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
+pub(crate) fn validate_topic_filter(filter: &str) -> Result<(), String> {
     if filter.is_empty() {
         return Err("is empty".into());
     }
@@ -39,7 +39,7 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), String> {
 /// Does `topic` match the subscription `filter` (`+` one level, `#` the rest)? Given a filter
 /// as `topic`, whether `filter` covers every topic that filter can match (how a policy's allowed
 /// filter judges a requested subscription).
-pub fn filter_matches(filter: &str, topic: &str) -> bool {
+pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
     let mut f = filter.split('/');
     let mut t = topic.split('/');
     loop {

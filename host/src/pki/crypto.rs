@@ -20,7 +20,7 @@ pub fn sha256(data: &[u8]) -> Vec<u8> {
     Sha256::digest(data).to_vec()
 }
 
-pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+pub(crate) fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC accepts any key length");
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
@@ -36,19 +36,19 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, PluginError> {
         .map_err(|e| invalid(format!("'{}' is not valid base64: {e}", shorten(text))))
 }
 
-pub fn base64url_encode(data: &[u8]) -> String {
+pub(crate) fn base64url_encode(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }
 
 /// Accepts URL-safe base64 with or without padding.
-pub fn base64url_decode(text: &str) -> Result<Vec<u8>, PluginError> {
+pub(crate) fn base64url_decode(text: &str) -> Result<Vec<u8>, PluginError> {
     base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(text.trim().trim_end_matches('='))
         .map_err(|e| invalid(format!("'{}' is not valid base64url: {e}", shorten(text))))
 }
 
 /// Percent-encode every byte outside `[A-Za-z0-9_.~-]` (`/` -> `%2F`, `+` -> `%2B`, `=` -> `%3D`).
-pub fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     percent_encoding::utf8_percent_encode(text, AZURE_SAFE).to_string()
 }
 
@@ -96,7 +96,7 @@ pub fn sas_token(
 
 /// The `sig` of a SAS token before percent-encoding:
 /// `base64(HMAC-SHA256(key, <encoded resource> "\n" <expiry>))`.
-pub fn sas_signature(encoded_resource: &str, key: &[u8], expiry: u64) -> String {
+pub(crate) fn sas_signature(encoded_resource: &str, key: &[u8], expiry: u64) -> String {
     let to_sign = format!("{encoded_resource}\n{expiry}");
     base64_encode(&hmac_sha256(key, to_sign.as_bytes()))
 }
@@ -118,7 +118,7 @@ pub fn derive_device_key(
 }
 
 /// The longest JWT lifetime (`exp - iat`) MindConnect accepts, and the CLI's default maximum.
-pub const MAX_JWT_LIFETIME_SECS: u64 = 3600;
+pub(crate) const MAX_JWT_LIFETIME_SECS: u64 = 3600;
 
 /// A compact JWT signed by `key` (RS256 for RSA keys, ES256 for P-256). `header_json` fields are
 /// merged over `{"alg", "typ": "JWT"}`; `x5c_chain` (PEM text and its source name) adds an `x5c`

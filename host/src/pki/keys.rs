@@ -39,7 +39,7 @@ impl KeyAlgorithm {
     }
 
     /// The JWT `alg` this key signs with.
-    pub fn jwt_alg(self) -> &'static str {
+    pub(crate) fn jwt_alg(self) -> &'static str {
         match self {
             KeyAlgorithm::P256 => "ES256",
             _ => "RS256",

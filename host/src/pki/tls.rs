@@ -17,7 +17,7 @@ pub(crate) fn tls_error(message: String) -> PluginError {
 
 /// The rustls error behind a network error, if any. `io::Error::source` skips the error it
 /// wraps, so wrapped errors are looked into explicitly.
-pub fn find_rustls_error<'a>(
+pub(crate) fn find_rustls_error<'a>(
     e: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a rustls::Error> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -40,7 +40,7 @@ pub fn find_rustls_error<'a>(
 
 /// rustls's certificate errors and the server's certificate alerts, said as what the operator
 /// should check.
-pub fn describe(e: &rustls::Error) -> String {
+pub(crate) fn describe(e: &rustls::Error) -> String {
     use rustls::CertificateError as C;
     match e {
         rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
@@ -71,7 +71,7 @@ pub fn describe(e: &rustls::Error) -> String {
 /// A certificate chain (PEM, leaf first) and its private key (PEM) from files the gateway
 /// config names: the host's own listener or client identity, never a plugin's. Errors name the
 /// file at fault.
-pub fn chain_and_key_files(
+pub(crate) fn chain_and_key_files(
     chain: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
@@ -91,7 +91,7 @@ pub fn chain_and_key_files(
 
 /// Trust anchors from a CA file the gateway config names (PEM), or the system roots without one.
 /// Errors name the file.
-pub fn roots_from_file(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
+pub(crate) fn roots_from_file(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
     let Some(path) = ca_file else {
         return roots_from(None).map_err(|e| e.message);
     };
@@ -102,7 +102,7 @@ pub fn roots_from_file(ca_file: Option<&std::path::Path>) -> Result<RootCertStor
 
 /// Trust anchors: the CA certificates of a PEM text (with the name to quote in errors), or the
 /// system roots.
-pub fn roots_from(ca_pem: Option<(&str, &str)>) -> Result<RootCertStore, PluginError> {
+pub(crate) fn roots_from(ca_pem: Option<(&str, &str)>) -> Result<RootCertStore, PluginError> {
     let mut roots = RootCertStore::empty();
     match ca_pem {
         Some((pem, file)) => {
@@ -175,10 +175,10 @@ impl ServerCertVerifier for ServerNameOverride {
 /// trust to someone else (`insecure_skip_verify` here, the sandbox's client-certificate verifier)
 /// still check these.
 #[derive(Debug)]
-pub struct HandshakeSignatures(pub Arc<rustls::crypto::CryptoProvider>);
+pub(crate) struct HandshakeSignatures(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl HandshakeSignatures {
-    pub fn tls12(
+    pub(crate) fn tls12(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -187,7 +187,7 @@ impl HandshakeSignatures {
         self.verify(message, cert, dss)
     }
 
-    pub fn tls13(
+    pub(crate) fn tls13(
         &self,
         message: &[u8],
         cert: &CertificateDer<'_>,
@@ -208,7 +208,7 @@ impl HandshakeSignatures {
         self.verify(message, cert, dss)
     }
 
-    pub fn schemes(&self) -> Vec<SignatureScheme> {
+    pub(crate) fn schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 
@@ -264,7 +264,7 @@ impl HandshakeSignatures {
 
 /// Why a certificate and a key cannot be presented together.
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error("the file holds no certificate")]
     NoCertificate,
     #[error("TLS cannot use the key: {0}")]
@@ -280,7 +280,7 @@ pub enum IdentityError {
 /// the certificate is judged here: whether it is trusted is the peer's decision. (rustls's own
 /// constructors, `with_client_auth_cert` and `with_single_cert`, parse the leaf with webpki,
 /// which refuses the X.509 v1 certificates the providers' OpenSSL commands make.)
-pub fn certified_key(
+pub(crate) fn certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     provider: &rustls::crypto::CryptoProvider,
@@ -348,7 +348,7 @@ impl ServerCertVerifier for NoVerification {
 /// are read by x509-parser rather than webpki so that the X.509 v1 device certificates the
 /// providers' OpenSSL commands make are accepted like v3 ones.
 #[derive(Debug)]
-pub struct ClientCertificates {
+pub(crate) struct ClientCertificates {
     /// `None`: any well-formed certificate, none required.
     issuers: Option<Issuers>,
     signatures: HandshakeSignatures,
@@ -371,7 +371,7 @@ impl ClientCertificates {
     }
 
     /// Required, and issued by a CA of a PEM file the gateway config names.
-    pub fn issued_by_file(
+    pub(crate) fn issued_by_file(
         path: &std::path::Path,
         provider: Arc<rustls::crypto::CryptoProvider>,
     ) -> Result<Self, String> {

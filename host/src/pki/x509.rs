@@ -99,7 +99,7 @@ fn invalid(message: String) -> PluginError {
 }
 
 /// PEM with LF line endings, as OpenSSL writes it.
-pub fn pem_lf(block: &pem::Pem) -> String {
+pub(crate) fn pem_lf(block: &pem::Pem) -> String {
     pem::encode_config(
         block,
         pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
@@ -107,7 +107,7 @@ pub fn pem_lf(block: &pem::Pem) -> String {
 }
 
 /// Why a text yields no PEM block: truncated (a BEGIN without its END) or not PEM at all.
-pub fn no_pem_block(text: &str, source: &str) -> String {
+pub(crate) fn no_pem_block(text: &str, source: &str) -> String {
     if text.contains("-----BEGIN ") {
         format!(
             "{source} is not valid PEM: it is truncated or damaged (a BEGIN line without its END)"
@@ -142,7 +142,7 @@ pub fn parse_pem_certs(pem_text: &str, source: &str) -> Result<Vec<Vec<u8>>, Plu
 }
 
 /// Check that `der` is one whole, well-formed certificate (`index` counts from 0 in `source`).
-pub fn check_der(der: &[u8], source: &str, index: usize) -> Result<(), PluginError> {
+pub(crate) fn check_der(der: &[u8], source: &str, index: usize) -> Result<(), PluginError> {
     parse(der, source, index).map(|_| ())
 }
 
@@ -195,7 +195,7 @@ pub fn info(der: &[u8]) -> CertificateInfo {
     }
 }
 
-pub fn format_time(unix: i64) -> String {
+pub(crate) fn format_time(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
         .and_then(|t| {
@@ -227,7 +227,7 @@ pub fn check_validity(der: &[u8], now: i64, source: &str) -> Result<(), PluginEr
 
 /// The contents of a SubjectPublicKeyInfo's AlgorithmIdentifier (its OID and parameters without
 /// the SEQUENCE header): what `SignatureVerificationAlgorithm::public_key_alg_id` names.
-pub fn spki_algorithm_contents(spki_der: &[u8]) -> Option<&[u8]> {
+pub(crate) fn spki_algorithm_contents(spki_der: &[u8]) -> Option<&[u8]> {
     /// One DER element at the start of `der`: (tag, contents, the rest).
     fn element(der: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         let (&tag, rest) = der.split_first()?;
@@ -254,7 +254,7 @@ pub fn spki_algorithm_contents(spki_der: &[u8]) -> Option<&[u8]> {
 }
 
 /// The DER of a certificate's subject name (what a TLS server lists as acceptable CAs).
-pub fn subject_der(cert_der: &[u8]) -> Vec<u8> {
+pub(crate) fn subject_der(cert_der: &[u8]) -> Vec<u8> {
     parsed(cert_der).subject().as_raw().to_vec()
 }
 
@@ -431,7 +431,7 @@ impl<'a> CertificateAuthority<'a> {
     }
 
     /// The DPS proof-of-possession certificate: CN = the verification code, signed by this CA.
-    pub fn verification_certificate(&self, nonce: &str) -> Result<String, PluginError> {
+    pub(crate) fn verification_certificate(&self, nonce: &str) -> Result<String, PluginError> {
         if nonce.is_empty() || nonce.len() > 64 {
             return Err(invalid(format!(
                 "the verification code must be 1 to 64 characters, got {}",
@@ -462,7 +462,7 @@ impl<'a> CertificateAuthority<'a> {
 }
 
 /// A chain file: the leaf followed by the CA certificate(s), after checking the CA signed it.
-pub fn chain_pem(
+pub(crate) fn chain_pem(
     leaf_pem: &str,
     ca_pem: &str,
     leaf_source: &str,

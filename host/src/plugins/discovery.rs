@@ -55,7 +55,7 @@ pub enum DiscoveryError {
 
 /// Discover plugins in `dirs` (missing directories are skipped). Returns the plugins found and,
 /// separately, what could not be used, so one bad plugin does not hide the others.
-pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<DiscoveryError>) {
+pub(crate) fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<DiscoveryError>) {
     let mut found: BTreeMap<String, Discovered> = BTreeMap::new();
     let mut errors = Vec::new();
     for dir in dirs {
@@ -114,7 +114,7 @@ pub fn discover(dirs: &[PathBuf]) -> (Vec<Discovered>, Vec<DiscoveryError>) {
 }
 
 /// Read one manifest and locate its entry file.
-pub fn discover_one(manifest_path: &Path) -> Result<Discovered, ManifestError> {
+pub(crate) fn discover_one(manifest_path: &Path) -> Result<Discovered, ManifestError> {
     let manifest = Manifest::load(manifest_path)?;
     let err = |message: String| ManifestError {
         path: manifest_path.to_path_buf(),

@@ -109,7 +109,10 @@ impl FlowParams {
     }
 
     /// `given` with defaults added, or one sentence naming every missing and unknown parameter.
-    pub fn apply(&self, given: &[(String, String)]) -> Result<Vec<(String, String)>, String> {
+    pub(crate) fn apply(
+        &self,
+        given: &[(String, String)],
+    ) -> Result<Vec<(String, String)>, String> {
         let in_groups = |name: &str| self.one_of.iter().flatten().any(|g| g == name);
         let known = |name: &str| {
             self.required.iter().any(|r| r == name)
@@ -239,7 +242,7 @@ impl Manifest {
     }
 
     /// Check names, versions, the world version and the permission patterns.
-    pub fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         if !is_plugin_name(&self.name) {
             return Err(format!(
                 "name '{}' must be 1-64 characters of a-z, 0-9, '-' or '_', starting with a letter or digit",
@@ -314,7 +317,7 @@ fn check_api(api: &str) -> Result<(), String> {
 
 /// `host:port` where host is a DNS name or IP with `*` allowed as a whole label, and port is a
 /// number or `*`.
-pub fn check_endpoint_pattern(pattern: &str) -> Result<(), String> {
+pub(crate) fn check_endpoint_pattern(pattern: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("permissions.endpoints: '{pattern}' {why}"));
     let Some((host, port)) = pattern.rsplit_once(':') else {
         return bad("must be host:port");

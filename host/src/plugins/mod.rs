@@ -6,6 +6,6 @@
 //! [`registry`].
 
 pub mod bundle;
-pub mod discovery;
+pub(crate) mod discovery;
 pub mod manifest;
 pub mod registry;

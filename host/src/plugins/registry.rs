@@ -114,7 +114,7 @@ impl PluginEnv {
 
     /// Everything discoverable: the plugin directories and the installed bundles. A name
     /// defined in two places is an error, as within the directories.
-    pub fn discover(&self) -> (Vec<Discovered>, Vec<DiscoveryError>) {
+    pub(crate) fn discover(&self) -> (Vec<Discovered>, Vec<DiscoveryError>) {
         let (mut found, mut errors) = discover(&self.dirs);
         let site = match &self.installed {
             None => return (found, errors),
@@ -233,7 +233,7 @@ fn check_namespace(info: &Discovered, all: &[Discovered]) -> Result<(), Registry
 }
 
 /// Loads plugins; shares one WASM runtime and one kv registry between them.
-pub struct Loader {
+pub(crate) struct Loader {
     env: PluginEnv,
     kv: KvRegistry,
     wasm: OnceLock<Result<Arc<WasmRuntime>, String>>,

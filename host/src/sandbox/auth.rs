@@ -22,7 +22,7 @@ fn decode(text: &str) -> String {
 /// Check a SAS token against the resource it must be for, the key it must be signed with and
 /// the key name (`skn`) it may carry, at `now`. The error says what is wrong, for the service's
 /// log (never the token itself). Returns the token's expiry (unix seconds).
-pub fn verify_sas(
+pub(crate) fn verify_sas(
     token: &str,
     resource: &str,
     key_base64: &str,

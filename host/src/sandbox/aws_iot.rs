@@ -15,7 +15,7 @@ use rumqttc::mqttbytes::v4::Publish;
 use std::sync::Arc;
 
 /// AWS IoT's largest message payload.
-pub const MAX_PAYLOAD: usize = 128 * 1024;
+pub(crate) const MAX_PAYLOAD: usize = 128 * 1024;
 
 /// How a thing's certificate is registered.
 #[derive(Debug, Clone)]

@@ -277,7 +277,7 @@ impl SandboxConfig {
         Ok(config)
     }
 
-    pub fn resolve(&self, path: &Path) -> PathBuf {
+    pub(crate) fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()
         } else {

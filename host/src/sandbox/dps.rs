@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Status polls one registration may make per [`POLL_WINDOW`].
-pub const MAX_POLLS: usize = 5;
-pub const POLL_WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const MAX_POLLS: usize = 5;
+pub(crate) const POLL_WINDOW: Duration = Duration::from_secs(10);
 
 /// An enrollment with its files read.
 #[derive(Debug, Clone)]
@@ -140,7 +140,7 @@ impl Dps {
     /// Which enrollment the credentials match — a SAS token (MQTT password or REST
     /// `Authorization` header; empty = none) or the TLS client certificate chain — or why none
     /// does.
-    pub fn authenticate(
+    pub(crate) fn authenticate(
         &self,
         scope: &str,
         registration_id: &str,
@@ -344,7 +344,7 @@ impl Dps {
 
     /// Where operation `operation_id` stands: `202` while assigning, `200` with the
     /// registration state when done; `404`, `429` and `401` as DPS answers them.
-    pub fn operation_status(&self, caller: &Caller<'_>, operation_id: &str) -> Reply {
+    pub(crate) fn operation_status(&self, caller: &Caller<'_>, operation_id: &str) -> Reply {
         let id = caller.registration_id;
         if caller.auth.is_err() {
             return self.unauthorized(caller);

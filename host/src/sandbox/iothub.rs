@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// IoT Hub's largest device-to-cloud message.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// How a registered device authenticates.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ pub struct DeviceRegistry {
 }
 
 impl DeviceRegistry {
-    pub fn upsert(&self, device_id: &str, auth: DeviceAuth) {
+    pub(crate) fn upsert(&self, device_id: &str, auth: DeviceAuth) {
         self.devices
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -139,7 +139,7 @@ impl IotHub {
     }
 
     /// `devices/<id>/messages/devicebound/<property bag>` for a cloud-to-device message.
-    pub fn c2d_topic(device_id: &str, properties: &[Pair]) -> String {
+    pub(crate) fn c2d_topic(device_id: &str, properties: &[Pair]) -> String {
         let mut bag = vec![(
             "$.to".to_string(),
             format!("/devices/{device_id}/messages/deviceBound"),
@@ -163,7 +163,7 @@ impl IotHub {
 }
 
 /// `k=v&k2=v2` (percent-encoded) as pairs.
-pub fn parse_property_bag(bag: &str) -> Result<Vec<Pair>, String> {
+pub(crate) fn parse_property_bag(bag: &str) -> Result<Vec<Pair>, String> {
     if bag.is_empty() {
         return Ok(Vec::new());
     }

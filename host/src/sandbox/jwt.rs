@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 /// A token whose signature verified against `x5c[0]`.
 #[derive(Debug)]
-pub struct SignedByLeaf {
+pub(crate) struct SignedByLeaf {
     /// The `x5c` certificates (DER), leaf first.
     pub x5c: Vec<Vec<u8>>,
     pub claims: Map<String, Value>,
@@ -15,7 +15,7 @@ pub struct SignedByLeaf {
 
 /// Decode `token` and verify it is RS256-signed by the key of its own `x5c` leaf. The error is
 /// one sentence for the service's log; it never repeats the token.
-pub fn verify_rs256_x5c(token: &str) -> Result<SignedByLeaf, String> {
+pub(crate) fn verify_rs256_x5c(token: &str) -> Result<SignedByLeaf, String> {
     let parts: Vec<&str> = token.split('.').collect();
     let [header, claims, signature] = parts[..] else {
         return Err(format!(

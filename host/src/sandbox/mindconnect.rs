@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The username private-cloud agents connect with.
-pub const CERTIFICATE_BEARER: &str = "_CertificateBearer";
+pub(crate) const CERTIFICATE_BEARER: &str = "_CertificateBearer";
 /// Clock difference tolerated on `iat` and `nbf`.
 const CLOCK_SKEW_SECS: i64 = 60;
 

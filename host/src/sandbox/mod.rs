@@ -7,7 +7,7 @@ pub mod auth;
 pub mod aws_iot;
 pub mod config;
 pub mod dps;
-pub mod dps_rest;
+pub(crate) mod dps_rest;
 pub mod iothub;
 pub mod jwt;
 pub mod mindconnect;
@@ -38,7 +38,7 @@ pub enum Service {
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub(crate) const ALL: [Service; 6] = [
         Service::Dps,
         Service::DpsRest,
         Service::IotHub,
@@ -278,13 +278,6 @@ impl Sandbox {
                 _ = sleep => {}
             }
         });
-    }
-
-    /// Whether `device_id` has a live IoT Hub connection.
-    pub fn hub_connected(&self, device_id: &str) -> bool {
-        self.brokers
-            .get(&Service::IotHub)
-            .is_some_and(|h| h.is_connected(device_id))
     }
 }
 

@@ -99,7 +99,7 @@ impl SandboxPki {
 
     /// The rustls configuration every sandbox server uses: the server certificate, and client
     /// certificates requested but not required (services check them against their own CAs).
-    pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, SandboxError> {
+    pub(crate) fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, SandboxError> {
         let chain_path = self.path("server_chain.pem");
         let chain = x509::parse_pem_certs(&read(&chain_path)?, &chain_path.display().to_string())?
             .into_iter()

@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 /// Every dead-letter cause (`DeadLetter::cause`).
-pub const DEAD_LETTER_CAUSES: [&str; 6] = [
+pub(crate) const DEAD_LETTER_CAUSES: [&str; 6] = [
     "rule error",
     "unknown device",
     "too large",
@@ -45,20 +45,23 @@ pub struct DeadLetter {
 
 /// One sentence for each line of the dead-letter file in the queue folder `dir` that cannot be
 /// read (such lines are kept).
-pub fn unreadable_dead_letters_in(dir: &Path) -> Vec<String> {
+pub(crate) fn unreadable_dead_letters_in(dir: &Path) -> Vec<String> {
     unreadable(&dir.join(FILE))
 }
 
 /// The kept dead letters of the queue in `dir`, oldest first, read without opening the queue
 /// (so also while gatehost runs on it); none when it has none.
-pub fn dead_letters_in(dir: &Path, max_dead_letters: u64) -> Result<Vec<DeadLetter>, QueueError> {
+pub(crate) fn dead_letters_in(
+    dir: &Path,
+    max_dead_letters: u64,
+) -> Result<Vec<DeadLetter>, QueueError> {
     let path = dir.join(FILE);
     read_kept(&path, max_dead_letters).map_err(io_error(&path))
 }
 
-pub const FILE: &str = "dead-letters.jsonl";
+pub(crate) const FILE: &str = "dead-letters.jsonl";
 
-pub struct DeadLetters {
+pub(crate) struct DeadLetters {
     path: PathBuf,
     file: File,
     /// Lines in the file (the kept ones are the last `max`).
@@ -204,7 +207,7 @@ impl DeadLetters {
 
 /// The newest `max` dead letters of the file at `path`, oldest first; none when there is no
 /// file. Safe while gatehost runs: the file only grows by whole lines or is renamed over.
-pub fn read_kept(path: &Path, max: u64) -> std::io::Result<Vec<DeadLetter>> {
+pub(crate) fn read_kept(path: &Path, max: u64) -> std::io::Result<Vec<DeadLetter>> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -239,7 +242,7 @@ fn unreadable_lines(path: &Path) -> std::io::Result<Vec<(usize, String)>> {
 }
 
 /// One sentence for each line of the dead-letter file at `path` that cannot be read.
-pub fn unreadable(path: &Path) -> Vec<String> {
+pub(crate) fn unreadable(path: &Path) -> Vec<String> {
     let lines = match unreadable_lines(path) {
         Ok(lines) => lines,
         Err(e) => return vec![format!("{} cannot be read: {e}", path.display())],

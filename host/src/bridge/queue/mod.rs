@@ -26,8 +26,9 @@ mod staging;
 #[cfg(test)]
 mod tests;
 
-pub use dead::{dead_letters_in, unreadable_dead_letters_in, DeadLetter, DEAD_LETTER_CAUSES};
-pub use staging::Staged;
+pub use dead::DeadLetter;
+pub(crate) use dead::{dead_letters_in, unreadable_dead_letters_in, DEAD_LETTER_CAUSES};
+pub(crate) use staging::Staged;
 
 use crate::model::Message;
 use dead::DeadLetters;
@@ -67,7 +68,7 @@ use crate::config::StoreConfig;
 pub use crate::config::WhenFull;
 
 #[derive(Debug, Clone)]
-pub struct QueueLimits {
+pub(crate) struct QueueLimits {
     pub max_bytes: u64,
     pub max_age: Duration,
     pub when_full: WhenFull,
@@ -78,7 +79,7 @@ pub struct QueueLimits {
 
 impl QueueLimits {
     /// The limits `[store]` sets, the defaults for the rest.
-    pub fn from_config(store: &StoreConfig) -> QueueLimits {
+    pub(crate) fn from_config(store: &StoreConfig) -> QueueLimits {
         let default = QueueLimits::default();
         QueueLimits {
             max_bytes: store
@@ -112,7 +113,7 @@ impl Default for QueueLimits {
 
 /// A queued message.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Queued {
+pub(crate) struct Queued {
     pub seq: u64,
     /// When it was stored, in milliseconds since the Unix epoch.
     pub enqueued_ms: u64,
@@ -134,7 +135,7 @@ impl Dropped {
 
 /// One device's share of the queue.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
-pub struct Depth {
+pub(crate) struct Depth {
     pub messages: u64,
     pub bytes: u64,
 }
@@ -180,7 +181,7 @@ impl State {
     }
 }
 
-pub struct Queue {
+pub(crate) struct Queue {
     dir: PathBuf,
     limits: QueueLimits,
     /// A segment is sealed and a new one started once it grows past this.
@@ -200,7 +201,7 @@ fn size_of(device: &str, message: &Message) -> u64 {
     (device.len() + message.topic.len() + message.payload.len() + properties + 32) as u64
 }
 
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -218,7 +219,12 @@ impl Queue {
     }
 
     /// Up to `max` of `device`'s messages after sequence number `after`, oldest first.
-    pub fn peek(&self, device: &str, after: u64, max: usize) -> Result<Vec<Queued>, QueueError> {
+    pub(crate) fn peek(
+        &self,
+        device: &str,
+        after: u64,
+        max: usize,
+    ) -> Result<Vec<Queued>, QueueError> {
         let mut out = Vec::new();
         // Records no longer in the tail, read from their files once the lock is let go.
         let mut from_disk: Vec<(usize, u64, Slot, Arc<File>)> = Vec::new();
@@ -290,7 +296,7 @@ impl Queue {
     /// The removal is written with the next append, not synced on its own: a crash before that
     /// only sends these messages again (at least once), and saves a sync per acknowledged
     /// window while messages flow.
-    pub fn remove_through(&self, device: &str, through: u64) -> Result<u64, QueueError> {
+    pub(crate) fn remove_through(&self, device: &str, through: u64) -> Result<u64, QueueError> {
         let mut state = self.lock();
         let (removed, _) = state.remove_through(device, through);
         if removed > 0 {
@@ -307,7 +313,7 @@ impl Queue {
 
     /// Drop every message older than the age limit, tidy the segments and sync; what was
     /// dropped.
-    pub fn expire(&self) -> Result<Dropped, QueueError> {
+    pub(crate) fn expire(&self) -> Result<Dropped, QueueError> {
         let limit = now_ms().saturating_sub(self.limits.max_age.as_millis() as u64);
         let mut dropped = Dropped::default();
         let mut state = self.lock();
@@ -335,7 +341,7 @@ impl Queue {
     }
 
     /// Every device with messages queued, and how many.
-    pub fn depths(&self) -> BTreeMap<String, Depth> {
+    pub(crate) fn depths(&self) -> BTreeMap<String, Depth> {
         self.lock()
             .index
             .devices
@@ -356,14 +362,14 @@ impl Queue {
     }
 
     /// When `device`'s oldest queued message was stored (ms since the epoch).
-    pub fn oldest_ms(&self, device: &str) -> Option<u64> {
+    pub(crate) fn oldest_ms(&self, device: &str) -> Option<u64> {
         let state = self.lock();
         let queue = state.index.devices.get(device)?;
         queue.slots.values().next().map(|slot| slot.enqueued_ms)
     }
 
     /// How many dead letters are kept.
-    pub fn dead_letter_count(&self) -> u64 {
+    pub(crate) fn dead_letter_count(&self) -> u64 {
         self.lock().dead.count()
     }
 
@@ -374,12 +380,12 @@ impl Queue {
     }
 
     /// The lines of the dead-letter file that cannot be read, one sentence each (they are kept).
-    pub fn unreadable_dead_letters(&self) -> Vec<String> {
+    pub(crate) fn unreadable_dead_letters(&self) -> Vec<String> {
         dead::unreadable(&self.dir.join(dead::FILE))
     }
 
     /// Make `letters` the kept dead letters, replacing the file (after a replay took some).
-    pub fn replace_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
+    pub(crate) fn replace_dead_letters(&self, letters: &[DeadLetter]) -> Result<(), QueueError> {
         let path = self.dir.join(dead::FILE);
         self.lock().dead.replace(letters).map_err(io_error(&path))
     }

@@ -7,7 +7,7 @@
 use crate::model::Message;
 
 /// `length (u32) | crc32 of the body (u32)`, big-endian.
-pub const FRAME: usize = 8;
+pub(crate) const FRAME: usize = 8;
 
 /// One record of a segment.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +34,7 @@ const REMOVED_THROUGH: u8 = 2;
 const REMOVED: u8 = 3;
 
 /// Append a segment header, framed, to `out`; the framed length.
-pub fn write_header(out: &mut Vec<u8>, next_seq: u64) -> usize {
+pub(crate) fn write_header(out: &mut Vec<u8>, next_seq: u64) -> usize {
     framed(out, |out| {
         out.push(HEADER);
         out.extend_from_slice(&next_seq.to_be_bytes());
@@ -43,7 +43,7 @@ pub fn write_header(out: &mut Vec<u8>, next_seq: u64) -> usize {
 
 /// Append a message record, framed, to `out` (borrowing the message: appends are the hot
 /// path); the framed length.
-pub fn write_message(
+pub(crate) fn write_message(
     out: &mut Vec<u8>,
     device: &str,
     seq: u64,
@@ -60,7 +60,7 @@ pub fn write_message(
 
 /// Append a removal of `device`'s message `seq` (`through`: and every one before it), framed,
 /// to `out`; the framed length.
-pub fn write_removal(out: &mut Vec<u8>, device: &str, seq: u64, through: bool) -> usize {
+pub(crate) fn write_removal(out: &mut Vec<u8>, device: &str, seq: u64, through: bool) -> usize {
     framed(out, |out| {
         out.push(if through { REMOVED_THROUGH } else { REMOVED });
         string(out, device);
@@ -97,7 +97,7 @@ fn framed(out: &mut Vec<u8>, body: impl FnOnce(&mut Vec<u8>)) -> usize {
 }
 
 /// What reading a segment's bytes found.
-pub struct Scan {
+pub(crate) struct Scan {
     /// Each intact record with its offset and framed length.
     pub records: Vec<(u64, u32, Record)>,
     /// Where the last intact record ends; `< bytes.len()` when the rest is zeros written ahead,
@@ -110,7 +110,7 @@ pub struct Scan {
 /// Read every intact record of `bytes`: a record that fails its checksum or cannot be decoded
 /// is skipped up to the next intact one; reading ends at zeros (the end of what was written)
 /// or where no intact record follows.
-pub fn scan(bytes: &[u8]) -> Scan {
+pub(crate) fn scan(bytes: &[u8]) -> Scan {
     let mut records = Vec::new();
     let mut damaged = Vec::new();
     let mut at = 0usize;
@@ -163,7 +163,7 @@ fn unframe(bytes: &[u8], at: usize) -> Option<(u32, &[u8])> {
 }
 
 /// The record framed at `bytes[at..]` and its framed length, if it is whole and intact.
-pub fn read_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
+pub(crate) fn read_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
     let (crc, body) = unframe(bytes, at)?;
     if crc32fast::hash(body) != crc {
         return None;
@@ -172,14 +172,14 @@ pub fn read_at(bytes: &[u8], at: usize) -> Option<(Record, usize)> {
 }
 
 /// One framed record on its own (as read back from its offset).
-pub fn read_one(bytes: &[u8]) -> Option<Record> {
+pub(crate) fn read_one(bytes: &[u8]) -> Option<Record> {
     read_at(bytes, 0).map(|(record, _)| record)
 }
 
 /// The record at the start of `bytes` that this process framed itself and kept in memory (the
 /// active segment's tail): decoded without checking its CRC, which guards bytes that went
 /// through a file.
-pub fn read_own(bytes: &[u8]) -> Option<Record> {
+pub(crate) fn read_own(bytes: &[u8]) -> Option<Record> {
     decode(unframe(bytes, 0)?.1)
 }
 

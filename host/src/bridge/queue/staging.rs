@@ -14,7 +14,7 @@ use std::sync::{Arc, MutexGuard};
 
 /// Messages written to the log and indexed by [`Queue::stage`], not yet durable.
 #[must_use = "staged messages are durable only once synced"]
-pub struct Staged {
+pub(crate) struct Staged {
     file: Arc<File>,
     path: PathBuf,
     pub(super) dropped: Dropped,
@@ -29,7 +29,7 @@ impl Staged {
     /// Make several staged appends durable with one sync per file they went to (a sync covers
     /// every write to its file before it): each one's dropped messages, or why its file could
     /// not be synced.
-    pub fn sync_all(staged: Vec<Staged>) -> Vec<Result<Dropped, String>> {
+    pub(crate) fn sync_all(staged: Vec<Staged>) -> Vec<Result<Dropped, String>> {
         let mut synced: Vec<(Arc<File>, Result<(), String>)> = Vec::new();
         staged
             .into_iter()
@@ -52,7 +52,7 @@ impl Staged {
 impl Queue {
     /// [`Queue::stage`] and sync at once (the bridge syncs on its own thread; replaying dead
     /// letters does not): what the byte limit made drop.
-    pub fn append(
+    pub(crate) fn append(
         &self,
         messages: &[(String, Message)],
         dead_letters: &[DeadLetter],
@@ -67,7 +67,7 @@ impl Queue {
     /// durable (and their local publishers may be acknowledged) only once synced
     /// ([`Staged::sync_all`]). Forwarding a message before it is durable is safe: if gatehost
     /// dies first, its publisher was never acknowledged and sends it again (at least once).
-    pub fn stage(
+    pub(crate) fn stage(
         &self,
         messages: &[(String, Message)],
         dead_letters: &[DeadLetter],
@@ -173,7 +173,12 @@ impl Queue {
 
     /// Move `device`'s message `seq` to the dead letters as `letter`, durably (the messages
     /// around it stay queued).
-    pub fn set_aside(&self, device: &str, seq: u64, letter: &DeadLetter) -> Result<(), QueueError> {
+    pub(crate) fn set_aside(
+        &self,
+        device: &str,
+        seq: u64,
+        letter: &DeadLetter,
+    ) -> Result<(), QueueError> {
         let mut state = self.lock();
         if state.remove_one(device, seq).0 > 0 {
             record::write_removal(&mut state.log.pending, device, seq, false);

@@ -55,7 +55,7 @@ pub fn generate_key(
 
 /// Where the gateway's operator gives the passphrase of encrypted key files: the host reads it,
 /// plugins never see it (the same variable the `gatehost certs` commands read).
-pub const PASSPHRASE_ENV: &str = "GATEHOST_KEY_PASSPHRASE";
+pub(crate) const PASSPHRASE_ENV: &str = "GATEHOST_KEY_PASSPHRASE";
 
 /// Load a PEM key from a file under the plugin's declared file roots. An encrypted key is
 /// decrypted with the plugin's passphrase, or else with [`PASSPHRASE_ENV`].
@@ -98,7 +98,10 @@ pub fn open_key(ctx: &CapContext, reference: &str) -> Result<KeyHandle, PluginEr
     ))
 }
 
-pub fn read_chain(ctx: &CapContext, path: &str) -> Result<Vec<CertificateInfo>, PluginError> {
+pub(crate) fn read_chain(
+    ctx: &CapContext,
+    path: &str,
+) -> Result<Vec<CertificateInfo>, PluginError> {
     let text = ctx.read_text(path)?;
     Ok(x509::parse_pem_certs(&text, path)?
         .iter()

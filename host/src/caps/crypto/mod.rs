@@ -9,7 +9,7 @@ use crate::model::PluginError;
 pub use crate::pki::crypto::*;
 
 /// `jwt_sign` for a plugin: the x5c chain file must lie under its declared file roots.
-pub fn plugin_jwt(
+pub(crate) fn plugin_jwt(
     ctx: &crate::caps::CapContext,
     key: &crate::caps::certs::PrivateKey,
     header_json: &str,
@@ -22,7 +22,7 @@ pub fn plugin_jwt(
 }
 
 /// `mindconnect_jwt` for a plugin: the chain file must lie under its declared file roots.
-pub fn plugin_mindconnect_jwt(
+pub(crate) fn plugin_mindconnect_jwt(
     ctx: &crate::caps::CapContext,
     key: &crate::caps::certs::PrivateKey,
     chain_file: &str,

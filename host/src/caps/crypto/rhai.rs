@@ -80,7 +80,7 @@ pub fn register(engine: &mut Engine, ctx: &CapContext) {
 }
 
 /// `()` means "none"; a string is the value; anything else is a clear error.
-pub fn optional_string(value: Dynamic, name: &str) -> RhaiResult<Option<String>> {
+pub(crate) fn optional_string(value: Dynamic, name: &str) -> RhaiResult<Option<String>> {
     if value.is_unit() {
         return Ok(None);
     }
@@ -92,7 +92,7 @@ pub fn optional_string(value: Dynamic, name: &str) -> RhaiResult<Option<String>>
     })
 }
 
-pub fn non_negative(value: INT, name: &str) -> RhaiResult<u64> {
+pub(crate) fn non_negative(value: INT, name: &str) -> RhaiResult<u64> {
     u64::try_from(value).map_err(|_| {
         plugin_error(PluginError::new(
             ErrorKind::InvalidInput,

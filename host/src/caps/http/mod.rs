@@ -13,7 +13,7 @@ use crate::model::{ClientCertificate, ErrorKind, Pair, PluginError};
 use std::time::Duration;
 
 /// The largest response body a plugin receives.
-pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_REDIRECTS: usize = 10;
 

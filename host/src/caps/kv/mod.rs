@@ -11,12 +11,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-pub const MAX_KEY_BYTES: usize = 256;
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-pub const MAX_ENTRIES: usize = 1024;
+pub(crate) const MAX_KEY_BYTES: usize = 256;
+pub(crate) const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_ENTRIES: usize = 1024;
 /// Keys and values of one namespace together, by default (`[limits.kv] max_kib`). Every
 /// change rewrites the namespace's file, so this also bounds the disk written per change.
-pub const MAX_NAMESPACE_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_NAMESPACE_BYTES: usize = 1024 * 1024;
 
 /// How much one namespace may hold (`[limits.kv]` in the config).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,12 +53,12 @@ impl KvRegistry {
     }
 
     /// The same registry with these limits for its namespaces.
-    pub fn with_limits(mut self, limits: KvLimits) -> Self {
+    pub(crate) fn with_limits(mut self, limits: KvLimits) -> Self {
         self.limits = limits;
         self
     }
 
-    pub fn in_memory() -> Self {
+    pub(crate) fn in_memory() -> Self {
         KvRegistry::default()
     }
 
@@ -152,7 +152,7 @@ impl KvNamespace {
         self.persist(&entries)
     }
 
-    pub fn delete(&self, key: &str) -> Result<bool, PluginError> {
+    pub(crate) fn delete(&self, key: &str) -> Result<bool, PluginError> {
         check_key(key)?;
         let mut entries = self.lock();
         let existed = entries.remove(key).is_some();

@@ -29,7 +29,7 @@ impl Level {
 }
 
 /// Longest log message a plugin may emit; longer ones are cut (and say so).
-pub const MAX_MESSAGE_BYTES: usize = 8 * 1024;
+pub(crate) const MAX_MESSAGE_BYTES: usize = 8 * 1024;
 
 pub fn log(ctx: &CapContext, level: Level, message: &str) {
     let message = crate::redact::redact(message);

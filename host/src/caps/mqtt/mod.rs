@@ -14,9 +14,9 @@ use super::tls::{self, TlsOptions};
 use super::CapContext;
 use crate::model::{ErrorKind, Message, PluginError, ProtocolVersion};
 use crate::mqtt::client::inflight::InFlight;
-pub use crate::mqtt::client::v5_message;
+pub(crate) use crate::mqtt::client::v5_message;
 use crate::mqtt::client::{err, Link, LinkEvent, LinkOptions};
-pub use crate::mqtt::client::{v5_error, Waker, MAX_PAYLOAD_BYTES};
+pub(crate) use crate::mqtt::client::{v5_error, Waker, MAX_PAYLOAD_BYTES};
 use crate::mqtt::topic::validate_topic_filter;
 use rumqttc::mqttbytes::QoS;
 use std::collections::VecDeque;
@@ -52,7 +52,7 @@ pub struct ConnectOptions {
 /// is a key reference, resolved by [`ConnectSpec::resolve`].
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ConnectSpec {
+pub(crate) struct ConnectSpec {
     pub host: String,
     pub port: u16,
     pub client_id: String,
@@ -74,7 +74,7 @@ pub struct ConnectSpec {
 
 #[derive(Debug, Clone, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TlsSpec {
+pub(crate) struct TlsSpec {
     #[serde(default)]
     pub ca_file: Option<String>,
     #[serde(default)]
@@ -95,7 +95,7 @@ fn default_clean_session() -> bool {
 
 impl ConnectSpec {
     /// Open the client certificate's key (checking the plugin's file roots) and build the options.
-    pub fn resolve(self, ctx: &CapContext) -> Result<ConnectOptions, PluginError> {
+    pub(crate) fn resolve(self, ctx: &CapContext) -> Result<ConnectOptions, PluginError> {
         let tls = match self.tls {
             None => None,
             Some(t) => Some(TlsOptions {
@@ -174,12 +174,12 @@ pub fn connection_options(
 }
 
 /// What became of a message offered to an [`MqttSession`].
-pub enum Offered {
+pub(crate) enum Offered {
     /// It is on its way.
     Taken,
-    /// The connection's request channel is full: here it is back (call
-    /// [`MqttSession::poll_completed`], then offer it again).
-    Full(Message),
+    /// The connection's request channel is full (call [`MqttSession::poll_completed`], then
+    /// offer it again).
+    Full,
     /// No session could ever publish it (too large, user properties on MQTT 3.1.1, ...): why,
     /// and the message back.
     Refused(PluginError, Message),
@@ -425,12 +425,12 @@ impl MqttSession {
 
     /// Hand `msg` to the connection without waiting for anything (it is moved, not copied).
     /// Messages complete in the order they were offered.
-    pub fn offer(&mut self, msg: Message) -> Offered {
+    pub(crate) fn offer(&mut self, msg: Message) -> Offered {
         match self.publishable(&msg) {
             Err(why) => Offered::Refused(why, msg),
             Ok(qos) => match self.hand_over(msg, qos) {
                 Ok(()) => Offered::Taken,
-                Err(msg) => Offered::Full(msg),
+                Err(_) => Offered::Full,
             },
         }
     }
@@ -445,7 +445,7 @@ impl MqttSession {
     /// the oldest offered messages are now complete (acknowledged, or sent for QoS 0). An error
     /// when the connection failed, the broker refused a message (MQTT 5), or it acknowledged
     /// nothing for 30 s while messages were in flight.
-    pub fn poll_completed(&mut self, timeout: Duration) -> Result<usize, PluginError> {
+    pub(crate) fn poll_completed(&mut self, timeout: Duration) -> Result<usize, PluginError> {
         if let Some(stalled) = self.in_flight.stalled_for() {
             if stalled >= ACK_TIMEOUT {
                 return Err(err(
@@ -478,18 +478,13 @@ impl MqttSession {
 
     /// Something that makes a [`MqttSession::poll_completed`] waiting now (or next) return at
     /// once: how a caller waits on the connection and on news of its own together.
-    pub fn waker(&self) -> Waker {
+    pub(crate) fn waker(&self) -> Waker {
         self.link.waker()
     }
 
     /// The messages received so far (from subscriptions), oldest first, taken.
-    pub fn take_received(&mut self) -> Vec<Message> {
+    pub(crate) fn take_received(&mut self) -> Vec<Message> {
         self.received.drain(..).collect()
-    }
-
-    /// How many offered messages are not complete yet.
-    pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
     }
 
     /// The next message received, or `None` after `timeout`.

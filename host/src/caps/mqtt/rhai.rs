@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// A session as a Rhai value (Rhai values must be `Clone`).
 #[derive(Clone)]
-pub struct RhaiSession(Arc<Mutex<MqttSession>>);
+pub(crate) struct RhaiSession(Arc<Mutex<MqttSession>>);
 
 impl RhaiSession {
     fn with<T>(

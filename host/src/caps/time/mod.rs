@@ -10,7 +10,7 @@ use crate::model::{ErrorKind, PluginError};
 use std::time::Duration;
 
 /// The longest single wait.
-pub const MAX_SLEEP_MS: u64 = 60_000;
+pub(crate) const MAX_SLEEP_MS: u64 = 60_000;
 
 /// Sleep `ms` milliseconds, or refuse a wait over [`MAX_SLEEP_MS`].
 pub fn sleep_ms(ctx: &CapContext, ms: u64) -> Result<(), PluginError> {

@@ -7,7 +7,7 @@ use crate::model::{ErrorKind, PluginError};
 use crate::pki::tls;
 use rumqttc::v5;
 
-pub fn tls_failure(endpoint: &str, why: &str) -> PluginError {
+pub(crate) fn tls_failure(endpoint: &str, why: &str) -> PluginError {
     err(ErrorKind::Tls, format!("TLS with {endpoint} failed: {why}"))
 }
 
@@ -18,7 +18,7 @@ pub fn refused(why: &str) -> PluginError {
     )
 }
 
-pub fn io_failure(endpoint: &str, io: &std::io::Error) -> PluginError {
+pub(crate) fn io_failure(endpoint: &str, io: &std::io::Error) -> PluginError {
     use std::io::ErrorKind as Io;
     if let Some(inner) = tls::find_rustls_error(io) {
         return tls_failure(endpoint, &tls::describe(inner));
@@ -48,7 +48,7 @@ pub fn io_failure(endpoint: &str, io: &std::io::Error) -> PluginError {
 }
 
 /// An rumqttc MQTT 5 connection error in one sentence naming `endpoint`.
-pub fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
+pub(crate) fn v5_error(endpoint: &str, e: v5::ConnectionError) -> PluginError {
     use v5::ConnectionError as E;
     match e {
         E::ConnectionRefused(code) | E::MqttState(v5::StateError::ConnFail { reason: code }) => {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 /// The connection thread's half: packet id → serial of the open QoS 1/2 publish that carries it.
 #[derive(Default)]
-pub struct PacketIds {
+pub(crate) struct PacketIds {
     /// The serial the next PUBLISH out gets.
     next: u64,
     open: HashMap<u16, u64>,
@@ -31,7 +31,7 @@ impl PacketIds {
     }
 
     /// The next publish could not be sent at all: its serial (it is complete, failed).
-    pub fn skipped(&mut self) -> u64 {
+    pub(crate) fn skipped(&mut self) -> u64 {
         let serial = self.next;
         self.next += 1;
         serial
@@ -43,7 +43,7 @@ impl PacketIds {
     }
 
     /// Whether an open publish carries `pkid`.
-    pub fn is_open(&self, pkid: u16) -> bool {
+    pub(crate) fn is_open(&self, pkid: u16) -> bool {
         self.open.contains_key(&pkid)
     }
 
@@ -56,7 +56,7 @@ impl PacketIds {
 }
 
 /// The session's half: offered publishes, oldest first; the front one has serial `front`.
-pub struct InFlight {
+pub(crate) struct InFlight {
     /// Whether each publish is complete.
     done: VecDeque<bool>,
     front: u64,
@@ -84,7 +84,7 @@ impl InFlight {
     }
 
     /// The publish with `serial` is complete; `false` when it is not in flight.
-    pub fn completed(&mut self, serial: u64) -> bool {
+    pub(crate) fn completed(&mut self, serial: u64) -> bool {
         let Some(at) = serial.checked_sub(self.front) else {
             return false;
         };
@@ -98,7 +98,7 @@ impl InFlight {
     }
 
     /// Forget the complete publishes at the front; how many there were.
-    pub fn take_completed(&mut self) -> usize {
+    pub(crate) fn take_completed(&mut self) -> usize {
         let mut n = 0;
         while self.done.front() == Some(&true) {
             self.done.pop_front();
@@ -116,7 +116,7 @@ impl InFlight {
     }
 
     /// How long the front has not moved, while something is in flight.
-    pub fn stalled_for(&self) -> Option<Duration> {
+    pub(crate) fn stalled_for(&self) -> Option<Duration> {
         (!self.done.is_empty()).then(|| self.progress_at.elapsed())
     }
 }

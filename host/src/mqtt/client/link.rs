@@ -25,7 +25,7 @@ use tokio::time::Instant;
 
 /// What the connection reported, in protocol-neutral terms.
 #[derive(Debug)]
-pub enum LinkEvent {
+pub(crate) enum LinkEvent {
     /// CONNACK accepting the session (a refusal ends the link with an error).
     Connected,
     /// SUBACK for the first filter: accepted, or the refusal reason.
@@ -44,7 +44,7 @@ pub enum LinkEvent {
 type Item = Result<LinkEvent, PluginError>;
 
 /// Everything needed to open a link.
-pub struct LinkOptions<'a> {
+pub(crate) struct LinkOptions<'a> {
     pub protocol: ProtocolVersion,
     pub host: &'a str,
     pub port: u16,
@@ -65,7 +65,7 @@ enum Request {
 }
 
 /// The session's half of a connection whose thread sends its events to `events`.
-pub struct Link {
+pub(crate) struct Link {
     requests: mpsc::Sender<Request>,
     events: Receiver<Item>,
     /// For wakers: the same channel the connection thread sends to.
@@ -75,10 +75,10 @@ pub struct Link {
 /// Interrupts whoever waits on a link's events ([`LinkEvent::Woken`]); does nothing once the
 /// link is gone.
 #[derive(Clone)]
-pub struct Waker(SyncSender<Item>);
+pub(crate) struct Waker(SyncSender<Item>);
 
 impl Waker {
-    pub fn wake(&self) {
+    pub(crate) fn wake(&self) {
         // A full channel wakes its reader anyway.
         let _ = self.0.try_send(Ok(LinkEvent::Woken));
     }
@@ -159,13 +159,13 @@ impl Link {
     }
 
     /// Something that interrupts [`Link::recv`].
-    pub fn waker(&self) -> Waker {
+    pub(crate) fn waker(&self) -> Waker {
         Waker(self.sender.clone())
     }
 
     /// Queue a SUBSCRIBE unless the request channel is full; `false` = full (or closed: the
     /// next [`Link::recv`] says which).
-    pub fn try_subscribe(&self, filter: &str, qos: QoS) -> bool {
+    pub(crate) fn try_subscribe(&self, filter: &str, qos: QoS) -> bool {
         self.requests
             .try_send(Request::Subscribe(filter.to_owned(), qos))
             .is_ok()
@@ -173,7 +173,7 @@ impl Link {
 
     /// Queue a PUBLISH unless the request channel is full; `Err` gives the message back when it
     /// is full (or closed: the next [`Link::recv`] says which).
-    pub fn try_publish(&self, m: Message, qos: QoS) -> Result<(), Message> {
+    pub(crate) fn try_publish(&self, m: Message, qos: QoS) -> Result<(), Message> {
         match self.requests.try_reserve() {
             Ok(permit) => {
                 permit.send(Request::Publish(m, qos));
@@ -191,7 +191,7 @@ impl Link {
     }
 
     /// The next event, or `Ok(None)` after `timeout`. Errors name `endpoint`.
-    pub fn recv(
+    pub(crate) fn recv(
         &mut self,
         timeout: Duration,
         endpoint: &str,

@@ -14,12 +14,12 @@ pub(crate) mod wire;
 
 use crate::model::{ErrorKind, PluginError};
 
-pub use errors::v5_error;
-pub use link::{Link, LinkEvent, LinkOptions, Waker};
-pub use wire::v5_message;
+pub(crate) use errors::v5_error;
+pub(crate) use link::{Link, LinkEvent, LinkOptions, Waker};
+pub(crate) use wire::v5_message;
 
 /// Largest payload a plugin may publish: IoT Hub's 256 KB (the largest provider limit).
-pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+pub(crate) const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 
 pub(crate) fn err(kind: ErrorKind, message: String) -> PluginError {
     PluginError::new(kind, message)

@@ -67,7 +67,7 @@ pub enum Incoming {
 
 /// What the broker's CONNACK says about how much it takes (MQTT 5; none for 3.1.1).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct ServerLimits {
+pub(crate) struct ServerLimits {
     /// How many QoS 1/2 publishes it takes unacknowledged.
     pub receive_maximum: Option<u16>,
     /// The largest packet it takes, in bytes.
@@ -77,7 +77,7 @@ pub struct ServerLimits {
 }
 
 /// Encodes and decodes one protocol version's packets.
-pub struct Codec {
+pub(crate) struct Codec {
     protocol: ProtocolVersion,
     /// Largest packet taken from the broker.
     max_incoming: usize,
@@ -95,7 +95,7 @@ impl Codec {
     }
 
     /// Respect the broker's limits from here on.
-    pub fn set_limits(&mut self, limits: ServerLimits) {
+    pub(crate) fn set_limits(&mut self, limits: ServerLimits) {
         self.max_outgoing = limits.maximum_packet_size;
     }
 
@@ -334,7 +334,7 @@ fn v5_incoming(packet: v5::Packet) -> Incoming {
 }
 
 /// An MQTT 5 PUBLISH as a message (user properties kept).
-pub fn v5_message(p: &v5::Publish) -> Message {
+pub(crate) fn v5_message(p: &v5::Publish) -> Message {
     Message {
         topic: String::from_utf8_lossy(&p.topic).into_owned(),
         payload: p.payload.to_vec(),
@@ -349,7 +349,7 @@ pub fn v5_message(p: &v5::Publish) -> Message {
 }
 
 /// `NotAuthorized` → `not authorized`: MQTT 5 reason codes as words.
-pub fn reason_text(debug_name: &str) -> String {
+pub(crate) fn reason_text(debug_name: &str) -> String {
     let mut out = String::new();
     for (i, c) in debug_name.chars().enumerate() {
         if c.is_uppercase() && i > 0 {

@@ -34,9 +34,9 @@ pub(super) struct Queued {
 
 /// Messages waiting for one connected client at most (mosquitto's `max_queued_messages`
 /// default); more are dropped for that client and counted.
-pub const MAX_QUEUED: usize = 1000;
+pub(crate) const MAX_QUEUED: usize = 1000;
 /// Payload bytes waiting for one connected client at most.
-pub const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
 
 /// A client's subscriptions: each filter with the QoS granted for it.
 pub(super) type Subscriptions = Vec<(String, QoS)>;

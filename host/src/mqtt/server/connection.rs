@@ -162,7 +162,6 @@ impl ClientTask {
             username,
             password,
             peer_chain: &chain,
-            clean_session: connect.clean_session,
         };
         // MQTT 3.1.1: a client with a clean session may leave its id to the server.
         let assigned;

@@ -8,7 +8,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 
 /// Write `items` to `path`, one JSON value per line.
-pub fn save<T: Serialize>(path: &Path, items: impl IntoIterator<Item = T>) -> std::io::Result<()> {
+pub(crate) fn save<T: Serialize>(
+    path: &Path,
+    items: impl IntoIterator<Item = T>,
+) -> std::io::Result<()> {
     let mut text = Vec::new();
     for item in items {
         serde_json::to_writer(&mut text, &item).map_err(std::io::Error::other)?;

@@ -28,10 +28,8 @@ pub mod sessions;
 #[cfg(test)]
 mod tests;
 
-pub use clients::{MAX_QUEUED, MAX_QUEUED_BYTES};
-pub use service::{
-    ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict, MAX_UNACKED,
-};
+pub use service::Identity;
+pub(crate) use service::{ConnectRequest, ConnectVerdict, MqttService, Peer, PublishVerdict};
 
 use crate::events::Recorder;
 use clients::{qos_of, Clients, Command};
@@ -43,10 +41,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Largest packet accepted: IoT Hub's 256 KB message plus room for topic and properties.
-pub const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
+pub(crate) const MAX_PACKET: usize = 256 * 1024 + 16 * 1024;
 
 /// A running server.
-pub struct MqttServer {
+pub(crate) struct MqttServer {
     pub port: u16,
     clients: Arc<Clients>,
 }
@@ -87,7 +85,7 @@ impl MqttServer {
 
     /// Publish to the connected client `client_id` (delivered if it subscribed to a matching
     /// filter). False when that client is not connected.
-    pub fn send_to(&self, client_id: &str, topic: &str, payload: &[u8], qos: u8) -> bool {
+    pub(crate) fn send_to(&self, client_id: &str, topic: &str, payload: &[u8], qos: u8) -> bool {
         let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
         clients
             .get(client_id)
@@ -106,18 +104,21 @@ impl MqttServer {
     }
 
     /// Save the retained messages to `path` if they changed ([`retained::Retained::save`]).
-    pub fn save_retained(&self, path: &std::path::Path) -> std::io::Result<bool> {
+    pub(crate) fn save_retained(&self, path: &std::path::Path) -> std::io::Result<bool> {
         self.clients.retained.save(path)
     }
 
     /// Retain the messages saved in `path` ([`retained::Retained::load`]).
-    pub fn load_retained(&self, path: &std::path::Path) -> std::io::Result<(usize, Vec<String>)> {
+    pub(crate) fn load_retained(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<(usize, Vec<String>)> {
         self.clients.retained.load(path)
     }
 
     /// Close every client's connection (no wills are published) and wait up to `wait` for them
     /// to end, so the persistent sessions among them are kept ([`MqttServer::save_sessions`]).
-    pub async fn close_all(&self, wait: Duration) {
+    pub(crate) async fn close_all(&self, wait: Duration) {
         {
             let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
             for client in clients.values() {
@@ -132,18 +133,15 @@ impl MqttServer {
 
     /// Save the absent clients' sessions to `path` ([`sessions::Sessions::save`]): how many
     /// sessions and messages.
-    pub fn save_sessions(&self, path: &std::path::Path) -> std::io::Result<(usize, usize)> {
+    pub(crate) fn save_sessions(&self, path: &std::path::Path) -> std::io::Result<(usize, usize)> {
         self.clients.sessions().save(path)
     }
 
     /// Keep the sessions saved in `path` ([`sessions::Sessions::load`]).
-    pub fn load_sessions(&self, path: &std::path::Path) -> std::io::Result<(usize, Vec<String>)> {
+    pub(crate) fn load_sessions(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<(usize, Vec<String>)> {
         self.clients.sessions().load(path)
-    }
-
-    /// Whether `client_id` is connected now.
-    pub fn is_connected(&self, client_id: &str) -> bool {
-        let clients = self.clients.by_id.lock().unwrap_or_else(|e| e.into_inner());
-        clients.contains_key(client_id)
     }
 }

@@ -13,13 +13,13 @@ use std::path::Path;
 use std::sync::Mutex;
 
 /// Topics with a retained message, at most.
-pub const MAX_TOPICS: usize = 10_000;
+pub(crate) const MAX_TOPICS: usize = 10_000;
 /// Bytes of retained topics and payloads, at most.
-pub const MAX_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// A retained message: its payload and the QoS it was published with.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Kept {
+pub(crate) struct Kept {
     pub payload: Vec<u8>,
     pub qos: QoS,
 }
@@ -78,7 +78,7 @@ impl Retained {
     }
 
     /// The retained messages whose topics `filter` matches, by topic.
-    pub fn matching(&self, filter: &str) -> Vec<(String, Kept)> {
+    pub(crate) fn matching(&self, filter: &str) -> Vec<(String, Kept)> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let mut found: Vec<(String, Kept)> = state
             .by_topic
@@ -92,7 +92,7 @@ impl Retained {
 
     /// Write every retained message to `path` if any changed since the last save: a new file,
     /// synced, renamed over the old one. Whether it wrote.
-    pub fn save(&self, path: &Path) -> std::io::Result<bool> {
+    pub(crate) fn save(&self, path: &Path) -> std::io::Result<bool> {
         let (messages, changes) = {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             if state.changes == state.saved {

@@ -11,19 +11,18 @@ use tokio::sync::oneshot;
 
 /// What a client presented in its CONNECT (and TLS handshake).
 #[derive(Debug)]
-pub struct ConnectRequest<'a> {
+pub(crate) struct ConnectRequest<'a> {
     pub client_id: &'a str,
     pub username: &'a str,
     pub password: &'a str,
     /// The client certificate chain (DER, leaf first); empty without a client certificate.
     pub peer_chain: &'a [Vec<u8>],
-    pub clean_session: bool,
 }
 
 impl ConnectRequest<'_> {
     /// The refusal for a client id that is not the `expected` one the username names (`what`:
     /// "registration id", "device id"), if it is not.
-    pub fn client_id_refusal(&self, expected: &str, what: &str) -> Option<ConnectVerdict> {
+    pub(crate) fn client_id_refusal(&self, expected: &str, what: &str) -> Option<ConnectVerdict> {
         (self.client_id != expected).then(|| {
             ConnectVerdict::Refuse(
                 ConnectReturnCode::BadClientId,
@@ -60,7 +59,7 @@ impl Identity {
     }
 }
 
-pub enum ConnectVerdict {
+pub(crate) enum ConnectVerdict {
     /// CONNACK accepted. `Err` = the connection is accepted but not authenticated (DPS answers
     /// such a client's requests with 401); the reason is kept for the records.
     Accept(Result<Identity, String>),
@@ -70,7 +69,7 @@ pub enum ConnectVerdict {
     Close(String),
 }
 
-pub enum PublishVerdict {
+pub(crate) enum PublishVerdict {
     /// Acknowledge (QoS 1) and carry on.
     Accept,
     /// Acknowledge, and deliver the message to every client subscribed to its topic (a broker).
@@ -86,7 +85,7 @@ pub enum PublishVerdict {
 }
 
 /// A connected client, as services see it.
-pub struct Peer {
+pub(crate) struct Peer {
     pub client_id: String,
     pub auth: Result<Identity, String>,
     pub(super) inbox: Inbox,
@@ -105,7 +104,7 @@ impl Peer {
     }
 
     /// Deliver a message to every client subscribed to `topic` (QoS 0 or 1).
-    pub fn broadcast(&self, topic: &str, payload: &[u8], qos: u8) {
+    pub(crate) fn broadcast(&self, topic: &str, payload: &[u8], qos: u8) {
         self.clients.broadcast(topic, payload, qos_of(qos));
     }
 
@@ -117,10 +116,10 @@ impl Peer {
 
 /// How many publishes of one client may wait for their acknowledgement (see
 /// [`PublishVerdict::Deferred`]) before the server stops reading from it.
-pub const MAX_UNACKED: usize = 1024;
+pub(crate) const MAX_UNACKED: usize = 1024;
 
 /// The decisions one emulated provider makes.
-pub trait MqttService: Send + Sync + 'static {
+pub(crate) trait MqttService: Send + Sync + 'static {
     /// `dps`, `iothub`, ... (for records).
     fn name(&self) -> &'static str;
     fn connect(&self, request: &ConnectRequest<'_>) -> ConnectVerdict;

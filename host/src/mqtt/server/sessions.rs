@@ -16,12 +16,12 @@ use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 
 /// Messages one absent client's session keeps at most; later ones are dropped and reported.
-pub const MAX_WAITING: usize = 1000;
+pub(crate) const MAX_WAITING: usize = 1000;
 /// Absent clients' sessions kept at most; beyond it a client's session ends with its connection.
-pub const MAX_SESSIONS: usize = 10_000;
+pub(crate) const MAX_SESSIONS: usize = 10_000;
 
 /// An absent client's session.
-pub struct Parked {
+pub(crate) struct Parked {
     pub filters: Subscriptions,
     /// Oldest first. Messages the client was sent and did not acknowledge keep their packet id
     /// and DUP flag; the others get a packet id when they are delivered (`pkid` 0).
@@ -43,7 +43,7 @@ impl Parked {
 
 /// The absent clients' sessions by client id.
 #[derive(Default)]
-pub struct Sessions {
+pub(crate) struct Sessions {
     parked: HashMap<String, Parked>,
 }
 
@@ -51,7 +51,7 @@ impl Sessions {
     /// Keep `message` for every absent client subscribed to a filter matching `topic`, if it
     /// is delivered at QoS 1; the client ids whose session was full, so it was not kept for
     /// them.
-    pub fn offer(&mut self, topic: &str, payload: &[u8], qos: QoS) -> Vec<String> {
+    pub(crate) fn offer(&mut self, topic: &str, payload: &[u8], qos: QoS) -> Vec<String> {
         let mut full = Vec::new();
         for (client_id, session) in &mut self.parked {
             if delivery_qos(&session.filters, topic, qos) != Some(QoS::AtLeastOnce) {
@@ -66,7 +66,7 @@ impl Sessions {
 
     /// Keep `session` until `client_id` comes back; `Err` (with the session) when
     /// [`MAX_SESSIONS`] are kept already.
-    pub fn park(&mut self, client_id: String, session: Parked) -> Result<(), Parked> {
+    pub(crate) fn park(&mut self, client_id: String, session: Parked) -> Result<(), Parked> {
         if self.parked.len() >= MAX_SESSIONS && !self.parked.contains_key(&client_id) {
             return Err(session);
         }
@@ -75,13 +75,13 @@ impl Sessions {
     }
 
     /// The session `client_id` left, taken out to be served again.
-    pub fn resume(&mut self, client_id: &str) -> Option<Parked> {
+    pub(crate) fn resume(&mut self, client_id: &str) -> Option<Parked> {
         self.parked.remove(client_id)
     }
 
     /// Write every kept session to `path` (a new file, synced, renamed over the old one; none
     /// removes it): how many sessions and messages were written.
-    pub fn save(&self, path: &Path) -> std::io::Result<(usize, usize)> {
+    pub(crate) fn save(&self, path: &Path) -> std::io::Result<(usize, usize)> {
         if self.parked.is_empty() {
             return match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),

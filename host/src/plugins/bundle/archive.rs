@@ -48,11 +48,11 @@ pub enum ArchiveError {
 
 const BLOCK: usize = 512;
 /// The longest path a canonical header holds (ustar `name` field, no prefix).
-pub const MAX_PATH: usize = 100;
+pub(crate) const MAX_PATH: usize = 100;
 
 /// Check a path for a bundle: relative, `/`-separated, no empty, `.` or `..` components, no
 /// backslashes or control characters, at most [`MAX_PATH`] bytes.
-pub fn check_path(path: &str) -> Result<(), String> {
+pub(crate) fn check_path(path: &str) -> Result<(), String> {
     if path.is_empty() {
         return Err("the path is empty".into());
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
-pub struct FetchOptions {
+pub(crate) struct FetchOptions {
     /// PEM file of CA certificates for HTTPS (default: the system roots).
     pub ca_file: Option<std::path::PathBuf>,
     pub timeout: Duration,
@@ -26,13 +26,13 @@ impl Default for FetchOptions {
 
 #[derive(Debug, thiserror::Error)]
 #[error("{source_name}: {why}")]
-pub struct FetchError {
+pub(crate) struct FetchError {
     pub source_name: String,
     pub why: String,
 }
 
 /// The bytes at `source`.
-pub fn fetch(source: &str, options: &FetchOptions) -> Result<Vec<u8>, FetchError> {
+pub(crate) fn fetch(source: &str, options: &FetchOptions) -> Result<Vec<u8>, FetchError> {
     let err = |why: String| FetchError {
         source_name: source.to_string(),
         why,

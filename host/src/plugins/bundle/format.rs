@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
-pub const BUNDLE_TOML: &str = "bundle.toml";
-pub const SIGNATURE: &str = "bundle.toml.minisig";
-pub const PAYLOAD: &str = "payload/";
+pub(crate) const BUNDLE_TOML: &str = "bundle.toml";
+pub(crate) const SIGNATURE: &str = "bundle.toml.minisig";
+pub(crate) const PAYLOAD: &str = "payload/";
 /// The bundle format version this gatehost writes and reads.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// `bundle.toml`: the signed description of a bundle.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,7 +181,7 @@ impl Bundle {
 
     /// Every payload file has the size and SHA-256 `bundle.toml` lists, nothing unlisted is
     /// there, and the plugin manifest agrees with `bundle.toml`.
-    pub fn check_contents(&self) -> Result<(), BundleError> {
+    pub(crate) fn check_contents(&self) -> Result<(), BundleError> {
         check_hashes(&self.description.files, &self.payload)?;
         self.check_manifest()
     }
@@ -247,7 +247,7 @@ impl Bundle {
     /// Sign (or re-sign) with `key`; the bundle must name its publisher.
     /// Attach a signature made elsewhere (`minisign -Sm bundle.toml`); it is checked against
     /// the trust store like any other at verify and install.
-    pub fn attach(&mut self, signature: Signature) {
+    pub(crate) fn attach(&mut self, signature: Signature) {
         self.signature = Some(signature);
         self.sha256 = sha256_hex(&self.to_bytes());
     }

@@ -5,18 +5,18 @@
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
-pub const LOCK_FILE: &str = "gatehost.lock";
+pub(crate) const LOCK_FILE: &str = "gatehost.lock";
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Lock {
+pub(crate) struct Lock {
     #[serde(default, rename = "plugin")]
     pub plugins: Vec<LockEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct LockEntry {
+pub(crate) struct LockEntry {
     pub name: String,
     pub version: String,
     /// SHA-256 of the `.ghp` file.
@@ -90,7 +90,7 @@ impl Lock {
     }
 
     /// Every difference between this lock and the `installed` set, one sentence each.
-    pub fn differences(&self, installed: &[LockEntry], lock_path: &Path) -> Vec<String> {
+    pub(crate) fn differences(&self, installed: &[LockEntry], lock_path: &Path) -> Vec<String> {
         let lock = lock_path.display();
         let mut out = Vec::new();
         for want in &self.plugins {

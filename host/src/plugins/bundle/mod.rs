@@ -11,7 +11,7 @@
 //! ```
 
 pub mod archive;
-pub mod fetch;
+pub(crate) mod fetch;
 pub mod format;
 pub mod lock;
 pub mod minisign;

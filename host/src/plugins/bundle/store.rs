@@ -34,7 +34,7 @@ pub struct Site {
 
 impl Site {
     /// Where installed bundles live (`<state>/plugins`), the lock file and the trust store.
-    pub fn for_config(config: &Config) -> Result<Site, TrustError> {
+    pub(crate) fn for_config(config: &Config) -> Result<Site, TrustError> {
         let b = &config.bundles;
         let trust_dir = b
             .trust_dir
@@ -81,7 +81,7 @@ pub struct Installed {
 }
 
 impl Installed {
-    pub fn lock_entry(&self) -> LockEntry {
+    pub(crate) fn lock_entry(&self) -> LockEntry {
         lock_entry(&self.description, &self.record)
     }
 }
@@ -152,7 +152,7 @@ pub struct InstallOutcome {
 }
 
 /// Write a file aside, flush it, and rename it over `path`.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -420,7 +420,7 @@ impl Site {
 
     /// The lock entries of everything installed and readable (whether its checks pass is
     /// [`Site::installed`]'s business, reported by the registry at every load).
-    pub fn installed_entries(&self) -> Result<Vec<LockEntry>, StoreError> {
+    pub(crate) fn installed_entries(&self) -> Result<Vec<LockEntry>, StoreError> {
         Ok(self
             .names()?
             .into_iter()
@@ -430,7 +430,7 @@ impl Site {
     }
 
     /// Every difference between the installed plugins and the lock file.
-    pub fn lock_differences(&self) -> Result<Vec<String>, StoreError> {
+    pub(crate) fn lock_differences(&self) -> Result<Vec<String>, StoreError> {
         let lock = Lock::read(&self.lock_path)?;
         Ok(lock.differences(&self.installed_entries()?, &self.lock_path))
     }
@@ -438,7 +438,7 @@ impl Site {
 
 /// The limits a new manifest asks to raise above the installed one's (a limit the old one
 /// did not set counts as the config's, so setting one is raising it).
-pub fn raised_limits(
+pub(crate) fn raised_limits(
     old: &crate::engine::limits::LimitOverrides,
     new: &crate::engine::limits::LimitOverrides,
 ) -> Vec<String> {
@@ -456,7 +456,7 @@ pub fn raised_limits(
 }
 
 /// Endpoints and file roots `new` declares that `old` did not, and a changed kv namespace.
-pub fn added_permissions(old: &BundleManifest, new: &BundleManifest) -> Vec<String> {
+pub(crate) fn added_permissions(old: &BundleManifest, new: &BundleManifest) -> Vec<String> {
     let (o, n) = (&old.permissions, &new.permissions);
     let mut added: Vec<String> = n
         .endpoints

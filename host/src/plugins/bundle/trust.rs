@@ -108,7 +108,7 @@ impl TrustStore {
     }
 
     /// A store holding only the keys in `path` (a `.pub` file or a directory of them).
-    pub fn from_path(path: &Path) -> Result<TrustStore, TrustError> {
+    pub(crate) fn from_path(path: &Path) -> Result<TrustStore, TrustError> {
         if path.is_dir() {
             return TrustStore::load(path, &[], &[], false);
         }
