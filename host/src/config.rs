@@ -94,7 +94,7 @@ use crate::caps::GatewayPermissions;
 use crate::engine::limits::LimitOverrides;
 use crate::model::one_line;
 use crate::model::Pair;
-use crate::rules::template::{TemplateConfig, TemplateRule};
+use crate::rules::template::{TemplateConfig, TemplateError, TemplateRule};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -428,12 +428,12 @@ impl DeviceTemplate {
 
     /// The device `name` as this template describes it. The name must be usable as a
     /// registration or client id: 1..=128 of `A-Z a-z 0-9 - . _ :`.
-    pub fn instantiate(&self, name: &str) -> Result<DeviceConfig, String> {
+    pub fn instantiate(&self, name: &str) -> Result<DeviceConfig, DeviceError> {
         let valid = |c: char| c.is_ascii_alphanumeric() || "-._:".contains(c);
         if name.is_empty() || name.len() > 128 || !name.chars().all(valid) {
-            return Err(format!(
-                "device name '{name}' cannot instantiate a template: use 1 to 128 of A-Z a-z 0-9 - . _ :"
-            ));
+            return Err(DeviceError::BadName {
+                name: name.to_string(),
+            });
         }
         let params = self
             .params
@@ -504,7 +504,7 @@ pub struct RuleConfig {
 
 impl RuleConfig {
     /// The compiled template rule, when this is one.
-    pub(crate) fn template_rule(&self) -> Option<Result<TemplateRule, String>> {
+    pub(crate) fn template_rule(&self) -> Option<Result<TemplateRule, TemplateError>> {
         self.template
             .as_ref()
             .map(|t| TemplateRule::new(&self.name, t))
@@ -562,30 +562,27 @@ impl LocalConfig {
     }
 
     /// The external broker `broker` names; `Ok(None)` for the embedded one.
-    pub(crate) fn external_broker(&self) -> Result<Option<BrokerUrl>, String> {
+    pub(crate) fn external_broker(&self) -> Result<Option<BrokerUrl>, BrokerUrlError> {
         if self.broker == "embedded" {
             return Ok(None);
         }
-        let bad = |why: &str| {
-            format!(
-                "local.broker '{}' {why} (\"embedded\", mqtt://host[:port] or mqtts://host[:port])",
-                self.broker
-            )
+        let bad = |why: String| BrokerUrlError {
+            broker: self.broker.clone(),
+            why,
         };
-        let bad_port =
-            |port: &str| bad(&format!("has port '{port}', not a number from 1 to 65535"));
+        let bad_port = |port: &str| bad(format!("has port '{port}', not a number from 1 to 65535"));
         // The URL parser behind the HTTP capability; only scheme, host and port may be given.
         let url = url::Url::parse(&self.broker).map_err(|e| match e {
             url::ParseError::InvalidPort => {
                 let port = self.broker.rsplit(':').next().unwrap_or_default();
                 bad_port(port.trim_end_matches('/'))
             }
-            e => bad(&format!("is not a URL: {e}")),
+            e => bad(format!("is not a URL: {e}")),
         })?;
         let tls = match url.scheme() {
             "mqtt" => false,
             "mqtts" => true,
-            _ => return Err(bad("is not a broker address")),
+            _ => return Err(bad("is not a broker address".into())),
         };
         if !url.username().is_empty()
             || url.password().is_some()
@@ -593,13 +590,13 @@ impl LocalConfig {
             || url.query().is_some()
             || url.fragment().is_some()
         {
-            return Err(bad("has more than a host and a port"));
+            return Err(bad("has more than a host and a port".into()));
         }
         let host = url
             .host_str()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| bad("has no host"))?;
+            .ok_or_else(|| bad("has no host".into()))?;
         let port = match url.port() {
             Some(0) => return Err(bad_port("0")),
             Some(port) => port,
@@ -616,6 +613,29 @@ impl LocalConfig {
 
 fn default_listen() -> String {
     "127.0.0.1:1883".into()
+}
+
+/// A listed device, or one a template makes, that cannot be onboarded as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error(
+        "device name '{name}' cannot instantiate a template: use 1 to 128 of A-Z a-z 0-9 - . _ :"
+    )]
+    BadName { name: String },
+    #[error("device '{device}': param '{param}' is a {kind}; params must be strings, numbers or booleans")]
+    UnusableParam {
+        device: String,
+        param: String,
+        kind: &'static str,
+    },
+}
+
+/// `local.broker` is neither "embedded" nor a broker address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("local.broker '{broker}' {why} (\"embedded\", mqtt://host[:port] or mqtts://host[:port])")]
+pub struct BrokerUrlError {
+    broker: String,
+    why: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -716,7 +736,7 @@ impl DeviceConfig {
     }
 
     /// Flow parameters as strings: strings as written, numbers and booleans in their TOML form.
-    pub(crate) fn param_pairs(&self) -> Result<Vec<Pair>, String> {
+    pub(crate) fn param_pairs(&self) -> Result<Vec<Pair>, DeviceError> {
         self.params
             .iter()
             .map(|(k, v)| {
@@ -726,11 +746,11 @@ impl DeviceConfig {
                     toml::Value::Float(f) => f.to_string(),
                     toml::Value::Boolean(b) => b.to_string(),
                     other => {
-                        return Err(format!(
-                            "device '{}': param '{k}' is a {}; params must be strings, numbers or booleans",
-                            self.name,
-                            other.type_str()
-                        ))
+                        return Err(DeviceError::UnusableParam {
+                            device: self.name.clone(),
+                            param: k.clone(),
+                            kind: other.type_str(),
+                        })
                     }
                 };
                 Ok((k.clone(), value))
@@ -783,7 +803,7 @@ mod tests {
             "mqtt://u@x",
             "[::1]",
         ] {
-            let e = url(bad).unwrap_err();
+            let e = url(bad).unwrap_err().to_string();
             assert!(e.starts_with(&format!("local.broker '{bad}' ")), "{e}");
         }
     }
@@ -836,7 +856,7 @@ mod tests {
                 ("registration_id".to_string(), "line7-dev3-a".to_string())
             ]
         );
-        let e = t.instantiate("line7 dev/a").unwrap_err();
+        let e = t.instantiate("line7 dev/a").unwrap_err().to_string();
         assert!(e.contains("cannot instantiate a template"), "{e}");
         assert!(glob_matches("*", "anything"));
         assert!(glob_matches("a*b*c", "aXbYc"));
@@ -852,7 +872,7 @@ mod tests {
         .unwrap();
         let e = c.devices[0].param_pairs().unwrap_err();
         assert_eq!(
-            e,
+            e.to_string(),
             "device 'd': param 'x' is a table; params must be strings, numbers or booleans"
         );
     }

@@ -15,8 +15,13 @@ use std::time::Instant;
 pub enum OnboardError {
     #[error("no device '{0}' in the config ([[devices]] name = ...), and no [[device_templates]] match it")]
     UnknownDevice(String),
-    #[error("{0}")]
-    Params(String),
+    #[error(transparent)]
+    Params(#[from] crate::config::DeviceError),
+    #[error("device '{device}': {source}")]
+    FlowParams {
+        device: String,
+        source: crate::plugins::manifest::ParamsError,
+    },
     #[error("{0}")]
     Plugin(#[from] RegistryError),
     #[error("device '{device}': flow '{flow}' failed: {source}")]
@@ -84,7 +89,10 @@ pub fn onboard(
     if let Some(declared) = &registry.get(&device.flow)?.info.manifest.params {
         params = declared
             .apply(&params)
-            .map_err(|why| OnboardError::Params(format!("device '{}': {why}", device.name)))?;
+            .map_err(|source| OnboardError::FlowParams {
+                device: device.name.clone(),
+                source,
+            })?;
     }
     let digest = params_digest(&device.flow, &params);
     let path = state_path(config, &device.name);

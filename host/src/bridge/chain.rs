@@ -55,7 +55,7 @@ impl RuleChain {
             let built: Result<(Arc<dyn RulePlugin>, String), String> =
                 match (rule.template_rule(), &rule.rule) {
                     (Some(Ok(template)), _) => Ok((Arc::new(template), "template".to_string())),
-                    (Some(Err(e)), _) => Err(e),
+                    (Some(Err(e)), _) => Err(e.to_string()),
                     (None, Some(name)) => match registry.rule(name) {
                         Ok(plugin) => {
                             let version = registry

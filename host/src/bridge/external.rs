@@ -46,7 +46,10 @@ pub(crate) struct ExternalBroker {
 pub(crate) enum ExternalError {
     /// The CA file cannot be read or holds no usable CA (the sentence names the file).
     #[error("local.ca_file: {0}")]
-    Ca(String),
+    Ca(crate::pki::tls::FileError),
+    /// The client certificate or key cannot be used.
+    #[error("TLS to the local broker: {0}")]
+    Identity(crate::pki::tls::FileError),
     #[error("TLS to the local broker: {0}")]
     Tls(String),
 }
@@ -118,7 +121,7 @@ fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalErro
     let roots =
         crate::pki::tls::roots_from_file(ca_file.as_deref()).map_err(|why| match &ca_file {
             Some(_) => ExternalError::Ca(why),
-            None => ExternalError::Tls(why),
+            None => ExternalError::Tls(why.to_string()),
         })?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -129,8 +132,8 @@ fn client_tls(config: &Config) -> Result<Arc<rustls::ClientConfig>, ExternalErro
     let config = match (&local.client_cert, &local.client_key) {
         (Some(cert), Some(key)) => {
             let (cert, key) = (config.resolve(cert), config.resolve(key));
-            let (chain, key_der) =
-                crate::pki::tls::chain_and_key_files(&cert, &key).map_err(ExternalError::Tls)?;
+            let (chain, key_der) = crate::pki::tls::chain_and_key_files(&cert, &key)
+                .map_err(ExternalError::Identity)?;
             // An expired certificate is said at start, not found as an anonymous refusal.
             if let Some(leaf) = chain.first() {
                 crate::pki::x509::check_validity(

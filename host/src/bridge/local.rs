@@ -64,7 +64,10 @@ fn device_known(config: &Config, device: &str) -> Result<(), String> {
         return Ok(());
     }
     match config.device_templates.iter().find(|t| t.matches(device)) {
-        Some(template) => template.instantiate(device).map(drop),
+        Some(template) => template
+            .instantiate(device)
+            .map(drop)
+            .map_err(|e| e.to_string()),
         None => Err(format!(
             "no device '{device}' in the config and no [[device_templates]] match it"
         )),
@@ -122,7 +125,8 @@ impl LocalOut for crate::mqtt::server::MqttServer {
     fn publish(&self, m: &Message) -> Result<(), String> {
         crate::mqtt::server::MqttServer::publish(self, &m.topic, &m.payload, m.qos.min(1));
         if m.retain {
-            self.retain(&m.topic, &m.payload, m.qos)?;
+            self.retain(&m.topic, &m.payload, m.qos)
+                .map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -303,7 +307,7 @@ impl MqttService for LocalService {
             session.broadcast(&m.topic, &m.payload, m.qos);
             if m.retain {
                 if let Err(why) = session.retain(&m.topic, &m.payload, m.qos) {
-                    self.retained_refused(&why);
+                    self.retained_refused(&why.to_string());
                 }
             }
         }

@@ -48,6 +48,9 @@ pub(crate) enum BridgeError {
     },
     #[error("local TLS: {0}")]
     Tls(String),
+    /// `local.tls_cert`, `local.tls_key` or `local.client_ca` cannot be used.
+    #[error("local TLS: {0}")]
+    TlsFile(#[from] crate::pki::tls::FileError),
     #[error(transparent)]
     External(#[from] external::ExternalError),
     #[error(transparent)]
@@ -323,8 +326,7 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         return Ok(None);
     };
     let cert = config.resolve(cert);
-    let (chain, key_der) = crate::pki::tls::chain_and_key_files(&cert, &config.resolve(key))
-        .map_err(BridgeError::Tls)?;
+    let (chain, key_der) = crate::pki::tls::chain_and_key_files(&cert, &config.resolve(key))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -334,8 +336,7 @@ fn local_tls(config: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, Bridg
         Some(file) => {
             let path = config.resolve(file);
             let verifier =
-                crate::pki::tls::ClientCertificates::issued_by_file(&path, provider.clone())
-                    .map_err(BridgeError::Tls)?;
+                crate::pki::tls::ClientCertificates::issued_by_file(&path, provider.clone())?;
             builder.with_client_cert_verifier(Arc::new(verifier))
         }
     };

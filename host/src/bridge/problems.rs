@@ -13,7 +13,7 @@ pub(crate) fn bridge_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
     let local = &config.local;
     match local.external_broker() {
-        Err(why) => problems.push(why),
+        Err(why) => problems.push(why.to_string()),
         Ok(None) => {
             let external_only = [
                 ("client_id", local.client_id.is_some()),
@@ -144,7 +144,7 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
         }
         let params = device.param_pairs();
         if let Err(e) = &params {
-            problems.push(e.clone());
+            problems.push(e.to_string());
         }
         for filter in &device.from_cloud {
             if let Err(e) = crate::mqtt::topic::validate_topic_filter(filter) {
@@ -218,7 +218,7 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
                 "rule '{}' needs `rule = \"<plugin>\"` or a [rules.template]",
                 rule.name
             )),
-            (None, Some(Err(e))) => problems.push(e),
+            (None, Some(Err(e))) => problems.push(e.to_string()),
             (None, Some(Ok(_))) => {}
             (Some(plugin), None) => match registry.get(plugin) {
                 Ok(p) if p.info.manifest.kind != PluginKind::Rule => problems.push(format!(

@@ -3,34 +3,51 @@
 
 pub(crate) use crate::model::MAX_TOPIC_BYTES;
 
-/// Check an MQTT topic name one publishes to: a valid filter without wildcards. The error
-/// completes the sentence "topic 'x' ...".
-pub(crate) fn validate_topic_name(topic: &str) -> Result<(), String> {
+/// What is wrong with a topic name or filter; the message completes the sentence "topic 'x' ..."
+/// (or "filter 'x' ...").
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum TopicError {
+    #[error("contains a wildcard (+ or #)")]
+    Wildcard,
+    #[error("is empty")]
+    Empty,
+    #[error("is longer than {MAX_TOPIC_BYTES} bytes")]
+    TooLong,
+    #[error("contains a NUL character")]
+    Nul,
+    #[error("uses '#' other than as the whole last level")]
+    MisplacedHash,
+    #[error("uses '+' other than as a whole level")]
+    MisplacedPlus,
+}
+
+/// Check an MQTT topic name one publishes to: a valid filter without wildcards.
+pub(crate) fn validate_topic_name(topic: &str) -> Result<(), TopicError> {
     if topic.contains(['+', '#']) {
-        return Err("contains a wildcard (+ or #)".into());
+        return Err(TopicError::Wildcard);
     }
     validate_topic_filter(topic)
 }
 
 /// Check an MQTT topic filter: non-empty, `#` only as the whole last level, `+` only as a whole
-/// level, no NUL, at most 65 535 bytes. The error completes the sentence "filter 'x' ...".
-pub(crate) fn validate_topic_filter(filter: &str) -> Result<(), String> {
+/// level, no NUL, at most 65 535 bytes.
+pub(crate) fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
     if filter.is_empty() {
-        return Err("is empty".into());
+        return Err(TopicError::Empty);
     }
     if filter.len() > MAX_TOPIC_BYTES {
-        return Err(format!("is longer than {MAX_TOPIC_BYTES} bytes"));
+        return Err(TopicError::TooLong);
     }
     if filter.contains('\0') {
-        return Err("contains a NUL character".into());
+        return Err(TopicError::Nul);
     }
     let levels: Vec<&str> = filter.split('/').collect();
     for (i, level) in levels.iter().enumerate() {
         if level.contains('#') && (*level != "#" || i != levels.len() - 1) {
-            return Err("uses '#' other than as the whole last level".into());
+            return Err(TopicError::MisplacedHash);
         }
         if level.contains('+') && *level != "+" {
-            return Err("uses '+' other than as a whole level".into());
+            return Err(TopicError::MisplacedPlus);
         }
     }
     Ok(())
@@ -69,14 +86,17 @@ mod tests {
         assert!(validate_topic_filter("+/press7/+").is_ok());
         assert!(validate_topic_filter("#").is_ok());
         assert_eq!(
-            validate_topic_filter("a/#/b").unwrap_err(),
+            validate_topic_filter("a/#/b").unwrap_err().to_string(),
             "uses '#' other than as the whole last level"
         );
         assert_eq!(
-            validate_topic_filter("a/b+").unwrap_err(),
+            validate_topic_filter("a/b+").unwrap_err().to_string(),
             "uses '+' other than as a whole level"
         );
-        assert_eq!(validate_topic_filter("").unwrap_err(), "is empty");
+        assert_eq!(
+            validate_topic_filter("").unwrap_err().to_string(),
+            "is empty"
+        );
     }
 
     #[test]

@@ -68,36 +68,59 @@ pub(crate) fn describe(e: &rustls::Error) -> String {
     }
 }
 
+/// Why a certificate, key or CA file the gateway config names cannot be used; each names the
+/// file.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum FileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} holds no usable private key: {reason}")]
+    NoKey { path: String, reason: String },
+    /// The certificates it holds cannot be used (the sentence names the file).
+    #[error("{0}")]
+    Certificates(PluginError),
+}
+
+fn read_text(path: &std::path::Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 /// A certificate chain (PEM, leaf first) and its private key (PEM) from files the gateway
-/// config names: the host's own listener or client identity, never a plugin's. Errors name the
-/// file at fault.
+/// config names: the host's own listener or client identity, never a plugin's.
 pub(crate) fn chain_and_key_files(
     chain: &std::path::Path,
     key: &std::path::Path,
-) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), FileError> {
     use rustls::pki_types::pem::PemObject;
-    let text = std::fs::read_to_string(chain)
-        .map_err(|e| format!("cannot read {}: {e}", chain.display()))?;
+    let text = read_text(chain)?;
     let chain: Vec<CertificateDer<'static>> =
         x509::parse_pem_certs(&text, &chain.display().to_string())
-            .map_err(|e| e.message)?
+            .map_err(FileError::Certificates)?
             .into_iter()
             .map(CertificateDer::from)
             .collect();
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| format!("{} holds no usable private key: {e}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| FileError::NoKey {
+        path: key.display().to_string(),
+        reason: e.to_string(),
+    })?;
     Ok((chain, key))
 }
 
 /// Trust anchors from a CA file the gateway config names (PEM), or the system roots without one.
-/// Errors name the file.
-pub(crate) fn roots_from_file(ca_file: Option<&std::path::Path>) -> Result<RootCertStore, String> {
+pub(crate) fn roots_from_file(
+    ca_file: Option<&std::path::Path>,
+) -> Result<RootCertStore, FileError> {
     let Some(path) = ca_file else {
-        return roots_from(None).map_err(|e| e.message);
+        return roots_from(None).map_err(FileError::Certificates);
     };
-    let name = path.display().to_string();
-    let pem = std::fs::read_to_string(path).map_err(|e| format!("cannot read {name}: {e}"))?;
-    roots_from(Some((&pem, &name))).map_err(|e| e.message)
+    let pem = read_text(path)?;
+    roots_from(Some((&pem, &path.display().to_string()))).map_err(FileError::Certificates)
 }
 
 /// Trust anchors: the CA certificates of a PEM text (with the name to quote in errors), or the
@@ -374,11 +397,10 @@ impl ClientCertificates {
     pub(crate) fn issued_by_file(
         path: &std::path::Path,
         provider: Arc<rustls::crypto::CryptoProvider>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, FileError> {
         let source = path.display().to_string();
-        let pem =
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {source}: {e}"))?;
-        let cas = x509::parse_pem_certs(&pem, &source).map_err(|e| e.message)?;
+        let pem = read_text(path)?;
+        let cas = x509::parse_pem_certs(&pem, &source).map_err(FileError::Certificates)?;
         let subjects = cas
             .iter()
             .map(|der| rustls::DistinguishedName::from(x509::subject_der(der)))

@@ -112,7 +112,7 @@ impl FlowParams {
     pub(crate) fn apply(
         &self,
         given: &[(String, String)],
-    ) -> Result<Vec<(String, String)>, String> {
+    ) -> Result<Vec<(String, String)>, ParamsError> {
         let in_groups = |name: &str| self.one_of.iter().flatten().any(|g| g == name);
         let known = |name: &str| {
             self.required.iter().any(|r| r == name)
@@ -183,7 +183,7 @@ impl FlowParams {
             ));
         }
         if !problems.is_empty() {
-            return Err(problems.join("; "));
+            return Err(ParamsError { problems });
         }
         let mut params = given.to_vec();
         for (k, v) in &self.defaults {
@@ -209,6 +209,14 @@ impl fmt::Display for PluginKind {
             PluginKind::Flow => "flow",
         })
     }
+}
+
+/// Parameters a flow's `[params]` does not take: every problem, each one phrase (missing,
+/// conflicting, not a number, unknown).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", problems.join("; "))]
+pub struct ParamsError {
+    pub problems: Vec<String>,
 }
 
 /// A manifest that cannot be used, with the file and the reason.
@@ -355,7 +363,10 @@ mod tests {
             numbers: Vec::new(),
         };
         let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
-        let e = p.apply(&[pair("b", "1"), pair("typo", "x")]).unwrap_err();
+        let e = p
+            .apply(&[pair("b", "1"), pair("typo", "x")])
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "missing parameters: a, c; unknown parameters: typo (this flow takes a, b, c, o, d)"
@@ -380,15 +391,17 @@ mod tests {
             one_of: vec![vec!["sym".into()], vec!["cert".into(), "key".into()]],
             ..FlowParams::default()
         };
-        let e = attestations.apply(&[]).unwrap_err();
+        let e = attestations.apply(&[]).unwrap_err().to_string();
         assert_eq!(e, "missing parameters: id, sym | cert + key");
         let e = attestations
             .apply(&[pair("id", "1"), pair("cert", "c")])
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "missing parameters: key");
         let e = attestations
             .apply(&[pair("id", "1"), pair("cert", "c"), pair("sym", "s")])
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "give only one of sym, cert + key");
         assert!(attestations
             .apply(&[pair("id", "1"), pair("sym", "s")])
@@ -455,7 +468,7 @@ mod tests {
         };
         assert!(params.apply(&given("8883")).is_ok());
         assert_eq!(
-            params.apply(&given("eighty")).unwrap_err(),
+            params.apply(&given("eighty")).unwrap_err().to_string(),
             "port must be a whole number, not 'eighty'"
         );
         let wrong = FlowParams {

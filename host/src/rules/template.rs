@@ -84,10 +84,21 @@ pub struct TemplateRule {
     local: bool,
 }
 
+/// A `[rules.template]` that does not compile: the rule and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("rule '{rule}': {why}")]
+pub struct TemplateError {
+    pub rule: String,
+    pub why: String,
+}
+
 impl TemplateRule {
     /// Compile `config`; every mistake is one sentence naming the rule.
-    pub fn new(name: &str, config: &TemplateConfig) -> Result<TemplateRule, String> {
-        let fail = |why: String| format!("rule '{name}': {why}");
+    pub fn new(name: &str, config: &TemplateConfig) -> Result<TemplateRule, TemplateError> {
+        let fail = |why: String| TemplateError {
+            rule: name.to_string(),
+            why,
+        };
         let levels = parse_pattern(&config.pattern).map_err(fail)?;
         let captures: Vec<String> = levels
             .iter()
@@ -449,7 +460,7 @@ mod tests {
 
     fn rule(toml_text: &str) -> Result<TemplateRule, String> {
         let config: TemplateConfig = toml::from_str(toml_text).map_err(|e| e.to_string())?;
-        TemplateRule::new("t", &config)
+        TemplateRule::new("t", &config).map_err(|e| e.to_string())
     }
 
     fn msg(topic: &str, payload: &str, qos: u8) -> Message {

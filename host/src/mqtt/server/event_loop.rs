@@ -290,7 +290,7 @@ impl ClientTask {
     pub(super) fn keep_if_retained(&self, p: &Publish) {
         if p.retain && self.service.retains() {
             if let Err(why) = self.clients.retained.keep(&p.topic, &p.payload, p.qos) {
-                self.service.retained_refused(&why);
+                self.service.retained_refused(&why.to_string());
             }
         }
     }

@@ -99,7 +99,12 @@ impl MqttServer {
     }
 
     /// Keep `payload` as `topic`'s retained message (empty: clear it); `Err` says why not.
-    pub fn retain(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), String> {
+    pub fn retain(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos: u8,
+    ) -> Result<(), retained::RetainError> {
         self.clients.retained.keep(topic, payload, qos_of(qos))
     }
 

@@ -38,10 +38,21 @@ struct State {
     saved: u64,
 }
 
+/// Why a retained message was not kept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RetainError {
+    #[error(
+        "the retained message of '{topic}' was not kept: {MAX_TOPICS} topics already hold one"
+    )]
+    TooManyTopics { topic: String },
+    #[error("the retained message of '{topic}' ({bytes} bytes) was not kept: retained messages would exceed {} MiB", MAX_BYTES / (1024 * 1024))]
+    TooManyBytes { topic: String, bytes: usize },
+}
+
 impl Retained {
     /// Keep `payload` as `topic`'s retained message (an empty one clears the topic); `Err` says
     /// why it was not kept.
-    pub fn keep(&self, topic: &str, payload: &[u8], qos: QoS) -> Result<(), String> {
+    pub fn keep(&self, topic: &str, payload: &[u8], qos: QoS) -> Result<(), RetainError> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let old = state
             .by_topic
@@ -56,16 +67,15 @@ impl Retained {
         }
         let new = topic.len() + payload.len();
         if old == 0 && state.by_topic.len() >= MAX_TOPICS {
-            return Err(format!(
-                "the retained message of '{topic}' was not kept: {MAX_TOPICS} topics already hold one"
-            ));
+            return Err(RetainError::TooManyTopics {
+                topic: topic.to_string(),
+            });
         }
         if state.bytes - old + new > MAX_BYTES {
-            return Err(format!(
-                "the retained message of '{topic}' ({} bytes) was not kept: retained messages would exceed {} MiB",
-                payload.len(),
-                MAX_BYTES / (1024 * 1024)
-            ));
+            return Err(RetainError::TooManyBytes {
+                topic: topic.to_string(),
+                bytes: payload.len(),
+            });
         }
         state.bytes = state.bytes - old + new;
         state.changes += 1;
@@ -132,7 +142,7 @@ impl Retained {
             };
             match self.keep(&message.topic, &message.payload, qos) {
                 Ok(()) => kept += 1,
-                Err(why) => skipped.push(why),
+                Err(why) => skipped.push(why.to_string()),
             }
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -217,12 +227,18 @@ mod tests {
         for i in 0..MAX_TOPICS {
             r.keep(&format!("t/{i}"), b"x", QoS::AtMostOnce).unwrap();
         }
-        let refused = r.keep("t/new", b"x", QoS::AtMostOnce).unwrap_err();
+        let refused = r
+            .keep("t/new", b"x", QoS::AtMostOnce)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("10000 topics"), "{refused}");
         // Replacing a kept topic's message is still allowed.
         r.keep("t/1", b"y", QoS::AtMostOnce).unwrap();
         let big = vec![0u8; MAX_BYTES];
-        let refused = r.keep("t/2", &big, QoS::AtMostOnce).unwrap_err();
+        let refused = r
+            .keep("t/2", &big, QoS::AtMostOnce)
+            .unwrap_err()
+            .to_string();
         assert!(refused.contains("64 MiB"), "{refused}");
         assert_eq!(r.matching("t/2")[0].1.payload, b"x");
     }
