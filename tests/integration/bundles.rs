@@ -3,7 +3,7 @@
 //! nothing behind), permission upgrades, `gatehost.lock` pinning and `plugin sync`, and the
 //! `plugin new` skeletons of both engines.
 
-use crate::sandbox_brokers::{openssl_ca, openssl_leaf_with};
+use crate::support::openssl::{openssl_ca, openssl_leaf_with};
 use crate::support::{gatehost, repo_root, run, wasm_dir, Killed, Output};
 use gatehost::plugins::bundle::archive::ArchiveLimits;
 use gatehost::plugins::bundle::format::{pack, sha256_hex, Bundle, FileHash};

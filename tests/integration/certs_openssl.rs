@@ -1,104 +1,12 @@
 //! Interop with the real `openssl` CLI: keys, CSRs and chains made with the exact commands of the
 //! provider guides load and match in gatehost, and what gatehost makes passes openssl's checks.
 
+use crate::support::openssl::{legacy_keys, openssl, read, seed_pki};
 use crate::support::{gatehost, run};
 use gatehost::caps::certs::{KeyAlgorithm, PrivateKey};
 use gatehost::pki::crypto::now_unix;
 use gatehost::pki::x509::{self, parse_pem_certs};
-use std::path::Path;
 use std::process::Command;
-
-/// Run openssl in `dir`; return stdout; fail the test with openssl's stderr otherwise.
-pub fn openssl(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("openssl runs");
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join(file)).unwrap()
-}
-
-/// The seed's PKI: tenant CA, a device key, CSR, certificate and chain, all made by openssl.
-pub fn seed_pki(dir: &Path) {
-    openssl(dir, &["genrsa", "-out", "ca.key", "2048"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-subj",
-            "/C=DE/O=Acme/CN=Acme Tenant CA",
-            "-days",
-            "30",
-            "-out",
-            "ca.pem",
-        ],
-    );
-    openssl(dir, &["genrsa", "-out", "dev01.key", "2048"]);
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-key",
-            "dev01.key",
-            "-subj",
-            "/C=DE/ST=Munich/O=Acme/OU=IT/CN=dev01",
-            "-out",
-            "dev01.csr",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "dev01.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "365",
-            "-sha256",
-            "-out",
-            "dev01.pem",
-        ],
-    );
-    let chain = format!("{}{}", read(dir, "dev01.pem"), read(dir, "ca.pem"));
-    std::fs::write(dir.join("dev01_chain.pem"), chain).unwrap();
-}
-
-/// `pkcs1.key` (RSA, `BEGIN RSA PRIVATE KEY`) and `sec1.key` (P-256 with its `EC PARAMETERS`
-/// block), as older OpenSSL set-ups and the providers' guides make them.
-pub fn legacy_keys(d: &Path) {
-    openssl(d, &["genrsa", "-traditional", "-out", "pkcs1.key", "2048"]);
-    openssl(
-        d,
-        &[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-out",
-            "sec1.key",
-        ],
-    );
-}
 
 #[test]
 fn keys_in_every_openssl_format_load_and_match_their_certificates() {

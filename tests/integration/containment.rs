@@ -2,92 +2,9 @@
 //! plugin keeps, cannot see the secrets it is handed in the logs, and cannot make the state dir
 //! readable by others.
 
+use crate::kv::OWNER;
 use crate::support::{gatehost, repo_root, run, wasm, PluginDir};
-use gatehost::plugins::registry::Registry;
 use std::os::unix::fs::PermissionsExt;
-
-const OWNER: &str = "fn translate(msg) { kv::set(\"device-key/d1\", \"c2VjcmV0\"); certs::generate_key(\"p256\", \"k\"); [] }";
-const THIEF: &str = "fn translate(msg) { [#{ local: true, topic: \"stolen\", payload: kv::get(\"device-key/d1\"), qos: 0, retain: false }] }";
-
-#[test]
-fn a_plugin_cannot_claim_another_plugins_kv_namespace_in_either_engine() {
-    let dir = PluginDir::new();
-    dir.rhai("r-owner", "rule", OWNER, "");
-    dir.rhai(
-        "r-thief",
-        "rule",
-        THIEF,
-        "[permissions]\nkv_namespace = \"r-owner\"",
-    );
-    dir.wasm(
-        "w-thief",
-        "rule",
-        &wasm("fixture_probe_rule"),
-        "[permissions]\nkv_namespace = \"r-owner\"",
-    );
-    let registry = Registry::load(dir.env());
-    assert!(registry.get("r-owner").is_ok());
-    for thief in ["r-thief", "w-thief"] {
-        let e = registry.get(thief).err().unwrap().to_string();
-        assert!(
-            e.contains(&format!(
-                "plugin '{thief}' may not use kv namespace 'r-owner': it is plugin 'r-owner''s own"
-            )),
-            "{e}"
-        );
-    }
-    // Loaded alone (`gatehost rule test PATH`), the claim is judged against what is installed.
-    let e = Registry::load_path(dir.env(), &dir.path().join("r-thief.toml"))
-        .err()
-        .unwrap();
-    assert!(
-        e.to_string().contains("it is plugin 'r-owner''s own"),
-        "{e}"
-    );
-}
-
-#[test]
-fn only_plugins_of_one_publisher_that_both_declare_it_share_a_namespace() {
-    let dir = PluginDir::new();
-    let shared = "publisher = \"acme\"\n[permissions]\nkv_namespace = \"line-state\"";
-    dir.rhai("acme-a", "rule", OWNER, shared);
-    dir.rhai("acme-b", "rule", THIEF, shared);
-    dir.rhai(
-        "other-c",
-        "rule",
-        THIEF,
-        "publisher = \"other\"\n[permissions]\nkv_namespace = \"line-state\"",
-    );
-    let registry = Registry::load(dir.env());
-    let e = registry.get("other-c").err().unwrap().to_string();
-    assert!(
-        e.contains("only plugins of one publisher may share a namespace"),
-        "{e}"
-    );
-    // (acme-a and acme-b are refused too while other-c claims their namespace: a namespace is
-    // never silently shared.)
-    assert!(registry.get("acme-a").is_err());
-
-    let dir = PluginDir::new();
-    dir.rhai("acme-a", "rule", OWNER, shared);
-    dir.rhai("acme-b", "rule", THIEF, shared);
-    let registry = Registry::load(dir.env());
-    assert!(registry.get("acme-a").is_ok() && registry.get("acme-b").is_ok());
-    let out = run(gatehost()
-        .args(["plugin", "list", "--config"])
-        .arg(config_for(&dir)));
-    assert!(out.stdout.contains("kv:line-state"), "{}", out.stdout);
-}
-
-fn config_for(dir: &PluginDir) -> std::path::PathBuf {
-    let config = dir.path().join("gatehost.toml");
-    std::fs::write(
-        &config,
-        format!("plugin_dirs = [{:?}]\n", dir.path().display().to_string()),
-    )
-    .unwrap();
-    config
-}
 
 #[test]
 fn what_plugins_keep_is_private_and_check_warns_when_it_is_not() {
@@ -149,7 +66,7 @@ fn plugin_log_lines_never_show_a_device_key_or_a_token_in_either_engine() {
         "name = \"echo-flow-wasm\"\nversion = \"0.1.0\"\nkind = \"flow\"\napi = \"0.1\"\n",
     )
     .unwrap();
-    let key = crate::sandbox::DEVICE_KEY;
+    let key = crate::support::sandbox::DEVICE_KEY;
     let mut text = "state_dir = \"state\"\nplugin_dirs = [\"plugins\"]\n".to_string();
     for flow in ["echo-flow", "echo-flow-wasm"] {
         text.push_str(&format!(
@@ -215,7 +132,7 @@ fn host_calls_end_at_the_calls_deadline_in_both_engines() {
 
     // WASM: an HTTPS request to a server that accepts and never answers (the rule asks for a
     // 5 s timeout).
-    let pki = crate::broker::Pki::new();
+    let pki = crate::support::mosquitto::Pki::new();
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = hanging.local_addr().unwrap().port();
     let m = dir.wasm(

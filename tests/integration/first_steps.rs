@@ -2,8 +2,8 @@
 //! config used from another folder, a config rule run by name, log colours in files, and the
 //! generic `mqtt-broker` flow for brokers that have no flow of their own.
 
-use crate::guide_certs::guide_leaf;
-use crate::provider_flows::start;
+use crate::support::openssl::guide_leaf;
+use crate::support::sandbox::start;
 use crate::support::{gatehost, install_shipped_flows, run};
 use gatehost::sandbox::Service;
 use std::path::Path;
@@ -32,7 +32,7 @@ fn every_command_ends_quietly_on_a_closed_stdout() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("gatehost.toml"), "state_dir = \"state\"\n").unwrap();
-    crate::certs_openssl::openssl(d, &["genrsa", "-out", "k.pem", "2048"]);
+    crate::support::openssl::openssl(d, &["genrsa", "-out", "k.pem", "2048"]);
     let repo = crate::support::repo_root();
     let rules = repo
         .join("scripts/rules/iothub-telemetry.rhai")
@@ -216,7 +216,7 @@ fn the_mqtt_broker_flow_reaches_the_brokers_an_operator_grants() {
         "--resource",
         "localhost/devices/direct01",
         "--key",
-        crate::sandbox::DEVICE_KEY,
+        crate::support::sandbox::DEVICE_KEY,
         "--ttl",
         "600",
     ]));
@@ -233,7 +233,7 @@ fn the_mqtt_broker_flow_reaches_the_brokers_an_operator_grants() {
 
     // Without a grant, the flow may connect nowhere.
     std::fs::write(&config, format!("{base}{devices}")).unwrap();
-    let out = crate::onboard::gatehost_onboard(&config, "meter9", &[]);
+    let out = crate::support::gateway::gatehost_onboard(&config, "meter9", &[]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr.contains(&format!(
@@ -249,10 +249,10 @@ fn the_mqtt_broker_flow_reaches_the_brokers_an_operator_grants() {
         format!("{base}[permissions.mqtt-broker]\nadd_endpoints = [\"localhost:{aws}\", \"localhost:{hub}\"]\nfile_roots = [\"{}\"]\n{devices}", d.display()),
     )
     .unwrap();
-    let c = crate::onboard::onboarded(&config, "meter9", &[]);
+    let c = crate::support::gateway::onboarded(&config, "meter9", &[]);
     assert_eq!(c["client_id"], "meter9");
     assert_eq!(c["auth"], "client-certificate");
-    let c = crate::onboard::onboarded(&config, "hub-by-password", &[]);
+    let c = crate::support::gateway::onboarded(&config, "hub-by-password", &[]);
     assert_eq!(c["auth"], "password");
     assert_eq!(c["username"], "localhost/direct01/?api-version=2021-04-12");
     let connects = sandbox.recorder.of("aws-iot", "connect");
@@ -261,7 +261,7 @@ fn the_mqtt_broker_flow_reaches_the_brokers_an_operator_grants() {
         "{connects:#?}"
     );
     // Half a credential: one sentence, before connecting.
-    let out = crate::onboard::gatehost_onboard(&config, "half", &[]);
+    let out = crate::support::gateway::gatehost_onboard(&config, "half", &[]);
     assert_eq!(out.code, Some(1));
     assert!(
         out.stderr

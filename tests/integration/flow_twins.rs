@@ -3,37 +3,15 @@
 //! connection the Rhai scripts produce, their `refresh` credentials carry telemetry, and their
 //! failures read the same.
 
-use crate::provider_flows::start;
-use crate::support::{install_shipped_flows, repo_root, wasm};
+use crate::support::install_shipped_flows;
+use crate::support::sandbox::{install_twins, start};
 use gatehost::caps::mqtt::{connection_options, MqttSession};
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{Connection, Message, Pair};
 use gatehost::plugins::registry::Registry;
 use gatehost::sandbox::{Sandbox, Service};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The twins' manifests from `plugins/dist`, pointing at the built components, file roots `d`.
-pub fn install_twins(d: &Path) {
-    for (manifest, component) in [
-        ("azure-dps-wasm.toml", "azure_dps"),
-        ("mindconnect-private-wasm.toml", "mindconnect_private"),
-    ] {
-        let text = std::fs::read_to_string(repo_root().join("plugins/dist").join(manifest))
-            .unwrap()
-            .replace(
-                &format!("../target/wasm32-wasip2/release/{component}.wasm"),
-                &wasm(component).display().to_string(),
-            )
-            .replace(
-                r#"file_roots = ["certs", "state"]"#,
-                &format!("file_roots = [{:?}]", d.display().to_string()),
-            );
-        assert!(text.contains(&d.display().to_string()));
-        std::fs::write(d.join("plugins").join(manifest), text).unwrap();
-    }
-}
 
 /// A connection with what differs between two runs (token, expiry) blanked.
 fn comparable(mut c: Connection) -> serde_json::Value {
@@ -101,7 +79,8 @@ fn wasm_twins_onboard_exactly_like_the_scripts() {
         pairs(&p)
     };
     let derived =
-        gatehost::pki::crypto::derive_device_key(crate::sandbox::GROUP_KEY, "twin-sym").unwrap();
+        gatehost::pki::crypto::derive_device_key(crate::support::sandbox::GROUP_KEY, "twin-sym")
+            .unwrap();
     let file = |name: &str| d.join(name).display().to_string();
     let cases = [
         (
@@ -115,7 +94,7 @@ fn wasm_twins_onboard_exactly_like_the_scripts() {
             "group key",
             dps(&[
                 ("registration_id", "twin-group".into()),
-                ("group_key", crate::sandbox::GROUP_KEY.into()),
+                ("group_key", crate::support::sandbox::GROUP_KEY.into()),
                 ("payload", r#"{"site":"plant1"}"#.into()),
             ]),
         ),

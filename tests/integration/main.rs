@@ -5,11 +5,14 @@
 //!
 //! | module | what it covers |
 //! |---|---|
-//! | `support`, `broker` | shared helpers: paths, built WASM plugins, plugin dirs, a real mosquitto, a test PKI |
+//! | `support` | shared helpers: paths, built WASM plugins, plugin dirs, the `gatehost` binary; `support::gateway` (`gatehost run` as a process, local MQTT clients, a TCP relay), `support::mosquitto` (a real broker, a test PKI), `support::openssl` (the guides' commands), `support::sandbox` (the emulators and shipped flows), `support::python` (PyJWT, the Azure SDK) |
 //! | `guide_certs`, `certs_openssl` | certificates and keys made by the real `openssl` CLI as the providers' guides say |
 //! | `first_steps`, `cli` | the command line as a new user meets it |
-//! | `bridge`, `upstream` | `gatehost run` end to end: local clients, rules, queue, hot reload, metrics, clouds |
-//! | `containment`, `engine_limits`, `bad_plugins`, `sandboxing` | what a hostile or broken plugin cannot do (kv, secrets, deadlines, limits, WASI) |
+//! | `bridge`, `upstream` | `gatehost run` end to end: local clients, rules, queue, outages, crashes, clouds |
+//! | `hot_reload` | rules rewritten under a running gateway, under load and broken |
+//! | `metrics` | `/metrics` parsed as Prometheus does, `/healthz` |
+//! | `kv` | what plugins keep: namespaces and restarts |
+//! | `containment`, `engine_limits`, `bad_plugins`, `wasi_isolation` | what a hostile or broken plugin cannot do (secrets, file modes, deadlines, limits, WASI) |
 //! | `flows`, `flow_twins`, `provider_flows`, `onboard` | onboarding flows in both engines against the sandbox |
 //! | `parity` | the example rule byte-identical in Rhai and WASM |
 //! | `net_mqtt`, `net_http`, `plugin_certs` | the host capabilities as plugins see them |
@@ -21,7 +24,6 @@ mod support;
 
 mod bad_plugins;
 mod bridge;
-mod broker;
 mod bundles;
 mod certs_openssl;
 mod cli;
@@ -31,6 +33,9 @@ mod first_steps;
 mod flow_twins;
 mod flows;
 mod guide_certs;
+mod hot_reload;
+mod kv;
+mod metrics;
 mod net_http;
 mod net_mqtt;
 mod onboard;
@@ -41,7 +46,7 @@ mod robustness;
 mod sandbox;
 mod sandbox_brokers;
 mod sandbox_rest;
-mod sandboxing;
 mod signatures;
 mod upstream;
+mod wasi_isolation;
 mod wasm_cache;

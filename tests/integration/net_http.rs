@@ -1,11 +1,10 @@
 //! The `http` capability against a local HTTPS server (Python's http.server and ssl) that
 //! requires a client certificate: requests, redirects, status errors, permissions.
 
-use crate::broker::Pki;
+use crate::support::mosquitto::Pki;
 use crate::support::PluginDir;
 use gatehost::caps::http::{send, Request};
-use gatehost::caps::CapContext;
-use gatehost::caps::Permissions;
+use gatehost::caps::{CapContext, Permissions};
 use gatehost::model::{ClientCertificate, ErrorKind, Message};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

@@ -1,17 +1,14 @@
 //! The `mqtt` capability against the real Debian mosquitto broker, with TLS and
 //! `require_certificate true`, and certificates made by gatehost's own certs capability.
 
-use crate::broker::{free_port, Mosquitto, Pki};
+use crate::support::mosquitto::{free_port, Mosquitto, Pki};
 use crate::support::{flow_of, repo_root, wasm, PluginDir};
-use gatehost::caps::certs;
 use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
 use gatehost::caps::tls::TlsOptions;
-use gatehost::caps::CapContext;
-use gatehost::caps::Permissions;
+use gatehost::caps::{certs, CapContext, Permissions};
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{ErrorKind, Message, Pair, PluginError, ProtocolVersion};
-use gatehost::plugins::registry::PluginEnv;
-use gatehost::plugins::registry::Registry;
+use gatehost::plugins::registry::{PluginEnv, Registry};
 use std::io::Read;
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -194,7 +191,7 @@ fn tls_failures_are_typed_errors_naming_the_endpoint() {
 fn an_expired_server_certificate_is_refused() {
     let pki = Pki::new();
     let d = &pki.dir;
-    crate::certs_openssl::openssl(
+    crate::support::openssl::openssl(
         d,
         &[
             "req",
@@ -209,7 +206,7 @@ fn an_expired_server_certificate_is_refused() {
     );
     // A v3 certificate (openssl makes v1 without extensions, which rustls refuses for that alone).
     std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    crate::certs_openssl::openssl(
+    crate::support::openssl::openssl(
         d,
         &[
             "x509",

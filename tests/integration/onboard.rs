@@ -3,17 +3,16 @@
 //! connection is reused across runs and `--force` registers again; bad parameters, bad keys and
 //! disabled or failed enrollments are reported with the service's reason.
 
-use crate::sandbox::{ctx, start_sandbox, DEVICE_KEY, GROUP_KEY};
+use crate::support::gateway::{gatehost_onboard, onboarded};
 use crate::support::install_shipped_flows;
+use crate::support::sandbox::{ctx, start_sandbox, DEVICE_KEY, GROUP_KEY};
 use gatehost::caps::mqtt::{connection_options, MqttSession};
 use gatehost::config::Config;
 use gatehost::model::Message;
 use gatehost::onboard::{self, Onboarded};
-use gatehost::plugins::registry::PluginEnv;
-use gatehost::plugins::registry::Registry;
+use gatehost::plugins::registry::{PluginEnv, Registry};
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 fn write_config(dir: &Path, sandbox: &Sandbox) -> std::path::PathBuf {
@@ -63,34 +62,6 @@ registration_id = "doomed-dev"
 primary_key = "c2FuZGJveCBkZXZpY2Uga2V5IGZvciBkZXYwMQ=="
 fail = { error_code = 400209, error_message = "Custom allocation failed" }
 "#;
-
-pub struct Run {
-    pub code: Option<i32>,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// `gatehost onboard DEVICE --json --config CONFIG [extra]`.
-pub fn gatehost_onboard(config: &Path, device: &str, extra: &[&str]) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_gatehost"))
-        .args(["onboard", device, "--json", "--config"])
-        .arg(config)
-        .args(extra)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// The JSON of a successful `gatehost onboard`.
-pub fn onboarded(config: &Path, device: &str, extra: &[&str]) -> serde_json::Value {
-    let run = gatehost_onboard(config, device, extra);
-    assert_eq!(run.code, Some(0), "{device}: {}", run.stderr);
-    serde_json::from_str(run.stdout.trim()).unwrap()
-}
 
 /// Connect to the hub with the kept connection and fresh credentials, and send one message.
 fn send_telemetry(dir: &Path, config_path: &Path, device: &str) -> String {

@@ -1,8 +1,8 @@
 //! The certs and crypto capabilities as plugins see them, in both engines: the same results from
 //! a Rhai script and a WASM component, file roots enforced, and private keys out of reach.
 
-use crate::certs_openssl::openssl;
-use crate::signatures::pyjwt_verify;
+use crate::support::openssl::openssl;
+use crate::support::python::pyjwt_verify;
 use crate::support::{flow_of, load_rule, repo_root, wasm, PluginDir};
 use gatehost::engine::FlowPlugin;
 use gatehost::model::{Auth, Connection, ErrorKind, Message, Pair};
@@ -27,7 +27,7 @@ fn rhai_and_wasm_get_the_same_certificate_results() {
     let pki = tempfile::tempdir().unwrap();
     let certs = pki.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
-    crate::certs_openssl::seed_pki(&certs);
+    crate::support::openssl::seed_pki(&certs);
     let elsewhere = tempfile::tempdir().unwrap();
     openssl(elsewhere.path(), &["genrsa", "-out", "secret.key", "2048"]);
 

@@ -2,7 +2,7 @@
 //! truncations, insertions, and corruptions inside the DER so the ASN.1 parsers are reached) go
 //! through every parsing entry point. The same entry point is the cargo-fuzz target in host/fuzz.
 
-use crate::certs_openssl::{legacy_keys, openssl, seed_pki};
+use crate::support::openssl::{legacy_keys, openssl, seed_pki};
 use gatehost::caps::certs::parse_untrusted;
 
 /// xorshift64*: deterministic, so a failure reproduces.

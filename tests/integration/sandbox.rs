@@ -2,94 +2,16 @@
 //! registers through the sandbox DPS (symmetric key, group-derived key, X.509) and sends telemetry
 //! to the assigned sandbox hub; gatehost's own MQTT capability exercises every refusal path.
 
-use crate::signatures::venv_python;
+use crate::support::python::venv_python;
+use crate::support::sandbox::{ctx, options, start_sandbox, DEVICE_KEY, GROUP_KEY};
 use gatehost::caps::mqtt::ConnectOptions;
-use gatehost::caps::tls::TlsOptions;
-use gatehost::caps::CapContext;
-use gatehost::caps::Permissions;
 use gatehost::events::Event;
 use gatehost::model::ProtocolVersion;
 use gatehost::pki::crypto;
-use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-pub const DEVICE_KEY: &str = "c2FuZGJveCBkZXZpY2Uga2V5IGZvciBkZXYwMQ==";
-pub const GROUP_KEY: &str = "c2FuZGJveCBncm91cCBrZXkgZm9yIHRoZSBsaW5l";
-
-/// A sandbox in `dir` with a tenant CA, two device certificates, and one enrollment of each kind.
-pub fn start_sandbox(dir: &Path, extra: &str) -> Sandbox {
-    let pki = gatehost::sandbox::pki::SandboxPki::open(&dir.join("pki")).unwrap();
-    pki.new_ca("tenant-ca", "Tenant CA").unwrap();
-    pki.issue("tenant-ca", "x509-group-dev", "x509-group-dev", &[])
-        .unwrap();
-    pki.issue("tenant-ca", "x509-single", "x509-single", &[])
-        .unwrap();
-    let text = format!(
-        r#"
-pki_dir = "pki"
-[dps]
-assign_delay_ms = 300
-[[dps.enrollments]]
-attestation = "symmetric-key"
-registration_id = "sym-dev"
-primary_key = "{DEVICE_KEY}"
-[[dps.enrollments]]
-attestation = "group-symmetric-key"
-group_key = "{GROUP_KEY}"
-[[dps.enrollments]]
-attestation = "group-x509"
-ca = "pki/tenant-ca.pem"
-[[dps.enrollments]]
-attestation = "x509"
-registration_id = "x509-single"
-certificate = "pki/x509-single.pem"
-{extra}
-"#
-    );
-    let path = dir.join("sandbox.toml");
-    std::fs::write(&path, &text).unwrap();
-    Sandbox::start(&SandboxConfig::load(&path).unwrap()).unwrap()
-}
-
-/// A capability context for test clients: any localhost port, files under `dir`.
-pub fn ctx(dir: &Path) -> CapContext {
-    CapContext::ephemeral(
-        "sandbox-test",
-        Permissions {
-            endpoints: vec!["localhost:*".into()],
-            file_roots: vec![dir.display().to_string()],
-            kv_namespace: None,
-        },
-    )
-}
-
-/// MQTT 3.1.1 over TLS to a sandbox service, verifying it with the sandbox CA.
-pub fn options(
-    sandbox: &Sandbox,
-    port: u16,
-    client_id: &str,
-    username: &str,
-    password: &str,
-) -> ConnectOptions {
-    ConnectOptions {
-        host: "localhost".into(),
-        port,
-        client_id: client_id.into(),
-        username: Some(username.into()),
-        password: Some(password.into()),
-        keep_alive_secs: 30,
-        clean_session: true,
-        protocol: ProtocolVersion::Mqtt311,
-        tls: Some(TlsOptions {
-            ca_file: Some(sandbox.ca_file().display().to_string()),
-            ..Default::default()
-        }),
-        connect_timeout_ms: 5000,
-    }
-}
 
 const SDK_CLIENT: &str = r#"
 import json, sys
@@ -209,7 +131,7 @@ fn the_official_python_sdk_registers_and_sends_telemetry() {
     // X.509 through the group CA, and an individually enrolled certificate; then a device
     // certificate made exactly as the providers' guides say (openssl x509 -req without
     // extensions: X.509 v1), through the group CA.
-    crate::guide_certs::guide_leaf(&pki, "tenant-ca", "x509-guide-dev", "x509-guide-dev");
+    crate::support::openssl::guide_leaf(&pki, "tenant-ca", "x509-guide-dev", "x509-guide-dev");
     for name in ["x509-group-dev", "x509-single", "x509-guide-dev"] {
         let got = sdk_register(
             &sandbox,

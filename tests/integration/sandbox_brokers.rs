@@ -2,102 +2,16 @@
 //! capability, with agent and thing certificates made by the real `openssl` CLI: provisioning
 //! closes, certificate and JWT authentication, per-client topics, and every refusal path.
 
-use crate::certs_openssl::openssl;
-use crate::sandbox::{ctx, options};
-use gatehost::caps::certs;
+use crate::support::openssl::{openssl_ca, openssl_leaf};
+use crate::support::sandbox::{ctx, options};
 use gatehost::caps::mqtt::{ConnectOptions, MqttSession};
-use gatehost::caps::CapContext;
+use gatehost::caps::{certs, CapContext};
 use gatehost::model::{ErrorKind, Message};
 use gatehost::pki::crypto;
 use gatehost::sandbox::config::SandboxConfig;
 use gatehost::sandbox::{Sandbox, Service};
 use std::path::Path;
 use std::time::Duration;
-
-/// A CA `<name>.pem`/`.key` made by openssl.
-pub fn openssl_ca(dir: &Path, name: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "30",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-subj",
-            &format!("/O=gatehost tests/CN={name}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    );
-}
-
-/// An RSA certificate for `cn` issued by `ca`: `<name>.key`, `<name>.pem`, `<name>_chain.pem`.
-pub fn openssl_leaf(dir: &Path, ca: &str, name: &str, cn: &str) {
-    openssl_leaf_valid_for(dir, ca, name, cn, "30")
-}
-
-/// [`openssl_leaf`] valid for `days` days from now ("-1" makes one that has already expired),
-/// made with the guides' commands (no extensions: X.509 v1, as users' certificates are).
-pub fn openssl_leaf_valid_for(dir: &Path, ca: &str, name: &str, cn: &str, days: &str) {
-    let (ca_pem, ca_key) = (dir.join(format!("{ca}.pem")), dir.join(format!("{ca}.key")));
-    crate::guide_certs::guide_leaf_valid_for(dir, &ca_pem, &ca_key, name, cn, days)
-}
-
-/// [`openssl_leaf_valid_for`] with the given extensions file contents (a server's SAN, say).
-pub fn openssl_leaf_with(dir: &Path, ca: &str, name: &str, cn: &str, days: &str, extensions: &str) {
-    std::fs::write(dir.join("leaf.ext"), extensions).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &format!("{name}.csr"),
-            "-CA",
-            &format!("{ca}.pem"),
-            "-CAkey",
-            &format!("{ca}.key"),
-            "-CAcreateserial",
-            "-days",
-            days,
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            &format!("{name}.pem"),
-        ],
-    );
-    let read = |file: String| std::fs::read_to_string(dir.join(file)).unwrap();
-    let chain = format!(
-        "{}{}",
-        read(format!("{name}.pem")),
-        read(format!("{ca}.pem"))
-    );
-    std::fs::write(dir.join(format!("{name}_chain.pem")), chain).unwrap();
-}
 
 fn start(dir: &Path, config: &str) -> Sandbox {
     let path = dir.join("sandbox.toml");

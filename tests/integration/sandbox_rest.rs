@@ -2,7 +2,7 @@
 //! certificate) register through the sandbox's REST API, which shares enrollments and
 //! operations with DPS over MQTT; every malformed request gets its 4xx.
 
-use crate::sandbox::{ctx, start_sandbox, DEVICE_KEY};
+use crate::support::sandbox::{ctx, start_sandbox, DEVICE_KEY};
 use gatehost::caps::http::{self, Request, Response};
 use gatehost::caps::CapContext;
 use gatehost::pki::crypto;
@@ -213,7 +213,7 @@ fn dps_rest_registers_with_a_sas_token_and_answers_bad_requests() {
 
     // The operation belongs to sym-dev: another registration cannot read it.
     let group_id = "line7-dev3";
-    let key = crypto::derive_device_key(crate::sandbox::GROUP_KEY, group_id).unwrap();
+    let key = crypto::derive_device_key(crate::support::sandbox::GROUP_KEY, group_id).unwrap();
     let path = format!("/0ne00SANDBOX/registrations/{group_id}/operations/{op}?{API}");
     assert_eq!(
         curl(

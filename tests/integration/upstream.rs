@@ -2,13 +2,12 @@
 //! when its SAS token expires): short-lived tokens are renewed before expiry while messages keep
 //! flowing, none lost; a hub that no longer knows the device makes the flow register it again.
 
-use crate::sandbox::{start_sandbox, DEVICE_KEY};
 use crate::support::install_shipped_flows;
+use crate::support::sandbox::{start_sandbox, DEVICE_KEY};
 use gatehost::config::Config;
 use gatehost::model::Message;
 use gatehost::onboard;
-use gatehost::plugins::registry::PluginEnv;
-use gatehost::plugins::registry::Registry;
+use gatehost::plugins::registry::{PluginEnv, Registry};
 use gatehost::sandbox::{Sandbox, Service};
 use gatehost::upstream::DeviceSession;
 use std::path::{Path, PathBuf};

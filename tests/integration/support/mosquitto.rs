@@ -119,7 +119,7 @@ impl Pki {
         let (rogue_key, rogue_pem) = make_ca("rogue-ca", "Rogue CA");
         issue(&rogue_key, &rogue_pem, "rogue", "rogue", &[]);
         // A device certificate as the providers' guides make it (openssl, X.509 v1).
-        crate::guide_certs::guide_leaf(&dir, "ca", "guide-dev", "guide-dev");
+        crate::support::openssl::guide_leaf(&dir, "ca", "guide-dev", "guide-dev");
         Pki { dir, _temp: temp }
     }
 

@@ -1,6 +1,12 @@
 //! Shared test support: paths, the WASM plugins built once per test run, temporary plugin
 //! directories, and the `gatehost` binary.
 
+pub mod gateway;
+pub mod mosquitto;
+pub mod openssl;
+pub mod python;
+pub mod sandbox;
+
 use gatehost::engine::RulePlugin;
 use gatehost::plugins::registry::{PluginEnv, PluginHandle, Registry};
 use std::path::{Path, PathBuf};
@@ -183,4 +189,14 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+pub fn config_for(dir: &PluginDir) -> std::path::PathBuf {
+    let config = dir.path().join("gatehost.toml");
+    std::fs::write(
+        &config,
+        format!("plugin_dirs = [{:?}]\n", dir.path().display().to_string()),
+    )
+    .unwrap();
+    config
 }
