@@ -1,94 +1,11 @@
-//! The gateway config (`gatehost.toml`). Unknown fields are errors; relative paths are resolved
-//! against the folder that holds the config file.
+//! The gateway config (`gatehost.toml`) as plain data: serde types, unknown fields refused,
+//! relative paths resolved against the folder that holds the config file. Each subsystem turns
+//! its part into its own types and checks it (`bridge::problems`, `QueueLimits::from_config`,
+//! `PluginEnv::of`, `Site::for_config`).
 //!
-//! ```toml
-//! state_dir = "state"                              # default "state"
-//! plugin_dirs = ["scripts/rules", "scripts/flows", "plugins/dist"]   # the default
-//!
-//! [limits.rule]                                    # optional, applies to every rule
-//! timeout_ms = 1000
-//! [limits.flow]
-//! timeout_ms = 120000
-//! [limits.plugins.heavy-rule]                      # one plugin's own ceilings
-//! memory_mib = 256
-//!
-//! [local]                                          # where brownfield devices publish
-//! broker = "embedded"                              # gatehost is the broker (the default), or
-//!                                                  # "mqtt://host:1883" / "mqtts://host:8883"
-//! listen = "127.0.0.1:1883"                        # embedded: where it listens
-//! # tls_cert = "certs/gateway.pem"               # serve MQTT over TLS instead of plain TCP
-//! # tls_key = "certs/gateway.key"
-//! # client_ca = "certs/devices-ca.pem"          # and require device certificates of this CA
-//! # max_packet_kib = 1024                        # larger local packets close the connection
-//! # client_id = "gatehost-line1"                 # external: the persistent session's id
-//! # username = "gatehost"                        # external: credentials, CA for mqtts://
-//! # password = "..."
-//! # ca_file = "certs/local-ca.pem"
-//! # client_cert = "certs/gatehost.pem"           # external mqtts://: gatehost's certificate
-//! # client_key = "certs/gatehost.key"            # (chain, leaf first) and key, when required
-//! # share_group = "gateways"                     # external: $share/<group>/ subscriptions
-//!
-//! [store]                                          # the store-and-forward queue
-//! dir = "queue"                                    # in the state directory (the default)
-//! max_mib = 256                                    # bytes kept for upstream (default 256 MiB)
-//! max_age_hours = 168                              # older messages are dropped (default 7 days)
-//! when_full = "drop-oldest"                        # or "drop-newest"; drops are counted
-//! max_dead_letters = 10000                         # dead letters kept (oldest let go)
-//! max_dead_letters_mib = 64                        # and at most this many MiB of them
-//! sync_interval_ms = 2                             # least time between two syncs (0: at once)
-//! sync_batch = 32                                  # ...unless this many publishes wait
-//!
-//! [metrics]
-//! listen = "127.0.0.1:9464"                        # /metrics and /healthz; "off" disables
-//!
-//! [[simulators]]                                   # a fake brownfield device on the local broker
-//! name = "press7-thermometer"
-//! topic = "plant1/press7/temperature"
-//! payload = '{"value":21.{n}}'                     # {n} = message count, {t} = Unix seconds
-//! every_ms = 1000                                  # default 1000; qos = 1 (default) or 0
-//!
-//! [[devices]]
-//! name = "press7"
-//! flow = "azure-dps"
-//! from_cloud = ["devices/press7/messages/devicebound/#"]   # cloud-to-device subscriptions
-//! [devices.params]
-//! id_scope = "0ne00055505"
-//! registration_id = "press7"
-//! # insecure_skip_verify = true                  # lab only: accept any server certificate
-//! # deadline_secs = 300                          # give up onboarding (with retries) after this
-//!
-//! [[device_templates]]                           # zero-touch: devices not listed above
-//! match = "line7-*"                              # device names it instantiates (`*` = any text)
-//! flow = "azure-dps"
-//! [device_templates.params]
-//! id_scope = "0ne00055505"
-//! registration_id = "{device}"                   # `{device}` becomes the device's name
-//! group_key = "<base64 enrollment group key>"
-//!
-//! [permissions.azure-dps]                        # optional: narrow what a plugin declares
-//! endpoints = ["global.azure-devices-provisioning.net:8883", "*.azure-devices.net:8883"]
-//! file_roots = ["certs"]
-//!
-//! [bundles]                                      # signed plugin bundles (gatehost plugin install)
-//! trust_dir = "state/trust"                      # publisher keys <publisher>.pub (the default)
-//! revoked_keys = ["1DA33EEBD4B283B0"]            # minisign key ids no longer trusted
-//! allow_unsigned = false                         # development only
-//! lock_file = "gatehost.lock"                    # beside the config (the default)
-//!
-//! [[rules]]
-//! name = "plant-to-iothub"
-//! rule = "iothub-telemetry"
-//! from = ["plant1/#"]
-//! # from_cloud = ["devices/+/messages/devicebound/#"]  # also takes cloud-to-device messages
-//!
-//! [[rules]]                                      # the built-in template rule (no plugin)
-//! name = "plant2-telemetry"
-//! [rules.template]                               # fields: crate::rules::template
-//! pattern = "plant2/{line}/{machine}/#"
-//! device = "{machine}"
-//! properties = { "$.ct" = "application/json", "$.ce" = "utf-8", line = "{line}" }
-//! enrich = true
-//! ```
+//! The reference of every setting is the README's "Configuration" section; the test
+//! `the_readme_config_reference_matches_the_config_types` parses it and checks it against these
+//! types field by field, so the two cannot drift apart.
 
 use crate::caps::GatewayPermissions;
 use crate::engine::limits::LimitOverrides;
@@ -762,6 +679,120 @@ impl DeviceConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The README's configuration block is the config reference: every key in it (the
+    /// commented-out optional ones too) parses, and every field of the config types is in it.
+    #[test]
+    fn the_readme_config_reference_matches_the_config_types() {
+        let readme = include_str!("../../README.md");
+        let section = readme
+            .split_once("\n## Configuration\n")
+            .expect("README has a Configuration section")
+            .1;
+        let block = section
+            .split_once("```toml\n")
+            .and_then(|(_, rest)| rest.split_once("\n```"))
+            .expect("the Configuration section opens with a toml block")
+            .0;
+        // Optional settings are written commented out (`# key = value`, `# [table]`).
+        fn commented(l: &str) -> Option<&str> {
+            let t = l.trim_start().strip_prefix("# ")?;
+            let key = t.split([' ', '=']).next()?;
+            let is_key = !key.is_empty()
+                && key.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                && t[key.len()..].trim_start().starts_with('=');
+            (is_key || t.starts_with('[')).then_some(t)
+        }
+        let uncommented: String = block
+            .lines()
+            .map(|l| commented(l).unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        Config::parse(&uncommented, Path::new("README.md"))
+            .unwrap_or_else(|e| panic!("the README's config does not parse: {e}"));
+
+        let documented = |field: &str| {
+            uncommented.lines().any(|l| {
+                let l = l.trim_start();
+                l.split('=').next().is_some_and(|k| k.trim() == field)
+                    || (l.starts_with('[')
+                        && l.split('#')
+                            .next()
+                            .unwrap_or("")
+                            .split(['[', ']', '.'])
+                            .any(|part| part.trim() == field))
+            })
+        };
+        let mut missing = Vec::new();
+        for (ty, fields) in [
+            ("Config", fields_of::<Config>()),
+            ("BundlesConfig", fields_of::<BundlesConfig>()),
+            ("ConfigLimits", fields_of::<ConfigLimits>()),
+            ("KvLimitsConfig", fields_of::<KvLimitsConfig>()),
+            ("LocalConfig", fields_of::<LocalConfig>()),
+            ("StoreConfig", fields_of::<StoreConfig>()),
+            ("SimulatorConfig", fields_of::<SimulatorConfig>()),
+            ("MetricsConfig", fields_of::<MetricsConfig>()),
+            ("DeviceConfig", fields_of::<DeviceConfig>()),
+            ("DeviceTemplate", fields_of::<DeviceTemplate>()),
+            ("RuleConfig", fields_of::<RuleConfig>()),
+            ("GatewayPermissions", fields_of::<GatewayPermissions>()),
+            ("LimitOverrides", fields_of::<LimitOverrides>()),
+            ("TemplateConfig", fields_of::<TemplateConfig>()),
+        ] {
+            for field in fields {
+                if !documented(field) {
+                    missing.push(format!("{ty}.{field}"));
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "the README's config reference lacks {}",
+            missing.join(", ")
+        );
+    }
+
+    /// The field names serde reads for `T` (as written in TOML, renames applied).
+    fn fields_of<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+        struct Fields(&'static [&'static str]);
+        #[derive(Debug)]
+        struct Stop;
+        impl std::fmt::Display for Stop {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("stop")
+            }
+        }
+        impl std::error::Error for Stop {}
+        impl serde::de::Error for Stop {
+            fn custom<M: std::fmt::Display>(_: M) -> Self {
+                Stop
+            }
+        }
+        impl<'de> serde::Deserializer<'de> for &mut Fields {
+            type Error = Stop;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+                Err(Stop)
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _visitor: V,
+            ) -> Result<V::Value, Stop> {
+                self.0 = fields;
+                Err(Stop)
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut fields = Fields(&[]);
+        let _ = T::deserialize(&mut fields);
+        fields.0
+    }
 
     #[test]
     fn the_empty_config_has_defaults() {

@@ -21,7 +21,6 @@
 //!
 //! The template rule runs no plugin code and is always inline.
 
-use super::chain::ChainRule;
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,10 +49,11 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Run `rule`'s `call` (see the module notes).
-pub fn run<T>(rule: &ChainRule, call: impl Fn() -> T) -> T {
+/// Run the `call` of rule `name` with its `isolation` (see the module notes); without one it
+/// runs inline.
+pub fn run<T>(isolation: Option<&Isolation>, name: &str, call: impl Fn() -> T) -> T {
     use tokio::runtime::{Handle, RuntimeFlavor};
-    let Some(isolation) = &rule.isolation else {
+    let Some(isolation) = isolation else {
         return call();
     };
     let on_worker =
@@ -75,9 +75,9 @@ pub fn run<T>(rule: &ChainRule, call: impl Fn() -> T) -> T {
                 let until = now_ms() + ISOLATED_FOR.as_millis() as u64;
                 if isolation.until_ms.swap(until, Ordering::Relaxed) == 0 {
                     tracing::info!(
-                        rule = %rule.name,
+                        rule = %name,
                         "a call of rule '{}' took {} ms: its calls run off the broker's I/O threads for {} s",
-                        rule.name,
+                        name,
                         started.elapsed().as_millis(),
                         ISOLATED_FOR.as_secs()
                     );
@@ -88,9 +88,9 @@ pub fn run<T>(rule: &ChainRule, call: impl Fn() -> T) -> T {
         Err(_) => {
             isolation.until_ms.store(u64::MAX, Ordering::Relaxed);
             tracing::info!(
-                rule = %rule.name,
+                rule = %name,
                 "rule '{}' blocks in the runtime (a WASM guest's output, say): its calls run off the broker's I/O threads",
-                rule.name
+                name
             );
             tokio::task::block_in_place(call)
         }

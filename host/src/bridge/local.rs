@@ -170,7 +170,9 @@ impl LocalService {
         for rule in running.chain.matching(&message.topic, from_cloud) {
             matched = true;
             self.metrics.translated.inc(&[&rule.name]);
-            let outputs = match super::isolation::run(rule, || rule.plugin.translate(&message)) {
+            let outputs = match super::isolation::run(rule.isolation.as_deref(), &rule.name, || {
+                rule.plugin.translate(&message)
+            }) {
                 Ok(outputs) => outputs,
                 Err(e) => {
                     let reason = format!("{} failed: {e}", rule.source);

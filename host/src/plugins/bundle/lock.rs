@@ -69,7 +69,7 @@ impl Lock {
             "# gatehost.lock: plugins installed from bundles, pinned. Written by `gatehost plugin\n# install|remove|sync`; `gatehost check` fails when the installed plugins differ.\n\n{}",
             toml::to_string(&sorted).expect("the lock serializes")
         );
-        super::store::write_atomic(path, text.as_bytes()).map_err(|source| LockError::Write {
+        super::write_atomic(path, text.as_bytes()).map_err(|source| LockError::Write {
             path: path.display().to_string(),
             source,
         })

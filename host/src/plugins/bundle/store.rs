@@ -16,7 +16,6 @@ use super::minisign::Signature;
 use super::trust::{Trust, TrustError, TrustStore};
 use crate::config::Config;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 const STORE: &str = ".store";
@@ -149,24 +148,6 @@ pub struct InstallOutcome {
     pub previous: Option<String>,
     /// The same bundle was already installed; nothing changed on disk.
     pub unchanged: bool,
-}
-
-/// Write a file aside, flush it, and rename it over `path`.
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(data)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
 }
 
 impl Site {
