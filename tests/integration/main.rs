@@ -19,9 +19,11 @@
 //! | `sandbox`, `sandbox_brokers`, `sandbox_rest` | the provider emulators against real clients (the official SDK, curl) |
 //! | `bundles`, `signatures` | signed bundles with the real `minisign`; signatures checked by independent code |
 //! | `robustness`, `wasm_cache` | no panic on mutated inputs; the compiled-component cache |
+//! | `architecture` | the imports of `host/src` follow the layers ARCHITECTURE.md draws |
 
 mod support;
 
+mod architecture;
 mod bad_plugins;
 mod bridge;
 mod bundles;
