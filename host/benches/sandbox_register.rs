@@ -100,7 +100,7 @@ fn main() {
                 let (ctx, ca) = (ctx.clone(), ca.clone());
                 // Each device is its own plugin context, as each would be on its own gateway.
                 let ctx = CapContext {
-                    open_sessions: Default::default(),
+                    mqtt: ctx.mqtt.separate(),
                     ..ctx
                 };
                 scope.spawn(move || register(&ctx, port, &ca, &format!("bench-{i:04}")))

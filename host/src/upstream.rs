@@ -64,7 +64,7 @@ impl<'a> DeviceSession<'a> {
     ) -> Result<DeviceSession<'a>, UpstreamError> {
         let outcome = onboard::onboard(config, registry, device, false)?;
         let mut caps = registry.get(&device.flow)?.caps.clone();
-        caps.open_sessions = Default::default();
+        caps.mqtt = caps.mqtt.separate();
         let mut session = DeviceSession {
             config,
             registry,

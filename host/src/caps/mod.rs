@@ -39,10 +39,8 @@ pub struct CapContext {
     pub gateway: GatewayPermissions,
     /// Skip TLS server verification: set only from the gateway config, never by a plugin.
     pub insecure_skip_verify: bool,
-    /// MQTT sessions this plugin has open (bounded by `max_sessions`).
-    pub open_sessions: Arc<std::sync::atomic::AtomicUsize>,
-    /// The most MQTT sessions it may hold open at once (its limits' `max_sessions`).
-    pub max_sessions: usize,
+    /// The `mqtt` capability's state: the sessions this plugin holds open, and how many it may.
+    pub mqtt: mqtt::SessionSlots,
     /// What relative file paths and file roots are relative to: the gateway config's folder
     /// (empty: the working directory).
     pub base_dir: PathBuf,
@@ -70,8 +68,7 @@ impl CapContext {
             state_dir,
             gateway: GatewayPermissions::default(),
             insecure_skip_verify: false,
-            open_sessions: Default::default(),
-            max_sessions: MAX_SESSIONS,
+            mqtt: mqtt::SessionSlots::new(MAX_SESSIONS),
             base_dir: PathBuf::new(),
         }
     }

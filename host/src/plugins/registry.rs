@@ -300,7 +300,7 @@ impl Loader {
             .cloned()
             .unwrap_or_default();
         caps.insecure_skip_verify = self.env.insecure_skip_verify;
-        caps.max_sessions = limits.max_sessions;
+        caps.mqtt = crate::caps::mqtt::SessionSlots::new(limits.max_sessions);
         caps.base_dir = self.env.base_dir.clone();
         let path = &info.entry;
         let handle = match (info.engine, m.kind) {

@@ -173,6 +173,49 @@ pub fn connection_options(
     })
 }
 
+/// The `mqtt` capability's state in one plugin's context: the sessions the plugin holds open,
+/// bounded by its limits' `max_sessions`. Clones share the count.
+#[derive(Debug, Clone)]
+pub struct SessionSlots {
+    open: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    max: usize,
+}
+
+impl SessionSlots {
+    pub fn new(max: usize) -> SessionSlots {
+        SessionSlots {
+            open: Default::default(),
+            max,
+        }
+    }
+
+    /// The same limit with a count of its own (the host's own sessions for a flow's device do
+    /// not use up the flow's slots).
+    pub fn separate(&self) -> SessionSlots {
+        SessionSlots::new(self.max)
+    }
+
+    /// Take a slot for a new session of `plugin`, or say that all are taken.
+    fn take(&self, plugin: &str) -> Result<(), PluginError> {
+        if self.open.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+            return Err(err(
+                ErrorKind::LimitExceeded,
+                format!(
+                    "plugin '{plugin}' already has {} MQTT sessions open (limits max_sessions)",
+                    self.max
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// A session ended (or never opened).
+    fn give_back(&self) {
+        self.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// What became of a message offered to an [`MqttSession`].
 pub(crate) enum Offered {
     /// It is on its way.
@@ -241,17 +284,7 @@ impl MqttSession {
         };
         // Wait for the client id's CONNECT slot before taking a session slot.
         crate::retry::connect_gate(&format!("{}:{}", o.host, o.port), &o.client_id);
-        let slots = ctx.open_sessions.fetch_add(1, Ordering::SeqCst);
-        if slots >= ctx.max_sessions {
-            ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
-            return Err(err(
-                ErrorKind::LimitExceeded,
-                format!(
-                    "plugin '{}' already has {} MQTT sessions open (limits max_sessions)",
-                    ctx.plugin, ctx.max_sessions
-                ),
-            ));
-        }
+        ctx.mqtt.take(&ctx.plugin)?;
         let timeout = super::deadline::bound(match o.connect_timeout_ms {
             0 => DEFAULT_CONNECT_TIMEOUT,
             ms => Duration::from_millis(ms.into()),
@@ -276,7 +309,7 @@ impl MqttSession {
         let link = match link {
             Ok(link) => link,
             Err(e) => {
-                ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
+                ctx.mqtt.give_back();
                 return Err(e);
             }
         };
@@ -615,6 +648,6 @@ impl MqttSession {
 impl Drop for MqttSession {
     fn drop(&mut self) {
         let _ = self.disconnect();
-        self.ctx.open_sessions.fetch_sub(1, Ordering::SeqCst);
+        self.ctx.mqtt.give_back();
     }
 }
