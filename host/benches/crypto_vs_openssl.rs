@@ -104,7 +104,7 @@ fn main() {
     });
     let claims = r#"{"iss":"acme_agent01","sub":"acme_agent01","aud":["MQTTBroker"],"iat":1700000000,"exp":1700003600}"#;
     let jwt = per_op(3_000, || {
-        black_box(crypto::jwt_sign(&rsa, "", claims, None, None).unwrap());
+        black_box(gatehost::pki::jwt::jwt_sign(&rsa, "", claims, None, None).unwrap());
     });
     let openssl_rs256 = openssl_sign_time("rsa2048", "rsa 2048 bits");
     let openssl_es256 = openssl_sign_time("ecdsap256", "nistp256");

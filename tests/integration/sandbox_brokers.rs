@@ -189,10 +189,16 @@ fn agent_token(d: &Path, name: &str, client_id: &str, claims: Option<serde_json:
     let key = certs::PrivateKey::from_pem(&key_pem, None, name).unwrap();
     let chain = std::fs::read_to_string(d.join(format!("{name}_chain.pem"))).unwrap();
     match claims {
-        None => crypto::mindconnect_jwt(&key, &chain, "chain", client_id, "acme", 600).unwrap(),
-        Some(claims) => {
-            crypto::jwt_sign(&key, "", &claims.to_string(), Some((&chain, "chain")), None).unwrap()
-        }
+        None => gatehost::pki::jwt::mindconnect_jwt(&key, &chain, "chain", client_id, "acme", 600)
+            .unwrap(),
+        Some(claims) => gatehost::pki::jwt::jwt_sign(
+            &key,
+            "",
+            &claims.to_string(),
+            Some((&chain, "chain")),
+            None,
+        )
+        .unwrap(),
     }
 }
 

@@ -66,7 +66,7 @@ fn rs256_and_es256_jwts_verify_with_pyjwt() {
         let now = crypto::now_unix();
         let claims =
             serde_json::json!({"iss": "agent01", "iat": now, "exp": now + 600, "note": "ü"});
-        let token = crypto::jwt_sign(
+        let token = gatehost::pki::jwt::jwt_sign(
             &key,
             r#"{"kid":"k1"}"#,
             &claims.to_string(),
@@ -88,8 +88,15 @@ fn rs256_and_es256_jwts_verify_with_pyjwt() {
 #[test]
 fn the_mindconnect_token_has_every_claim_the_broker_checks() {
     let (key, cert, chain) = device(KeyAlgorithm::Rsa2048, "acme_agent01");
-    let token =
-        crypto::mindconnect_jwt(&key, &chain, "chain.pem", "acme_agent01", "acme", 3600).unwrap();
+    let token = gatehost::pki::jwt::mindconnect_jwt(
+        &key,
+        &chain,
+        "chain.pem",
+        "acme_agent01",
+        "acme",
+        3600,
+    )
+    .unwrap();
     let v = pyjwt_verify(&token, &cert, "MQTTBroker");
     let c = &v["claims"];
     assert_eq!(v["header"]["alg"], "RS256");
@@ -108,14 +115,22 @@ fn the_mindconnect_token_has_every_claim_the_broker_checks() {
         3600
     );
 
-    let e = crypto::mindconnect_jwt(&key, &chain, "chain.pem", "acme_agent01", "acme", 3601)
-        .unwrap_err();
+    let e = gatehost::pki::jwt::mindconnect_jwt(
+        &key,
+        &chain,
+        "chain.pem",
+        "acme_agent01",
+        "acme",
+        3601,
+    )
+    .unwrap_err();
     assert_eq!(
         e.message,
         "MindConnect token lifetime of 3601 s is out of range (1 to 3600)"
     );
     let e =
-        crypto::mindconnect_jwt(&key, &chain, "chain.pem", "a", &"t".repeat(37), 60).unwrap_err();
+        gatehost::pki::jwt::mindconnect_jwt(&key, &chain, "chain.pem", "a", &"t".repeat(37), 60)
+            .unwrap_err();
     assert_eq!(
         e.message,
         "MindConnect tenant must be 1 to 36 characters, got 37"

@@ -40,7 +40,7 @@ pub struct JwtArgs {
     #[arg(long, default_value = "{}")]
     pub header: String,
     /// Refuse claims whose exp - iat exceeds this many seconds (MindConnect allows 3600).
-    #[arg(long, default_value_t = crypto::MAX_JWT_LIFETIME_SECS)]
+    #[arg(long, default_value_t = crate::pki::jwt::MAX_JWT_LIFETIME_SECS)]
     pub max_lifetime: u64,
 }
 
@@ -112,8 +112,9 @@ pub fn run(cmd: SignCommand) -> anyhow::Result<ExitCode> {
             let x5c = chain
                 .as_ref()
                 .map(|(text, name)| (text.as_str(), name.as_str()));
-            let token = crypto::jwt_sign(&key, &a.header, &a.claims, x5c, Some(a.max_lifetime))
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let token =
+                crate::pki::jwt::jwt_sign(&key, &a.header, &a.claims, x5c, Some(a.max_lifetime))
+                    .map_err(|e| anyhow::anyhow!(e.message))?;
             outln!("{token}");
             Ok(ExitCode::SUCCESS)
         }

@@ -135,7 +135,7 @@ impl PrivateKey {
         let blocks = pem::parse_many(pem_text)
             .map_err(|e| invalid(format!("{source} is not valid PEM: {e}")))?;
         let Some(block) = blocks.iter().find(|b| b.tag() != "EC PARAMETERS") else {
-            return Err(invalid(super::x509::no_pem_block(pem_text, source)));
+            return Err(invalid(super::pem::no_pem_block(pem_text, source)));
         };
         let der: Zeroizing<Vec<u8>> = match block.tag() {
             "PRIVATE KEY" | "RSA PRIVATE KEY" | "EC PRIVATE KEY" => {
@@ -239,7 +239,7 @@ impl PrivateKey {
                 ))
             }
         };
-        Ok(Zeroizing::new(super::x509::pem_lf(&pem::Pem::new(
+        Ok(Zeroizing::new(super::pem::pem_lf(&pem::Pem::new(
             "PRIVATE KEY",
             pkcs8.to_vec(),
         ))))

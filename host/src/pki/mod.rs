@@ -7,9 +7,13 @@
 //! - [`x509`]: parsing, checking and issuing certificates and CSRs (X.509 v1 and v3).
 //! - [`tls`]: rustls trust anchors, certified keys, handshake-signature and client-certificate
 //!   verification.
-//! - [`crypto`]: hashes, HMAC, base64, SAS tokens, JWTs, the clock.
+//! - [`crypto`]: hashes, HMAC, base64, SAS tokens, DPS derived keys, the clock.
+//! - [`jwt`]: JWTs signed by a host-held key, the MindConnect token.
+//! - [`pem`]: PEM written with LF, and what a text without a PEM block is.
 
 pub mod crypto;
+pub mod jwt;
 pub mod keys;
+pub mod pem;
 pub mod tls;
 pub mod x509;

@@ -4,6 +4,7 @@
 //! providers document.
 
 use super::keys::{KeyAlgorithm, PrivateKey};
+use super::pem::{no_pem_block, pem_lf};
 use crate::model::{ErrorKind, PluginError};
 use crate::pki::crypto::base64_encode;
 use rcgen::{
@@ -96,25 +97,6 @@ pub struct CertificateInfo {
 
 fn invalid(message: String) -> PluginError {
     PluginError::new(ErrorKind::InvalidInput, message)
-}
-
-/// PEM with LF line endings, as OpenSSL writes it.
-pub(crate) fn pem_lf(block: &pem::Pem) -> String {
-    pem::encode_config(
-        block,
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
-}
-
-/// Why a text yields no PEM block: truncated (a BEGIN without its END) or not PEM at all.
-pub(crate) fn no_pem_block(text: &str, source: &str) -> String {
-    if text.contains("-----BEGIN ") {
-        format!(
-            "{source} is not valid PEM: it is truncated or damaged (a BEGIN line without its END)"
-        )
-    } else {
-        format!("{source} contains no PEM block")
-    }
 }
 
 /// The certificates of a PEM text, as DER, leaf first. `source` names the file in errors.

@@ -105,7 +105,8 @@ mod tests {
         let key = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
         let cert = self_signed(&key);
         let token =
-            crypto::jwt_sign(&key, "", r#"{"sub":"x"}"#, Some((&cert, "cert")), None).unwrap();
+            crate::pki::jwt::jwt_sign(&key, "", r#"{"sub":"x"}"#, Some((&cert, "cert")), None)
+                .unwrap();
         let verified = verify_rs256_x5c(&token).unwrap();
         assert_eq!(verified.claims["sub"], "x");
         assert_eq!(verified.x5c.len(), 1);
@@ -120,24 +121,27 @@ mod tests {
         // Signed by another key than the leaf's.
         let other = PrivateKey::generate(KeyAlgorithm::Rsa2048).unwrap();
         let forged =
-            crypto::jwt_sign(&other, "", r#"{"sub":"x"}"#, Some((&cert, "cert")), None).unwrap();
+            crate::pki::jwt::jwt_sign(&other, "", r#"{"sub":"x"}"#, Some((&cert, "cert")), None)
+                .unwrap();
         assert!(verify_rs256_x5c(&forged).is_err());
         // ES256 is not what the broker takes.
         let ec = PrivateKey::generate(KeyAlgorithm::P256).unwrap();
-        let es = crypto::jwt_sign(&ec, "", "{}", Some((&self_signed(&ec), "cert")), None).unwrap();
+        let es = crate::pki::jwt::jwt_sign(&ec, "", "{}", Some((&self_signed(&ec), "cert")), None)
+            .unwrap();
         assert_eq!(
             verify_rs256_x5c(&es).unwrap_err(),
             "the JWT is signed ES256; only RS256 is accepted"
         );
         // No x5c, garbage, damaged certificates.
-        let bare = crypto::jwt_sign(&key, "", "{}", None, None).unwrap();
+        let bare = crate::pki::jwt::jwt_sign(&key, "", "{}", None, None).unwrap();
         assert_eq!(
             verify_rs256_x5c(&bare).unwrap_err(),
             "the JWT header has no x5c certificate chain"
         );
         assert!(verify_rs256_x5c("not-a-jwt").is_err());
         assert!(verify_rs256_x5c("a.b.c").is_err());
-        let damaged = crypto::jwt_sign(&key, r#"{"x5c":["AAAA"]}"#, "{}", None, None).unwrap();
+        let damaged =
+            crate::pki::jwt::jwt_sign(&key, r#"{"x5c":["AAAA"]}"#, "{}", None, None).unwrap();
         assert!(verify_rs256_x5c(&damaged)
             .unwrap_err()
             .starts_with("the JWT's x5c: certificate 1"));

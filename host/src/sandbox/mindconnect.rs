@@ -201,11 +201,11 @@ fn check_claims(
             "the JWT's exp ({exp}) is not after its iat ({iat})"
         ));
     }
-    if exp - iat > crypto::MAX_JWT_LIFETIME_SECS as i64 {
+    if exp - iat > crate::pki::jwt::MAX_JWT_LIFETIME_SECS as i64 {
         return Err(format!(
             "the JWT lives {} s (exp - iat); at most {} s are accepted",
             exp - iat,
-            crypto::MAX_JWT_LIFETIME_SECS
+            crate::pki::jwt::MAX_JWT_LIFETIME_SECS
         ));
     }
     if exp <= now {

@@ -7,6 +7,7 @@ pub mod wasm;
 
 use crate::model::PluginError;
 pub use crate::pki::crypto::*;
+pub use crate::pki::jwt::*;
 
 /// `jwt_sign` for a plugin: the x5c chain file must lie under its declared file roots.
 pub(crate) fn plugin_jwt(

@@ -115,7 +115,7 @@ impl Link {
         let (requests, requests_rx) = mpsc::channel(CHANNEL_CAPACITY);
         let (sender, events) = sync_channel(EVENT_CAPACITY);
         let endpoint = format!("{}:{}", o.host, o.port);
-        let connection = Connection {
+        let connection = Driver {
             endpoint: endpoint.clone(),
             host: o.host.to_owned(),
             port: o.port,
@@ -239,8 +239,8 @@ fn ack_quickly(stream: &dyn Stream) {
     let _ = stream;
 }
 
-/// The connection thread's state.
-struct Connection {
+/// What drives one link on its own thread: the socket, the codec, the packet ids, the requests.
+struct Driver {
     endpoint: String,
     host: String,
     port: u16,
@@ -284,7 +284,7 @@ enum Stop {
     Failed(PluginError),
 }
 
-impl Connection {
+impl Driver {
     fn run(mut self, requests: mpsc::Receiver<Request>) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

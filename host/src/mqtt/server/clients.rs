@@ -3,8 +3,8 @@
 //! and the retained messages.
 
 use super::service::MqttService;
+use super::subscriptions::{delivery_qos, Subscriptions};
 use super::{retained, sessions};
-use crate::mqtt::topic::filter_matches;
 use rumqttc::mqttbytes::QoS;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,21 +37,6 @@ pub(super) struct Queued {
 pub(crate) const MAX_QUEUED: usize = 1000;
 /// Payload bytes waiting for one connected client at most.
 pub(crate) const MAX_QUEUED_BYTES: usize = 16 * 1024 * 1024;
-
-/// A client's subscriptions: each filter with the QoS granted for it.
-pub(super) type Subscriptions = Vec<(String, QoS)>;
-
-/// The QoS a message published at `qos` on `topic` is delivered with to a client with
-/// `subscriptions` (the lower of the two, the highest over its matching filters), or `None`
-/// when none matches.
-pub(super) fn delivery_qos(subscriptions: &[(String, QoS)], topic: &str, qos: QoS) -> Option<QoS> {
-    let granted = subscriptions
-        .iter()
-        .filter(|(filter, _)| filter_matches(filter, topic))
-        .map(|(_, granted)| *granted)
-        .reduce(|a, b| if b > a { b } else { a })?;
-    Some(if granted < qos { granted } else { qos })
-}
 
 impl Inbox {
     /// Queue a message for the client if it subscribed to a filter matching `topic` (at the

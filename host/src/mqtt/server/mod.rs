@@ -14,6 +14,7 @@
 //! - `connection`: one connection from accept to close (TLS, CONNECT, take-over, resume, will).
 //! - `event_loop`: the loop of an accepted session, one handler per packet.
 //! - `delivery`: what was sent and waits for its acknowledgement, both ways.
+//! - `subscriptions`: a client's filters and the QoS a message goes at.
 //! - [`sessions`], [`retained`]: what outlives a connection; `jsonl`: their files.
 
 mod clients;
@@ -25,6 +26,7 @@ mod network;
 pub mod retained;
 pub mod service;
 pub mod sessions;
+mod subscriptions;
 #[cfg(test)]
 mod tests;
 

@@ -7,7 +7,7 @@
 //! sessions are kept. The owner may [`Sessions::save`] them to a file (one JSON session per line)
 //! when the server stops and [`Sessions::load`] them at the next start.
 
-use super::clients::{delivery_qos, Subscriptions};
+use super::subscriptions::{delivery_qos, Subscriptions};
 use crate::model::Message;
 use rumqttc::mqttbytes::v4::Publish;
 use rumqttc::mqttbytes::QoS;

@@ -1,7 +1,7 @@
 //! The server core against rumqttc clients: sessions, redelivery, QoS 2, retained messages,
 //! wills, delivery QoS.
 
-use super::clients::delivery_qos;
+use super::subscriptions::delivery_qos;
 use super::*;
 use bytes::BytesMut;
 use rumqttc::mqttbytes::v4::Publish;
