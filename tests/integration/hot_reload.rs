@@ -3,7 +3,8 @@
 //! version serving and says why.
 
 use crate::support::gateway::{
-    bare_gateway, dt_subscriber, eventually, mosquitto_pub, tls_gateway, Gatehost, Sub,
+    dt_subscriber, eventually, mosquitto_pub, payloads, rhai_rule_gateway, tls_gateway, Gatehost,
+    Sub,
 };
 use crate::support::mosquitto::{Mosquitto, Pki};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -132,40 +133,21 @@ fn a_rule_replaced_twenty_times_under_load_loses_nothing_and_each_message_has_on
 
 #[test]
 fn a_broken_edit_keeps_the_last_good_rule_serving_and_names_the_file_and_the_error() {
-    let (dir, local, metrics) =
-        bare_gateway("[[rules]]\nname = \"echo\"\nrule = \"echo\"\nfrom = [\"in/#\"]\n");
+    let version = |v: &str| {
+        format!("fn translate(msg) {{ [#{{ local: true, topic: \"out\", payload: \"{v}\", qos: 1 }}] }}\n")
+    };
+    let (dir, local, metrics, plugins) = rhai_rule_gateway("echo", "in/#", &version("v1"));
     let d = dir.path();
-    let config = std::fs::read_to_string(d.join("gatehost.toml"))
-        .unwrap()
-        .replacen("plugin_dirs = []", "plugin_dirs = [\"plugins\"]", 1);
-    std::fs::write(d.join("gatehost.toml"), config).unwrap();
-    let plugins = d.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
     let write = |source: &str| {
         let tmp = plugins.join("echo.rhai.tmp");
         std::fs::write(&tmp, source).unwrap();
         std::fs::rename(&tmp, plugins.join("echo.rhai")).unwrap();
     };
-    let version = |v: &str| {
-        format!("fn translate(msg) {{ [#{{ local: true, topic: \"out\", payload: \"{v}\", qos: 1 }}] }}\n")
-    };
-    std::fs::write(
-        plugins.join("echo.toml"),
-        "name = \"echo\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
-    )
-    .unwrap();
-    write(&version("v1"));
     let g = Gatehost::start(d, metrics);
     let sub = Sub::start(
         d,
         &["-p".into(), local.to_string(), "-t".into(), "out".into()],
     );
-    let payloads = |sub: &Sub| -> Vec<String> {
-        sub.messages()
-            .into_iter()
-            .map(|(_, p)| String::from_utf8(p).unwrap())
-            .collect()
-    };
     mosquitto_pub(local, "in/a", b"1");
     eventually(20, "v1 answers", || payloads(&sub) == ["v1"]);
 

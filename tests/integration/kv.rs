@@ -3,7 +3,9 @@
 //! kept across restarts of `gatehost run`.
 
 use crate::support::config_for;
-use crate::support::gateway::{bare_gateway, eventually, mosquitto_pub, Gatehost, Sub};
+use crate::support::gateway::{
+    eventually, mosquitto_pub, payloads, rhai_rule_gateway, Gatehost, Sub,
+};
 use crate::support::{gatehost, run, wasm, PluginDir};
 use gatehost::plugins::registry::Registry;
 
@@ -93,27 +95,8 @@ const COUNTER: &str = r#"fn translate(msg) {
 
 #[test]
 fn what_a_rule_keeps_in_kv_is_there_after_a_restart() {
-    let (dir, local, metrics) =
-        bare_gateway("[[rules]]\nname = \"counter\"\nrule = \"counter\"\nfrom = [\"count/in\"]\n");
+    let (dir, local, metrics, _) = rhai_rule_gateway("counter", "count/in", COUNTER);
     let d = dir.path();
-    let config = std::fs::read_to_string(d.join("gatehost.toml"))
-        .unwrap()
-        .replacen("plugin_dirs = []", "plugin_dirs = [\"plugins\"]", 1);
-    std::fs::write(d.join("gatehost.toml"), config).unwrap();
-    let plugins = d.join("plugins");
-    std::fs::create_dir_all(&plugins).unwrap();
-    std::fs::write(plugins.join("counter.rhai"), COUNTER).unwrap();
-    std::fs::write(
-        plugins.join("counter.toml"),
-        "name = \"counter\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n",
-    )
-    .unwrap();
-    let counts = |sub: &Sub| -> Vec<String> {
-        sub.messages()
-            .into_iter()
-            .map(|(_, p)| String::from_utf8(p).unwrap())
-            .collect()
-    };
     let subscribe = || {
         Sub::start(
             d,
@@ -131,8 +114,8 @@ fn what_a_rule_keeps_in_kv_is_there_after_a_restart() {
     for _ in 0..3 {
         mosquitto_pub(local, "count/in", b"x");
     }
-    eventually(20, "three counts", || counts(&sub).len() >= 3);
-    assert_eq!(counts(&sub), ["1", "2", "3"]);
+    eventually(20, "three counts", || payloads(&sub).len() >= 3);
+    assert_eq!(payloads(&sub), ["1", "2", "3"]);
     g.stop();
     drop(sub);
 
@@ -140,7 +123,7 @@ fn what_a_rule_keeps_in_kv_is_there_after_a_restart() {
     let sub = subscribe();
     mosquitto_pub(local, "count/in", b"x");
     eventually(20, "the count after the restart", || {
-        !counts(&sub).is_empty()
+        !payloads(&sub).is_empty()
     });
-    assert_eq!(counts(&sub), ["4"], "the count goes on from what kv kept");
+    assert_eq!(payloads(&sub), ["4"], "the count goes on from what kv kept");
 }

@@ -351,3 +351,38 @@ pub fn bare_gateway(extra: &str) -> (tempfile::TempDir, u16, u16) {
     .unwrap();
     (dir, local, metrics)
 }
+
+/// A gateway with one Rhai rule `name` on the topics `from`, in `<dir>/plugins`: the config
+/// (as [`bare_gateway`] writes it), the rule's manifest and `source`. Returns the folder, the
+/// local broker's and the metrics' ports, and the plugin folder.
+pub fn rhai_rule_gateway(
+    name: &str,
+    from: &str,
+    source: &str,
+) -> (tempfile::TempDir, u16, u16, PathBuf) {
+    let (dir, local, metrics) = bare_gateway(&format!(
+        "[[rules]]\nname = \"{name}\"\nrule = \"{name}\"\nfrom = [\"{from}\"]\n"
+    ));
+    let d = dir.path();
+    let config = std::fs::read_to_string(d.join("gatehost.toml"))
+        .unwrap()
+        .replacen("plugin_dirs = []", "plugin_dirs = [\"plugins\"]", 1);
+    std::fs::write(d.join("gatehost.toml"), config).unwrap();
+    let plugins = d.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::fs::write(plugins.join(format!("{name}.rhai")), source).unwrap();
+    std::fs::write(
+        plugins.join(format!("{name}.toml")),
+        format!("name = \"{name}\"\nversion = \"1.0.0\"\nkind = \"rule\"\napi = \"0.1\"\n"),
+    )
+    .unwrap();
+    (dir, local, metrics, plugins)
+}
+
+/// The payloads `sub` received so far, as text.
+pub fn payloads(sub: &Sub) -> Vec<String> {
+    sub.messages()
+        .into_iter()
+        .map(|(_, p)| String::from_utf8(p).unwrap())
+        .collect()
+}
