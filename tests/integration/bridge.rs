@@ -720,6 +720,48 @@ fn retained_on(port: u16, filter: &str, count: usize) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// MQTT 3.1.1 and 5.0 section 4.7.2 ([MQTT-4.7.2-1]): a subscription whose filter starts with a
+/// wildcard does not receive topics that start with `$`, live or retained; `$TopicA/#` does.
+#[test]
+fn wildcard_subscriptions_on_the_embedded_broker_do_not_receive_dollar_topics() {
+    let (dir, local, metrics) = bare_gateway("");
+    let d = dir.path();
+    let _g = Gatehost::start(d, metrics);
+    let sub = |filter: &str| {
+        Sub::start(
+            d,
+            &["-p".into(), local.to_string(), "-t".into(), filter.into()],
+        )
+    };
+    // A retained message on a `$` topic, there before the subscriptions are.
+    let retained = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &local.to_string(), "-q", "1", "-r"])
+        .args(["-t", "$TopicA/retained", "-m", "kept"])
+        .status()
+        .unwrap();
+    assert!(retained.success());
+    let (all, two_levels, dollar) = (sub("#"), sub("+/+"), sub("$TopicA/#"));
+    mosquitto_pub(local, "$TopicA/B", b"dollar");
+    mosquitto_pub(local, "TopicA/B", b"plain");
+    eventually(20, "the $TopicA/# subscriber gets both $ messages", || {
+        dollar.messages().len() >= 2
+    });
+    eventually(20, "the wildcard subscribers get the plain message", || {
+        !all.messages().is_empty() && !two_levels.messages().is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let topics = |s: &Sub| -> Vec<String> { s.messages().into_iter().map(|(t, _)| t).collect() };
+    assert_eq!(topics(&all), ["TopicA/B"], "'#' must not receive $ topics");
+    assert_eq!(
+        topics(&two_levels),
+        ["TopicA/B"],
+        "'+/+' must not receive $ topics"
+    );
+    let mut got = topics(&dollar);
+    got.sort();
+    assert_eq!(got, ["$TopicA/B", "$TopicA/retained"]);
+}
+
 #[test]
 fn the_embedded_broker_keeps_retained_messages_and_publishes_the_will_of_a_dead_device() {
     let (dir, local, metrics) = bare_gateway("");

@@ -71,6 +71,17 @@ pub(crate) fn filter_matches(filter: &str, topic: &str) -> bool {
     }
 }
 
+/// Whether a subscription to `filter` receives a message on `topic`, as MQTT says
+/// ([MQTT-4.7.2-1]): like [`filter_matches`], except that a filter starting with a wildcard does
+/// not receive topics starting with `$` (`$SYS/...`, `$iothub/...`): `#` and `+/...` never see
+/// them, `$SYS/#` does.
+pub(crate) fn subscription_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && filter.starts_with(['#', '+']) {
+        return false;
+    }
+    filter_matches(filter, topic)
+}
+
 /// Whether a PUBLISH or will may name `topic` (no wildcards, no NUL, not empty).
 pub(crate) fn valid_topic_name(topic: &str) -> bool {
     !topic.is_empty() && !topic.bytes().any(|b| matches!(b, b'+' | b'#' | 0))
@@ -97,6 +108,24 @@ mod tests {
             validate_topic_filter("").unwrap_err().to_string(),
             "is empty"
         );
+    }
+
+    #[test]
+    fn wildcard_subscriptions_do_not_receive_dollar_topics() {
+        // The examples of MQTT 3.1.1 section 4.7.2 (and 5.0 section 4.7.2).
+        assert!(!subscription_matches("#", "$SYS/broker/clients"));
+        assert!(!subscription_matches(
+            "+/monitor/Clients",
+            "$SYS/monitor/Clients"
+        ));
+        assert!(subscription_matches("$SYS/#", "$SYS/monitor/Clients"));
+        assert!(subscription_matches(
+            "$SYS/monitor/+",
+            "$SYS/monitor/Clients"
+        ));
+        assert!(!subscription_matches("+/+", "$TopicA/B"));
+        assert!(subscription_matches("+/+", "TopicA/B"));
+        assert!(subscription_matches("#", "a/$b"));
     }
 
     #[test]

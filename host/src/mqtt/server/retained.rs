@@ -6,7 +6,7 @@
 //! at the next start.
 
 use crate::model::Message;
-use crate::mqtt::topic::filter_matches;
+use crate::mqtt::topic::subscription_matches;
 use rumqttc::mqttbytes::QoS;
 use std::collections::HashMap;
 use std::path::Path;
@@ -157,7 +157,7 @@ fn retained_for(filter: &str, topic: &str) -> bool {
     if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
         return false;
     }
-    filter_matches(filter, topic)
+    subscription_matches(filter, topic)
 }
 
 #[cfg(test)]

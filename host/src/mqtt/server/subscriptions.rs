@@ -2,7 +2,7 @@
 //! delivered with to such a client: what connected clients' inboxes and absent clients' sessions
 //! both judge messages by.
 
-use crate::mqtt::topic::filter_matches;
+use crate::mqtt::topic::subscription_matches;
 use rumqttc::mqttbytes::QoS;
 
 /// A client's subscriptions: each filter with the QoS granted for it.
@@ -14,7 +14,7 @@ pub(super) type Subscriptions = Vec<(String, QoS)>;
 pub(super) fn delivery_qos(subscriptions: &[(String, QoS)], topic: &str, qos: QoS) -> Option<QoS> {
     let granted = subscriptions
         .iter()
-        .filter(|(filter, _)| filter_matches(filter, topic))
+        .filter(|(filter, _)| subscription_matches(filter, topic))
         .map(|(_, granted)| *granted)
         .reduce(|a, b| if b > a { b } else { a })?;
     Some(if granted < qos { granted } else { qos })
