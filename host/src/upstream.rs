@@ -124,7 +124,7 @@ impl<'a> DeviceSession<'a> {
 
     /// Interrupts a [`DeviceSession::poll_completed`] of the current connection (a new one
     /// after [`DeviceSession::renew`] has a new waker).
-    pub(crate) fn waker(&self) -> Option<crate::caps::mqtt::Waker> {
+    pub(crate) fn waker(&self) -> Option<crate::mqtt::client::Waker> {
         self.session.as_ref().map(MqttSession::waker)
     }
 

@@ -235,7 +235,7 @@ async fn run(
                     connected = false;
                     subscriptions.connection_lost();
                     service.metrics.local_connected.store(false, Ordering::Relaxed);
-                    let why = crate::caps::mqtt::v5_error(&url.to_string(), e).message;
+                    let why = crate::mqtt::client::v5_error(&url.to_string(), e).message;
                     log.warn(
                         "local broker",
                         &format!("the local broker {url} is not reachable: {why}; trying again"),
@@ -334,7 +334,7 @@ fn take(
     publish: Publish,
     log: &LogOnce,
 ) {
-    let routed = service.route(crate::caps::mqtt::v5_message(&publish), Origin::Local);
+    let routed = service.route(crate::mqtt::client::v5_message(&publish), Origin::Local);
     service.publish_local(&routed.to_local, client, "a local client");
     match service.store(routed.batch) {
         Ok(settled) => {

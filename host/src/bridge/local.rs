@@ -10,9 +10,9 @@ use super::commit::{Batch, Committer};
 use super::log_once::LogOnce;
 use super::metrics::Metrics;
 use super::queue::{now_ms, DeadLetter};
-use crate::caps::mqtt::MAX_PAYLOAD_BYTES;
 use crate::config::Config;
 use crate::model::{Destination, Message};
+use crate::mqtt::client::MAX_PAYLOAD_BYTES;
 use crate::mqtt::server::{
     ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict,
 };

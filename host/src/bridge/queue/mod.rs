@@ -65,7 +65,7 @@ pub enum QueueError {
 }
 
 use crate::config::StoreConfig;
-pub use crate::config::WhenFull;
+use crate::config::WhenFull;
 
 #[derive(Debug, Clone)]
 pub(crate) struct QueueLimits {

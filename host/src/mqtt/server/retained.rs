@@ -93,7 +93,7 @@ impl Retained {
         let mut found: Vec<(String, Kept)> = state
             .by_topic
             .iter()
-            .filter(|(topic, _)| retained_for(filter, topic))
+            .filter(|(topic, _)| subscription_matches(filter, topic))
             .map(|(topic, kept)| (topic.clone(), kept.clone()))
             .collect();
         found.sort_by(|a, b| a.0.cmp(&b.0));
@@ -149,15 +149,6 @@ impl Retained {
         state.saved = state.changes;
         Ok((kept, skipped))
     }
-}
-
-/// Whether a subscription to `filter` receives `topic`'s retained message: the filter matches,
-/// and a filter starting with a wildcard does not match topics starting with `$` (§4.7.2).
-fn retained_for(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('#') || filter.starts_with('+')) {
-        return false;
-    }
-    subscription_matches(filter, topic)
 }
 
 #[cfg(test)]
