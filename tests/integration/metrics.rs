@@ -3,14 +3,14 @@
 //! family has its type, and the series the README lists are there and move.
 
 use crate::support::gateway::{bare_gateway, eventually, mosquitto_pub, Gatehost};
-use crate::support::python::venv_python;
+use crate::support::python::{python, venv_python};
 
-/// Parses the exposition read from stdin with `prometheus_client`; prints `name type value`
-/// for every sample, or fails on a malformed page.
+/// Parses the exposition in the file `argv[1]` with `prometheus_client`; prints
+/// `family type sample value` for every sample, or fails on a malformed page.
 const PARSE: &str = r#"
 import sys
 from prometheus_client.parser import text_string_to_metric_families
-for family in text_string_to_metric_families(sys.stdin.read()):
+for family in text_string_to_metric_families(open(sys.argv[1]).read()):
     for sample in family.samples:
         print(family.name, family.type, sample.name, sample.value)
 "#;
@@ -25,7 +25,9 @@ fn the_metrics_page_parses_as_prometheus_text_and_counts_what_happened() {
         g.metric("gatehost_messages_unrouted_total") >= 2.0
     });
     let page = g.http("/metrics");
-    let parsed = python_stdin(&page);
+    let scraped = dir.path().join("metrics.txt");
+    std::fs::write(&scraped, &page).unwrap();
+    let parsed = python(&venv_python(), PARSE, &[scraped.to_str().unwrap()]);
     let families: Vec<(&str, &str)> = parsed
         .lines()
         .map(|l| {
@@ -49,29 +51,4 @@ fn the_metrics_page_parses_as_prometheus_text_and_counts_what_happened() {
     let health: serde_json::Value = serde_json::from_str(&g.http("/healthz")).unwrap();
     assert_eq!(health["status"], "ok", "{health}");
     assert_eq!(health["queued"], 0, "{health}");
-}
-
-/// Run the parser with `input` on stdin.
-fn python_stdin(input: &str) -> String {
-    use std::io::Write;
-    let mut child = std::process::Command::new(venv_python())
-        .args(["-c", PARSE])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the page: {}\n{input}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
 }
