@@ -6,11 +6,11 @@
 use super::clients::{Client, Clients, Command, Inbox};
 use super::delivery::Delivery;
 use super::network::{malformed_cause, Network, ReadError};
-use super::service::{ConnectRequest, ConnectVerdict, MqttService, Peer, PublishVerdict};
+use super::service::{ConnectRequest, ConnectVerdict, Identity, MqttService, Peer, PublishVerdict};
 use super::sessions;
 use crate::events::{Event, Recorder};
 use crate::mqtt::topic::valid_topic_name;
-use rumqttc::mqttbytes::v4::{ConnAck, ConnectReturnCode, LastWill, Packet, Publish};
+use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, LastWill, Packet, Publish};
 use rumqttc::mqttbytes::{Error as CodecError, Protocol, QoS};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -91,114 +91,11 @@ impl ClientTask {
         W: AsyncWriteExt + Unpin,
     {
         let mut net = Network::new(reader, writer, self.service.max_packet());
-        let first = tokio::time::timeout(CONNECT_TIMEOUT, net.read_packet()).await;
-        let unsupported = |level: u8| {
-            let detail = format!(
-                "{peer} asked for MQTT protocol level {level}; only 3.1.1 (level 4) is served"
-            );
-            (
-                Some(ConnectReturnCode::RefusedProtocolVersion),
-                "refused",
-                "unsupported protocol level",
-                detail,
-            )
+        let Some(connect) = self.read_connect(&peer, &mut net).await else {
+            return;
         };
-        let connect = match first {
-            Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => Ok(c),
-            Ok(Ok(Packet::Connect(_))) => Err(unsupported(5)),
-            Ok(Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)))) => {
-                Err(unsupported(level))
-            }
-            Ok(Ok(other)) => Err((
-                None,
-                "malformed",
-                "packet before CONNECT",
-                format!("{peer} sent {other:?} before CONNECT; closed"),
-            )),
-            Ok(Err(e)) => Err((
-                None,
-                "malformed",
-                match &e {
-                    ReadError::Codec(c) => malformed_cause(c),
-                    // A client that went away before sending a byte broke no rule (a port
-                    // probe); one that stopped in the middle of a packet did.
-                    ReadError::Eof if net.read.is_empty() => "",
-                    _ => "malformed packet",
-                },
-                format!("{peer} sent no valid CONNECT ({e}); closed"),
-            )),
-            Err(_) => Err((
-                None,
-                "malformed",
-                "no CONNECT in time",
-                format!(
-                    "{peer} sent no CONNECT within {} s; closed",
-                    CONNECT_TIMEOUT.as_secs()
-                ),
-            )),
-        };
-        let connect = match connect {
-            Ok(connect) => connect,
-            Err((code, event, cause, detail)) => {
-                if let Some(code) = code {
-                    net.send_now(Packet::ConnAck(ConnAck::new(code, false)))
-                        .await;
-                }
-                if !cause.is_empty() {
-                    self.service.protocol_error(cause, &detail);
-                }
-                self.recorder.push(self.record(event, "").detail(detail));
-                return;
-            }
-        };
-
-        let (username, password) = connect
-            .login
-            .as_ref()
-            .map(|l| (l.username.as_str(), l.password.as_str()))
-            .unwrap_or(("", ""));
-        let request = ConnectRequest {
-            client_id: &connect.client_id,
-            username,
-            password,
-            peer_chain: &chain,
-        };
-        // MQTT 3.1.1: a client with a clean session may leave its id to the server.
-        let assigned;
-        let request = if connect.client_id.is_empty() {
-            if !connect.clean_session {
-                let code = ConnectReturnCode::BadClientId;
-                net.send_now(Packet::ConnAck(ConnAck::new(code, false)))
-                    .await;
-                self.recorder
-                    .push(self.record("refused", "").detail(format!(
-                        "{peer} asked for a persistent session without a client id"
-                    )));
-                return;
-            }
-            assigned = format!("auto-{}", self.id);
-            ConnectRequest {
-                client_id: &assigned,
-                ..request
-            }
-        } else {
-            request
-        };
-        let client_id = request.client_id.to_string();
-        let auth = match self.service.connect(&request) {
-            ConnectVerdict::Accept(auth) => auth,
-            ConnectVerdict::Refuse(code, why) => {
-                net.send_now(Packet::ConnAck(ConnAck::new(code, false)))
-                    .await;
-                self.recorder
-                    .push(self.record("refused", &client_id).detail(why));
-                return;
-            }
-            ConnectVerdict::Close(why) => {
-                self.recorder
-                    .push(self.record("closed", &client_id).detail(why));
-                return;
-            }
+        let Some((client_id, auth)) = self.admit(&peer, &chain, &connect, &mut net).await else {
+            return;
         };
 
         let persistent = !connect.clean_session && self.service.keeps_sessions();
@@ -260,6 +157,140 @@ impl ClientTask {
                 .identity(client.label())
                 .detail(why),
         );
+    }
+
+    /// The client's CONNECT, or `None` once a connection that sent none in time, a malformed
+    /// one or one of a protocol level not served was answered (if it can be) and recorded.
+    async fn read_connect<R, W>(&self, peer: &str, net: &mut Network<R, W>) -> Option<Connect>
+    where
+        R: AsyncReadExt + Unpin,
+        W: AsyncWriteExt + Unpin,
+    {
+        let first = tokio::time::timeout(CONNECT_TIMEOUT, net.read_packet()).await;
+        let unsupported = |level: u8| {
+            let detail = format!(
+                "{peer} asked for MQTT protocol level {level}; only 3.1.1 (level 4) is served"
+            );
+            (
+                Some(ConnectReturnCode::RefusedProtocolVersion),
+                "refused",
+                "unsupported protocol level",
+                detail,
+            )
+        };
+        let connect = match first {
+            Ok(Ok(Packet::Connect(c))) if c.protocol == Protocol::V4 => Ok(c),
+            Ok(Ok(Packet::Connect(_))) => Err(unsupported(5)),
+            Ok(Err(ReadError::Codec(CodecError::InvalidProtocolLevel(level)))) => {
+                Err(unsupported(level))
+            }
+            Ok(Ok(other)) => Err((
+                None,
+                "malformed",
+                "packet before CONNECT",
+                format!("{peer} sent {other:?} before CONNECT; closed"),
+            )),
+            Ok(Err(e)) => Err((
+                None,
+                "malformed",
+                match &e {
+                    ReadError::Codec(c) => malformed_cause(c),
+                    // A client that went away before sending a byte broke no rule (a port
+                    // probe); one that stopped in the middle of a packet did.
+                    ReadError::Eof if net.read.is_empty() => "",
+                    _ => "malformed packet",
+                },
+                format!("{peer} sent no valid CONNECT ({e}); closed"),
+            )),
+            Err(_) => Err((
+                None,
+                "malformed",
+                "no CONNECT in time",
+                format!(
+                    "{peer} sent no CONNECT within {} s; closed",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            )),
+        };
+        match connect {
+            Ok(connect) => Some(connect),
+            Err((code, event, cause, detail)) => {
+                if let Some(code) = code {
+                    net.send_now(Packet::ConnAck(ConnAck::new(code, false)))
+                        .await;
+                }
+                if !cause.is_empty() {
+                    self.service.protocol_error(cause, &detail);
+                }
+                self.recorder.push(self.record(event, "").detail(detail));
+                None
+            }
+        }
+    }
+
+    /// Ask the service whether `connect` may connect (a clean session without a client id gets
+    /// one assigned): the client id and its identity, or `None` once the refusal was answered and
+    /// recorded.
+    async fn admit<R, W>(
+        &self,
+        peer: &str,
+        chain: &[Vec<u8>],
+        connect: &Connect,
+        net: &mut Network<R, W>,
+    ) -> Option<(String, Result<Identity, String>)>
+    where
+        R: AsyncReadExt + Unpin,
+        W: AsyncWriteExt + Unpin,
+    {
+        let (username, password) = connect
+            .login
+            .as_ref()
+            .map(|l| (l.username.as_str(), l.password.as_str()))
+            .unwrap_or(("", ""));
+        let request = ConnectRequest {
+            client_id: &connect.client_id,
+            username,
+            password,
+            peer_chain: chain,
+        };
+        // MQTT 3.1.1: a client with a clean session may leave its id to the server.
+        let assigned;
+        let request = if connect.client_id.is_empty() {
+            if !connect.clean_session {
+                let code = ConnectReturnCode::BadClientId;
+                net.send_now(Packet::ConnAck(ConnAck::new(code, false)))
+                    .await;
+                self.recorder
+                    .push(self.record("refused", "").detail(format!(
+                        "{peer} asked for a persistent session without a client id"
+                    )));
+                return None;
+            }
+            assigned = format!("auto-{}", self.id);
+            ConnectRequest {
+                client_id: &assigned,
+                ..request
+            }
+        } else {
+            request
+        };
+        let client_id = request.client_id.to_string();
+        let auth = match self.service.connect(&request) {
+            ConnectVerdict::Accept(auth) => auth,
+            ConnectVerdict::Refuse(code, why) => {
+                net.send_now(Packet::ConnAck(ConnAck::new(code, false)))
+                    .await;
+                self.recorder
+                    .push(self.record("refused", &client_id).detail(why));
+                return None;
+            }
+            ConnectVerdict::Close(why) => {
+                self.recorder
+                    .push(self.record("closed", &client_id).detail(why));
+                return None;
+            }
+        };
+        Some((client_id, auth))
     }
 
     /// Publish a client's will (MQTT 3.1.1 §3.1.2.5) as if the client had sent it: its
