@@ -3,7 +3,7 @@
 //! permissions refer to, checked against the loaded plugins. Every problem is one sentence that
 //! names the setting.
 
-use crate::config::Config;
+use crate::config::{Config, LocalConfig};
 use crate::plugins::manifest::PluginKind;
 use crate::plugins::registry::Registry;
 
@@ -11,7 +11,59 @@ use crate::plugins::registry::Registry;
 /// problems `gatehost run` refuses to start with.
 pub(crate) fn bridge_problems(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
-    let local = &config.local;
+    local_problems(&config.local, &mut problems);
+    if config.store.max_mib == Some(0) {
+        problems.push("store.max_mib must be at least 1".to_string());
+    }
+    if let Some(ms) = config.store.sync_interval_ms.filter(|&ms| ms > 1000) {
+        problems.push(format!(
+            "store.sync_interval_ms is {ms}: at most 1000 (local publishers wait that long for their PUBACK)"
+        ));
+    }
+    if config.metrics.listen != "off"
+        && config
+            .metrics
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .is_err()
+    {
+        problems.push(format!(
+            "metrics.listen '{}' must be an address like 127.0.0.1:9464, or \"off\"",
+            config.metrics.listen
+        ));
+    }
+    for sim in &config.simulators {
+        if let Err(why) = crate::mqtt::topic::validate_topic_name(&sim.topic) {
+            problems.push(format!(
+                "simulator '{}': topic '{}' {why}",
+                sim.name, sim.topic
+            ));
+        }
+        if sim.qos > 1 {
+            problems.push(format!("simulator '{}': qos must be 0 or 1", sim.name));
+        }
+    }
+    problems
+}
+
+/// Check what the config refers to against the loaded plugins. Returns every problem found.
+pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
+    let mut problems = Vec::new();
+    problems.extend(bridge_problems(config));
+    if let Some(sandbox) = &config.sandbox {
+        if let Err(e) = crate::sandbox::config::SandboxConfig::load(&config.resolve(sandbox)) {
+            problems.push(format!("sandbox: {e}"));
+        }
+    }
+    device_problems(config, registry, &mut problems);
+    rule_problems(config, registry, &mut problems);
+    plugin_setting_problems(config, registry, &mut problems);
+    problems
+}
+
+/// `[local]`: the embedded broker's listener and TLS, or an external broker's address,
+/// credentials and TLS files.
+fn local_problems(local: &LocalConfig, problems: &mut Vec<String>) {
     match local.external_broker() {
         Err(why) => problems.push(why.to_string()),
         Ok(None) => {
@@ -72,74 +124,35 @@ pub(crate) fn bridge_problems(config: &Config) -> Vec<String> {
             }
         }
     }
-    if config.local.listen.parse::<std::net::SocketAddr>().is_err() {
+    if local.listen.parse::<std::net::SocketAddr>().is_err() {
         problems.push(format!(
             "local.listen '{}' must be an address like 127.0.0.1:1883",
-            config.local.listen
+            local.listen
         ));
     }
-    match (&config.local.tls_cert, &config.local.tls_key) {
+    match (&local.tls_cert, &local.tls_key) {
         (Some(_), None) | (None, Some(_)) => {
             problems.push("local.tls_cert and local.tls_key must be given together".to_string())
         }
         _ => {}
     }
-    if config.local.client_ca.is_some() && config.local.tls_cert.is_none() {
+    if local.client_ca.is_some() && local.tls_cert.is_none() {
         problems.push(
             "local.client_ca needs local.tls_cert and local.tls_key (client certificates \
              come with TLS)"
                 .to_string(),
         );
     }
-    if config.local.max_packet_kib == Some(0) {
+    if local.max_packet_kib == Some(0) {
         problems.push("local.max_packet_kib must be at least 1".to_string());
     }
-    if config.store.max_mib == Some(0) {
-        problems.push("store.max_mib must be at least 1".to_string());
-    }
-    if let Some(ms) = config.store.sync_interval_ms.filter(|&ms| ms > 1000) {
-        problems.push(format!(
-            "store.sync_interval_ms is {ms}: at most 1000 (local publishers wait that long for their PUBACK)"
-        ));
-    }
-    if config.metrics.listen != "off"
-        && config
-            .metrics
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .is_err()
-    {
-        problems.push(format!(
-            "metrics.listen '{}' must be an address like 127.0.0.1:9464, or \"off\"",
-            config.metrics.listen
-        ));
-    }
-    for sim in &config.simulators {
-        if let Err(why) = crate::mqtt::topic::validate_topic_name(&sim.topic) {
-            problems.push(format!(
-                "simulator '{}': topic '{}' {why}",
-                sim.name, sim.topic
-            ));
-        }
-        if sim.qos > 1 {
-            problems.push(format!("simulator '{}': qos must be 0 or 1", sim.name));
-        }
-    }
-    problems
 }
 
-/// Check what the config refers to against the loaded plugins. Returns every problem found.
-pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
-    let mut problems = Vec::new();
-    problems.extend(bridge_problems(config));
-    if let Some(sandbox) = &config.sandbox {
-        if let Err(e) = crate::sandbox::config::SandboxConfig::load(&config.resolve(sandbox)) {
-            problems.push(format!("sandbox: {e}"));
-        }
-    }
+/// `[[devices]]` and `[[device_templates]]`: names, parameters, `from_cloud` filters, flows.
+fn device_problems(config: &Config, registry: &Registry, problems: &mut Vec<String>) {
     let mut names = std::collections::BTreeSet::new();
     for device in &config.devices {
-        if !names.insert(("device", device.name.as_str())) {
+        if !names.insert(device.name.as_str()) {
             problems.push(format!("device '{}' is defined twice", device.name));
         }
         let params = device.param_pairs();
@@ -183,8 +196,13 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
             problems.push(format!("{name}: {e}"));
         }
     }
+}
+
+/// `[[rules]]`: names, filters, and the plugin or template each runs.
+fn rule_problems(config: &Config, registry: &Registry, problems: &mut Vec<String>) {
+    let mut names = std::collections::BTreeSet::new();
     for rule in &config.rules {
-        if !names.insert(("rule", rule.name.as_str())) {
+        if !names.insert(rule.name.as_str()) {
             problems.push(format!("rule '{}' is defined twice", rule.name));
         }
         if rule.filters().is_empty()
@@ -230,6 +248,10 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
             },
         }
     }
+}
+
+/// `[limits.plugins.<name>]` and `[permissions.<name>]`: the plugins they name, the patterns.
+fn plugin_setting_problems(config: &Config, registry: &Registry, problems: &mut Vec<String>) {
     for name in config.limits.plugins.keys() {
         if let Err(e) = registry.get(name) {
             problems.push(format!("[limits.plugins.{name}]: {e}"));
@@ -253,5 +275,4 @@ pub fn config_problems(config: &Config, registry: &Registry) -> Vec<String> {
             }
         }
     }
-    problems
 }
