@@ -36,6 +36,8 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     wasi: WasiCtx,
     memory: MemoryCap,
+    /// What the guest wrote to stderr during the current call: a trap's error quotes it.
+    stderr_tail: StderrTail,
 }
 
 impl WasiView for HostState {
@@ -131,7 +133,8 @@ impl WasmRuntime {
         limits: Limits,
     ) -> Result<WasmRule, LoadError> {
         let component = self.component(path)?;
-        let mismatch = |e: wasmtime::Error| world_mismatch(path, "rule", e);
+        let mismatch =
+            |e: wasmtime::Error| world_mismatch(path, "rule", &self.engine, &component, e);
         let pre = self
             .rule_linker
             .instantiate_pre(&component)
@@ -150,7 +153,8 @@ impl WasmRuntime {
         limits: Limits,
     ) -> Result<WasmFlow, LoadError> {
         let component = self.component(path)?;
-        let mismatch = |e: wasmtime::Error| world_mismatch(path, "flow", e);
+        let mismatch =
+            |e: wasmtime::Error| world_mismatch(path, "flow", &self.engine, &component, e);
         let pre = self
             .flow_linker
             .instantiate_pre(&component)
@@ -238,13 +242,49 @@ fn check_component_header(path: &Path, bytes: &[u8]) -> Result<(), LoadError> {
     Ok(())
 }
 
-fn world_mismatch(path: &Path, world: &'static str, e: wasmtime::Error) -> LoadError {
+fn world_mismatch(
+    path: &Path,
+    world: &'static str,
+    engine: &Engine,
+    component: &Component,
+    e: wasmtime::Error,
+) -> LoadError {
+    let reason = match foreign_import(engine, component) {
+        Some(why) => why,
+        None => format!("{e:#}"),
+    };
     LoadError::WorldMismatch {
         path: path.to_path_buf(),
         world,
         version: super::WORLD_VERSION,
-        reason: format!("{e:#}"),
+        reason,
     }
+}
+
+/// The cause behind a link error that the component's imports show better than wasmtime's
+/// message does: a gatehost API of another version (an old or newer WIT), or `wasi:http`,
+/// which gatehost does not give plugins (componentize-js adds it unless told not to).
+fn foreign_import(engine: &Engine, component: &Component) -> Option<String> {
+    let ty = component.component_type();
+    let names: Vec<&str> = ty.imports(engine).map(|(name, _)| name).collect();
+    if let Some(other) = names.iter().find_map(|name| {
+        let (package, version) = name.split_once('@')?;
+        (package.starts_with("gatehost:plugin/") && version != super::WORLD_VERSION)
+            .then_some(version)
+    }) {
+        return Some(format!(
+            "it was built against gatehost API {other} (it imports gatehost:plugin/...@{other}); \
+             this gatehost implements {}: rebuild it with this gatehost's WIT files",
+            super::WORLD_VERSION
+        ));
+    }
+    if let Some(http) = names.iter().find(|name| name.starts_with("wasi:http/")) {
+        return Some(format!(
+            "it imports {http}, which gatehost does not give plugins (they have \
+             gatehost:plugin/http); a componentize-js build needs `--disable http fetch-event`"
+        ));
+    }
+    None
 }
 
 /// Advance the engine's epoch every [`EPOCH_TICK`] until the engine is dropped.
@@ -299,14 +339,17 @@ impl<B> InstanceSlot<B> {
 
     fn start(&self) -> Result<(Store<HostState>, B), PluginError> {
         let plugin = self.caps.plugin.clone();
+        let stderr_tail = StderrTail::default();
         let wasi = WasiCtxBuilder::new()
             .stdout(LogStream {
                 plugin: plugin.clone(),
                 stream: "stdout",
+                tail: None,
             })
             .stderr(LogStream {
                 plugin,
                 stream: "stderr",
+                tail: Some(stderr_tail.clone()),
             })
             .build();
         let state = HostState {
@@ -317,6 +360,7 @@ impl<B> InstanceSlot<B> {
                 max_bytes: self.limits.memory_bytes,
                 hit: false,
             },
+            stderr_tail,
         };
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.memory);
@@ -359,6 +403,7 @@ impl<B> InstanceSlot<B> {
         store.set_epoch_deadline(first.min(self.deadline_ticks()));
         let _host_calls = crate::caps::deadline::CallDeadline::start(self.limits.timeout);
         store.data_mut().memory.hit = false;
+        store.data().stderr_tail.clear();
         // A panic in a host call (blocking WASI code on a runtime worker) leaves the guest
         // half-way through a call: the instance is rebuilt before the panic goes on.
         let outcome =
@@ -414,7 +459,13 @@ impl<B> InstanceSlot<B> {
             Some(trap) => trap.to_string(),
             None => format!("{e}"),
         };
-        PluginError::new(ErrorKind::Plugin, format!("trapped: {reason}"))
+        let said = store.data().stderr_tail.summary();
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!("; its stderr said: {said}")
+        };
+        PluginError::new(ErrorKind::Plugin, format!("trapped: {reason}{said}"))
     }
 }
 
@@ -462,6 +513,49 @@ impl FlowPlugin for WasmFlow {
 struct LogStream {
     plugin: Arc<str>,
     stream: &'static str,
+    /// stderr also keeps its last lines for the error of a trap.
+    tail: Option<StderrTail>,
+}
+
+/// The last lines a guest wrote to stderr in one call, without the language runtimes'
+/// boilerplate around them: what a Python traceback, a JavaScript exception or a Rust panic says
+/// just before the trap that ends it.
+#[derive(Clone, Default)]
+struct StderrTail(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+impl StderrTail {
+    const LINES: usize = 3;
+    const CHARS: usize = 400;
+
+    fn clear(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    fn push(&self, line: &str) {
+        let line = line.trim();
+        // Frames and banners of the runtimes (CPython, StarlingMonkey, Rust's panic handler).
+        let boilerplate = line.is_empty()
+            || line.starts_with("Traceback (most recent call last)")
+            || line.starts_with("File \"")
+            || line.starts_with("note: run with `RUST_BACKTRACE")
+            || line.starts_with("Redirecting call to abort()")
+            || line == "Stack:"
+            || (line.starts_with("thread '") && line.contains("panicked at"))
+            || (line.contains('@') && line.contains(".js:"));
+        if boilerplate {
+            return;
+        }
+        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if lines.len() == Self::LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line.chars().take(Self::CHARS).collect());
+    }
+
+    fn summary(&self) -> String {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().cloned().collect::<Vec<_>>().join(" | ")
+    }
 }
 
 impl IsTerminal for LogStream {
@@ -490,6 +584,9 @@ impl LineLogger {
     fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         let text = crate::redact::redact(&text);
+        if let Some(tail) = &self.stream.tail {
+            tail.push(&text);
+        }
         tracing::info!(
             plugin = &*self.stream.plugin,
             stream = self.stream.stream,
