@@ -25,9 +25,9 @@ pub enum PluginCommand {
     /// List the plugins found in the plugin directories and installed from bundles.
     #[command(after_help = "Example:\n  gatehost plugin list --json")]
     List(ListArgs),
-    /// Create a working plugin skeleton (Rhai script or Rust WASM crate).
+    /// Create a working plugin skeleton (Rhai script, or a WASM component in Rust, JavaScript or Python).
     #[command(
-        after_help = "Example:\n  gatehost plugin new line-rule --kind rule --engine rhai --out scripts/rules/line-rule"
+        after_help = "Examples:\n  gatehost plugin new line-rule --kind rule --engine rhai --out scripts/rules/line-rule\n  gatehost plugin new line-rule-js --kind rule --engine wasm --lang js\n  gatehost plugin new vendor-flow --kind flow --engine wasm --lang python"
     )]
     New(NewArgs),
     /// Pack a plugin (its manifest, or the directory holding it) into a bundle.
@@ -83,6 +83,14 @@ pub enum EngineArg {
     Wasm,
 }
 
+/// The language of a WASM plugin.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LangArg {
+    Rust,
+    Js,
+    Python,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct NewArgs {
     /// Plugin name (a-z, 0-9, '-', '_').
@@ -91,6 +99,10 @@ pub struct NewArgs {
     pub kind: KindArg,
     #[arg(long, value_enum)]
     pub engine: EngineArg,
+    /// The language of a WASM plugin: Rust (cargo), JavaScript (componentize-js) or Python
+    /// (componentize-py) [default: rust].
+    #[arg(long, value_enum)]
+    pub lang: Option<LangArg>,
     /// Directory to create [default: ./NAME].
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
@@ -317,16 +329,25 @@ fn new(args: NewArgs) -> anyhow::Result<ExitCode> {
             EngineArg::Wasm => EngineKind::Wasm,
         },
     );
-    let written = skeleton::create(&dir, &args.name, kind, engine, &sdk)?;
+    let lang = match args.lang {
+        None | Some(LangArg::Rust) => skeleton::Lang::Rust,
+        Some(LangArg::Js) => skeleton::Lang::JavaScript,
+        Some(LangArg::Python) => skeleton::Lang::Python,
+    };
+    let written = skeleton::create(&dir, &args.name, kind, engine, lang, &sdk)?;
     for path in &written {
         outln!("created {}", path.display());
     }
     let manifest = dir.join(format!("{}.toml", args.name));
     if engine == EngineKind::Wasm {
-        outln!(
-            "next: cd {} && cargo build --release --target wasm32-wasip2",
-            dir.display()
-        );
+        let build = match lang {
+            skeleton::Lang::Rust => "cargo build --release --target wasm32-wasip2",
+            skeleton::Lang::JavaScript => "npm install && npm run build",
+            skeleton::Lang::Python => {
+                "./build.sh   (needs componentize-py: pip install componentize-py==0.25.1)"
+            }
+        };
+        outln!("next: cd {} && {build}", dir.display());
     }
     match kind {
         PluginKind::Rule => outln!(

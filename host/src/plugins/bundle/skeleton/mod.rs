@@ -1,11 +1,37 @@
 //! `gatehost plugin new`: a working plugin skeleton for either engine and kind, ready for
 //! `gatehost check`, `gatehost rule test` (rules), `gatehost onboard` (flows) and
-//! `gatehost plugin pack`.
+//! `gatehost plugin pack`. WASM plugins come in Rust (a crate on the gatehost SDK), JavaScript
+//! (componentize-js) and Python (componentize-py); the JavaScript and Python skeletons carry a
+//! copy of the WIT package (`wit/`) so that they build anywhere, offline. Their sources are the
+//! files in `templates/`.
 
 use crate::model::is_plugin_name;
 use crate::plugins::discovery::EngineKind;
 use crate::plugins::manifest::PluginKind;
 use std::path::{Path, PathBuf};
+
+/// The language of a WASM plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    Rust,
+    JavaScript,
+    Python,
+}
+
+/// The WIT package every component is built against, as the JavaScript and Python skeletons
+/// carry it in `wit/`.
+const WIT: [(&str, &str); 10] = [
+    ("certs.wit", include_str!("../../../../../wit/certs.wit")),
+    ("crypto.wit", include_str!("../../../../../wit/crypto.wit")),
+    ("http.wit", include_str!("../../../../../wit/http.wit")),
+    ("json.wit", include_str!("../../../../../wit/json.wit")),
+    ("kv.wit", include_str!("../../../../../wit/kv.wit")),
+    ("log.wit", include_str!("../../../../../wit/log.wit")),
+    ("mqtt.wit", include_str!("../../../../../wit/mqtt.wit")),
+    ("time.wit", include_str!("../../../../../wit/time.wit")),
+    ("types.wit", include_str!("../../../../../wit/types.wit")),
+    ("worlds.wit", include_str!("../../../../../wit/worlds.wit")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SkeletonError {
@@ -15,6 +41,10 @@ pub enum SkeletonError {
     Exists(PathBuf),
     #[error("a WASM plugin needs the gatehost SDK crate: pass --sdk <path to plugins/sdk of a gatehost checkout> ({0} does not exist)")]
     NoSdk(PathBuf),
+    #[error(
+        "--lang {0} is for WASM plugins: add --engine wasm, or leave --lang out for a Rhai script"
+    )]
+    LangWithoutWasm(&'static str),
     #[error("cannot write {path}: {source}")]
     Write {
         path: PathBuf,
@@ -27,12 +57,14 @@ pub fn files(
     name: &str,
     kind: PluginKind,
     engine: EngineKind,
+    lang: Lang,
     sdk: &Path,
 ) -> Vec<(String, String)> {
     let crate_name = name.replace('-', "_");
-    let entry = match engine {
-        EngineKind::Rhai => format!("{name}.rhai"),
-        EngineKind::Wasm => format!("target/wasm32-wasip2/release/{crate_name}.wasm"),
+    let entry = match (engine, lang) {
+        (EngineKind::Rhai, _) => format!("{name}.rhai"),
+        (EngineKind::Wasm, Lang::Rust) => format!("target/wasm32-wasip2/release/{crate_name}.wasm"),
+        (EngineKind::Wasm, _) => format!("{name}.wasm"),
     };
     let mut manifest = format!(
         "# The manifest of plugin {name}: what it is and everything it may use.\nname = \"{name}\"\nversion = \"0.1.0\"\nkind = \"{kind}\"\napi = \"{api}\"\ndescription = \"{what}\"\npublisher = \"my-company\"\nentry = \"{entry}\"\n\n[permissions]\n",
@@ -57,6 +89,24 @@ pub fn files(
                 PluginKind::Flow => RHAI_FLOW.replace("{name}", name),
             },
         )),
+        EngineKind::Wasm if lang != Lang::Rust => {
+            let fill = |t: &str| {
+                t.replace("{name}", name)
+                    .replace("{kind}", &kind.to_string())
+            };
+            let rule = kind == PluginKind::Rule;
+            if lang == Lang::JavaScript {
+                let source = if rule { RULE_JS } else { FLOW_JS };
+                out.push((format!("{name}.js"), fill(source)));
+                out.push(("package.json".into(), fill(PACKAGE_JSON)));
+            } else {
+                out.push(("app.py".into(), fill(if rule { RULE_PY } else { FLOW_PY })));
+                out.push(("build.sh".into(), fill(BUILD_SH)));
+            }
+            for (file, text) in WIT {
+                out.push((format!("wit/{file}"), text.to_string()));
+            }
+        }
         EngineKind::Wasm => {
             out.push((
                 "Cargo.toml".into(),
@@ -82,20 +132,27 @@ pub fn create(
     name: &str,
     kind: PluginKind,
     engine: EngineKind,
+    lang: Lang,
     sdk: &Path,
 ) -> Result<Vec<PathBuf>, SkeletonError> {
     if !is_plugin_name(name) {
         return Err(SkeletonError::BadName(name.to_string()));
     }
+    if engine == EngineKind::Rhai && lang != Lang::Rust {
+        return Err(SkeletonError::LangWithoutWasm(match lang {
+            Lang::JavaScript => "js",
+            _ => "python",
+        }));
+    }
     if dir.exists() {
         return Err(SkeletonError::Exists(dir.to_path_buf()));
     }
-    if engine == EngineKind::Wasm && !sdk.join("Cargo.toml").exists() {
+    if engine == EngineKind::Wasm && lang == Lang::Rust && !sdk.join("Cargo.toml").exists() {
         return Err(SkeletonError::NoSdk(sdk.to_path_buf()));
     }
     let sdk = sdk.canonicalize().unwrap_or_else(|_| sdk.to_path_buf());
     let mut written = Vec::new();
-    for (rel, text) in files(name, kind, engine, &sdk) {
+    for (rel, text) in files(name, kind, engine, lang, &sdk) {
         let path = dir.join(&rel);
         let write = || -> std::io::Result<()> {
             if let Some(parent) = path.parent() {
@@ -109,8 +166,25 @@ pub fn create(
         })?;
         written.push(path);
     }
+    #[cfg(unix)]
+    if let Some(script) = written.iter().find(|p| p.ends_with("build.sh")) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(script, std::fs::Permissions::from_mode(0o755)).map_err(
+            |source| SkeletonError::Write {
+                path: script.clone(),
+                source,
+            },
+        )?;
+    }
     Ok(written)
 }
+
+const RULE_JS: &str = include_str!("templates/rule.js");
+const FLOW_JS: &str = include_str!("templates/flow.js");
+const PACKAGE_JSON: &str = include_str!("templates/package.json");
+const RULE_PY: &str = include_str!("templates/rule.py");
+const FLOW_PY: &str = include_str!("templates/flow.py");
+const BUILD_SH: &str = include_str!("templates/build.sh");
 
 const RHAI_RULE: &str = r#"// {name}: a gatehost rule (Rhai). `translate(msg)` receives one local MQTT message
 // (msg.topic, msg.payload as a blob, msg.qos, msg.retain, msg.properties) and returns the
