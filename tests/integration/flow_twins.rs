@@ -1,5 +1,5 @@
 //! The WASM twins of the Azure DPS and MindConnect private-cloud flows (`plugins/azure-dps`,
-//! `plugins/mindconnect-private`) against the sandbox: for every attestation they produce the
+//! `plugins/mindconnect-private`, and azure-dps in JavaScript and Python) against the sandbox: for every attestation they produce the
 //! connection the Rhai scripts produce, their `refresh` credentials carry telemetry, and their
 //! failures read the same.
 
@@ -106,19 +106,26 @@ fn wasm_twins_onboard_exactly_like_the_scripts() {
             ]),
         ),
     ];
+    let twins = ["azure-dps-wasm", "azure-dps-js", "azure-dps-py"];
     for (what, params) in cases {
         let script = flow("azure-dps").onboard(&params).unwrap();
-        let component = flow("azure-dps-wasm").onboard(&params).unwrap();
-        assert_eq!(comparable(script), comparable(component.clone()), "{what}");
-        let topic = format!("devices/{}/messages/events/", component.client_id);
-        telemetry(
-            &sandbox,
-            &registry,
-            "azure-dps-wasm",
-            &component,
-            Service::IotHub,
-            &topic,
-        );
+        for twin in twins {
+            let component = flow(twin).onboard(&params).unwrap();
+            assert_eq!(
+                comparable(script.clone()),
+                comparable(component.clone()),
+                "{twin}: {what}"
+            );
+            let topic = format!("devices/{}/messages/events/", component.client_id);
+            telemetry(
+                &sandbox,
+                &registry,
+                twin,
+                &component,
+                Service::IotHub,
+                &topic,
+            );
+        }
     }
 
     // The same failures, word for word.
@@ -127,9 +134,24 @@ fn wasm_twins_onboard_exactly_like_the_scripts() {
         ("symmetric_key", "d3Jvbmcga2V5".into()),
     ]);
     let script = flow("azure-dps").onboard(&wrong).unwrap_err();
-    let component = flow("azure-dps-wasm").onboard(&wrong).unwrap_err();
-    assert_eq!(script, component);
     assert!(script.message.contains("DPS answered 401"), "{script}");
+    for twin in twins {
+        assert_eq!(script, flow(twin).onboard(&wrong).unwrap_err(), "{twin}");
+    }
+    // Parameters the flow itself checks (gatehost checked the manifest's lists already).
+    let bad_number = dps(&[
+        ("registration_id", "twin-sym".into()),
+        ("symmetric_key", "d3Jvbmcga2V5".into()),
+        ("timeout_secs", "0".into()),
+    ]);
+    let script = flow("azure-dps").onboard(&bad_number).unwrap_err();
+    for twin in twins {
+        assert_eq!(
+            script,
+            flow(twin).onboard(&bad_number).unwrap_err(),
+            "{twin}"
+        );
+    }
 
     // MindConnect private cloud: the broker closes the new agent's first connections, so each
     // engine is retried until it is provisioned (by hand here: `gatehost onboard` does it).

@@ -1,7 +1,8 @@
-//! Parity: the example rule in Rhai and in WASM produce byte-identical results (messages and
-//! errors) over a corpus of odd topics and payloads.
+//! Parity: the example rule in Rhai and as WASM components written in Rust, JavaScript and
+//! Python produce byte-identical results (messages and errors) over a corpus of odd topics and
+//! payloads.
 
-use crate::support::example_rules;
+use crate::support::example_rules_in_every_language as rules;
 use gatehost::model::{Message, Outbound, PluginError};
 
 fn topics() -> Vec<String> {
@@ -82,22 +83,24 @@ fn render(result: &Result<Vec<Outbound>, PluginError>) -> String {
 }
 
 #[test]
-fn rhai_and_wasm_rules_are_byte_identical_over_the_corpus() {
-    let (rhai, wasm) = example_rules();
+fn every_language_gives_byte_identical_results_over_the_corpus() {
+    let rules = rules();
+    let (rhai, others) = rules.split_first().unwrap();
     let corpus = corpus();
     assert!(corpus.len() >= 50, "corpus has {} messages", corpus.len());
     let mut ok = 0;
     let mut errors = 0;
     for msg in &corpus {
-        let a = rhai.translate(msg);
-        let b = wasm.translate(msg);
-        assert_eq!(
-            render(&a),
-            render(&b),
-            "engines differ on topic {:?} payload {:?}",
-            msg.topic,
-            String::from_utf8_lossy(&msg.payload)
-        );
+        let a = rhai.1.translate(msg);
+        for (lang, rule) in others {
+            assert_eq!(
+                render(&a),
+                render(&rule.translate(msg)),
+                "Rhai and {lang} differ on topic {:?} payload {:?}",
+                msg.topic,
+                String::from_utf8_lossy(&msg.payload)
+            );
+        }
         match a {
             Ok(out) => {
                 ok += 1;
@@ -116,9 +119,8 @@ fn rhai_and_wasm_rules_are_byte_identical_over_the_corpus() {
 
 #[test]
 fn the_example_rule_produces_the_documented_message() {
-    let (rhai, wasm) = example_rules();
     let msg = Message::new("plant1/press7/temperature", r#"{"value":21.5}"#, 1);
-    for rule in [rhai, wasm] {
+    for (_, rule) in rules() {
         let out = rule.translate(&msg).expect("translates");
         assert_eq!(
             serde_json::to_string(&out[0]).unwrap(),
@@ -133,10 +135,9 @@ fn the_example_rule_produces_the_documented_message() {
 
 #[test]
 fn non_json_payloads_travel_unchanged_with_a_property_bag() {
-    let (rhai, wasm) = example_rules();
     let binary = vec![0u8, 159, 146, 150, 255];
     let msg = Message::new("plant 1/press7/temp °C", binary.clone(), 0);
-    for rule in [rhai, wasm] {
+    for (_, rule) in rules() {
         let out = rule.translate(&msg).expect("translates");
         assert_eq!(out[0].message.payload, binary);
         assert_eq!(
@@ -147,10 +148,9 @@ fn non_json_payloads_travel_unchanged_with_a_property_bag() {
 }
 
 #[test]
-fn short_topics_are_refused_with_the_same_error_in_both_engines() {
-    let (rhai, wasm) = example_rules();
+fn short_topics_are_refused_with_the_same_error_in_every_language() {
     let msg = Message::new("plant1/press7", "{}", 0);
-    for rule in [rhai, wasm] {
+    for (_, rule) in rules() {
         let e = rule.translate(&msg).unwrap_err();
         assert_eq!(e.kind, gatehost::model::ErrorKind::InvalidInput);
         assert_eq!(
@@ -197,19 +197,25 @@ fn large_payloads() -> Vec<(String, Vec<u8>)> {
 }
 
 #[test]
-fn payloads_up_to_the_packet_limit_pass_both_engines_identically() {
-    let (rhai, wasm) = example_rules();
+fn payloads_up_to_the_packet_limit_pass_every_language_identically() {
+    let rules = rules();
+    let (rhai, others) = rules.split_first().unwrap();
     for (what, payload) in large_payloads() {
         let msg = Message::new("plant1/press7/blob", payload.clone(), 1);
-        let a = rhai.translate(&msg);
-        let b = wasm.translate(&msg);
-        let out = a.unwrap_or_else(|e| panic!("Rhai refused the {what} payload: {e}"));
-        let twin = b.unwrap_or_else(|e| panic!("WASM refused the {what} payload: {e}"));
-        assert_eq!(
-            serde_json::to_string(&out).unwrap(),
-            serde_json::to_string(&twin).unwrap(),
-            "engines differ on the {what} payload"
-        );
+        let out = rhai
+            .1
+            .translate(&msg)
+            .unwrap_or_else(|e| panic!("Rhai refused the {what} payload: {e}"));
+        for (lang, rule) in others {
+            let twin = rule
+                .translate(&msg)
+                .unwrap_or_else(|e| panic!("{lang} refused the {what} payload: {e}"));
+            assert_eq!(
+                serde_json::to_string(&out).unwrap(),
+                serde_json::to_string(&twin).unwrap(),
+                "Rhai and {lang} differ on the {what} payload"
+            );
+        }
         if !what.starts_with("JSON") {
             assert_eq!(out[0].message.payload, payload, "{what} travels unchanged");
         }

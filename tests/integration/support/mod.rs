@@ -1,7 +1,8 @@
 //! Shared test support: paths, the WASM plugins built once per test run, temporary plugin
-//! directories, and the `gatehost` binary.
+//! directories, and the `gatehost` binary; `languages` builds the JavaScript and Python plugins.
 
 pub mod gateway;
+pub mod languages;
 pub mod mosquitto;
 pub mod openssl;
 pub mod python;
@@ -125,6 +126,24 @@ pub fn example_rules() -> (Arc<dyn RulePlugin>, Arc<dyn RulePlugin>) {
     );
     let wasm = load_rule(env, &root.join("plugins/dist/iothub-telemetry-wasm.toml"));
     (rhai, wasm)
+}
+
+/// The example rule in every language it ships in, named: Rhai, Rust, JavaScript, Python.
+pub fn example_rules_in_every_language() -> Vec<(&'static str, Arc<dyn RulePlugin>)> {
+    let (rhai, rust) = example_rules();
+    let env = env_for(vec![], repo_root().join("state"), false);
+    let js = languages::manifest(languages::Lang::Js, "iothub-telemetry", "iothub-telemetry");
+    let py = languages::manifest(
+        languages::Lang::Python,
+        "iothub-telemetry",
+        "iothub-telemetry",
+    );
+    vec![
+        ("Rhai", rhai),
+        ("Rust", rust),
+        ("JavaScript", load_rule(env.clone(), &js)),
+        ("Python", load_rule(env, &py)),
+    ]
 }
 
 /// The `gatehost` binary, run from the repository root.

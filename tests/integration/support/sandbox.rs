@@ -317,7 +317,8 @@ pub fn publish_over(d: &Path, config_path: &Path, device: &str, topic: &str, pay
     session.publish(&Message::new(topic, payload, 1)).unwrap();
 }
 
-/// The twins' manifests from `plugins/dist`, pointing at the built components, file roots `d`.
+/// The twins' manifests from `plugins/dist` (Rust) and `plugins/js`, `plugins/python` (azure-dps),
+/// pointing at the built components, file roots `d`.
 pub fn install_twins(d: &Path) {
     for (manifest, component) in [
         ("azure-dps-wasm.toml", "azure_dps"),
@@ -335,5 +336,26 @@ pub fn install_twins(d: &Path) {
             );
         assert!(text.contains(&d.display().to_string()));
         std::fs::write(d.join("plugins").join(manifest), text).unwrap();
+    }
+    // azure-dps in JavaScript and Python, from plugins/js and plugins/python.
+    for lang in crate::support::languages::Lang::BOTH {
+        let source = crate::support::languages::manifest(lang, "azure-dps", "azure-dps");
+        let component = source.with_extension("wasm");
+        let name = source.file_name().unwrap().to_str().unwrap().to_string();
+        let text = std::fs::read_to_string(&source)
+            .unwrap()
+            .replace(
+                &format!(
+                    "entry = \"{}\"",
+                    component.file_name().unwrap().to_str().unwrap()
+                ),
+                &format!("entry = {:?}", component.display().to_string()),
+            )
+            .replace(
+                r#"file_roots = ["certs", "state"]"#,
+                &format!("file_roots = [{:?}]", d.display().to_string()),
+            );
+        assert!(text.contains(&component.display().to_string()), "{name}");
+        std::fs::write(d.join("plugins").join(name), text).unwrap();
     }
 }
